@@ -1,0 +1,42 @@
+import { ProtocolError } from '@federizer/protocol';
+import { protocolCommand } from './commands/protocol.js';
+import { UsageError, type CommandIo } from './io.js';
+
+const HELP = `federizer — Internet mail as signed Placeholder Messages
+
+Commands:
+  federizer protocol digest FILE|-   print the digests of a Placeholder Message
+  federizer up                       run a local federation (not yet: see the README)
+
+Exit codes: 0 success, 1 failure, 2 invalid input or usage.`;
+
+type Command = (args: readonly string[], io: CommandIo) => Promise<number>;
+
+const COMMANDS: Record<string, Command> = {
+  protocol: protocolCommand,
+  up: async (_args, io) => {
+    io.stderr.write('federizer up: the local federation is not built yet (see the README for what works today).\n');
+    return 1;
+  },
+};
+
+/** Runs one command line; returns the exit code. Never calls process.exit, so tests can call it. */
+export async function run(argv: readonly string[], io: CommandIo): Promise<number> {
+  const [name, ...args] = argv;
+  try {
+    if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+      io.stdout.write(`${HELP}\n`);
+      return name === undefined ? 2 : 0;
+    }
+    const command = COMMANDS[name];
+    if (command === undefined) throw new UsageError(`unknown command "${name}"\n\n${HELP}`);
+    return await command(args, io);
+  } catch (e) {
+    if (e instanceof ProtocolError || e instanceof UsageError) {
+      io.stderr.write(`federizer: ${e.message}\n`);
+      return 2;
+    }
+    io.stderr.write(`federizer: ${(e as Error)?.message ?? String(e)}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,108 @@
+/**
+ * The digests of PROTOCOL.md §3 and Content-IDs. Each is `B64U(SHA-256(...))`; header values get the
+ * `<...>` brackets, `eht` does not.
+ */
+import { createHash } from 'node:crypto';
+import canonicalize from 'canonicalize';
+import { b64uSha256 } from './encoding.js';
+import { ProtocolError } from './errors.js';
+import { findHeader, type Body, type Header } from './message.js';
+
+/** RFC 8785 JSON Canonicalization Scheme, as UTF-8 bytes. */
+export function jcs(value: unknown): Buffer {
+  const text = canonicalize(value);
+  if (text === undefined) throw new TypeError('value cannot be canonicalized');
+  return Buffer.from(text, 'utf8');
+}
+
+/** `<B64U(H(bytes))>`: the form of every digest header value. */
+export function digestHeaderValue(bytes: Uint8Array | string): string {
+  return `<${b64uSha256(bytes)}>`;
+}
+
+/** `Body-Digest = <B64U(H(JCS(body)))>` over the whole body object. */
+export function bodyDigest(body: Body): string {
+  return digestHeaderValue(jcs(body));
+}
+
+const ORIGIN_RECIPIENTS = ['To', 'Cc', 'Bcc'] as const;
+
+/**
+ * The recipient headers a `Recipients-Digest` covers: in a forward block (one holding Forwarded-From) the
+ * `Forwarded-To` header, otherwise `To`, `Cc`, `Bcc` in that order; absent ones are left out.
+ */
+export function recipientHeaders(headers: readonly Header[], kind: 'origin' | 'forward'): Header[] {
+  const names = kind === 'forward' ? (['Forwarded-To'] as const) : ORIGIN_RECIPIENTS;
+  return names.flatMap((name) => {
+    const h = findHeader(headers, name);
+    return h === undefined ? [] : [{ [name]: h[name]! }];
+  });
+}
+
+/** `Recipients-Digest = <B64U(H(JCS(R)))>`, R the recipient header objects of the block, values as written. */
+export function recipientsDigest(headers: readonly Header[], kind: 'origin' | 'forward'): string {
+  return digestHeaderValue(jcs(recipientHeaders(headers, kind)));
+}
+
+/** `JWT-Assertion-Digest = <B64U(H(ASCII(compact JWS)))>`. */
+export function assertionDigest(compactJws: string): string {
+  if (!/^[\x21-\x7e]+$/.test(compactJws)) throw new TypeError('a compact JWS is printable ASCII');
+  return digestHeaderValue(compactJws);
+}
+
+/**
+ * `eht = B64U(H(JCS(E)))`, E the header objects named by `ehl`, in `ehl` order, taken from the block.
+ * Returns undefined when the block lacks a named header.
+ */
+export function ehtOrUndefined(headers: readonly Header[], ehl: readonly string[]): string | undefined {
+  const picked: Header[] = [];
+  for (const name of ehl) {
+    const h = findHeader(headers, name);
+    if (h === undefined) return undefined;
+    picked.push({ [name]: h[name]! });
+  }
+  return b64uSha256(jcs(picked));
+}
+
+export function eht(headers: readonly Header[], ehl: readonly string[]): string {
+  const value = ehtOrUndefined(headers, ehl);
+  if (value === undefined) {
+    const missing = ehl.find((name) => findHeader(headers, name) === undefined);
+    throw new ProtocolError('missing_header', `the block has no ${missing} header, which ehl names`);
+  }
+  return value;
+}
+
+/** The Content-ID of a resource: `<B64U(H(bytes))>`. */
+export function contentId(bytes: Uint8Array | string): string {
+  return digestHeaderValue(bytes);
+}
+
+/** Content-ID and size of a stream of bytes, read once without holding it in memory. */
+export async function contentIdOfStream(
+  chunks: AsyncIterable<Uint8Array>,
+): Promise<{ contentId: string; size: number }> {
+  const hash = createHash('sha256');
+  let size = 0;
+  for await (const chunk of chunks) {
+    hash.update(chunk);
+    size += chunk.byteLength;
+  }
+  return { contentId: `<${hash.digest('base64url')}>`, size };
+}
+
+/** A streaming hasher for code that writes bytes somewhere while hashing them. */
+export class ContentIdHasher {
+  private readonly hash = createHash('sha256');
+  size = 0;
+
+  update(chunk: Uint8Array): void {
+    this.hash.update(chunk);
+    this.size += chunk.byteLength;
+  }
+
+  /** `<B64U(H(bytes))>`; the hasher cannot be used afterwards. */
+  contentId(): string {
+    return `<${this.hash.digest('base64url')}>`;
+  }
+}
