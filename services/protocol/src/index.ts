@@ -9,3 +9,7 @@ export * from './mime.js';
 export * from './parse.js';
 export * from './report.js';
 export * from './trust.js';
+export * from './render.js';
+export * from './chain.js';
+export * from './dpop.js';
+export * from './jwt.js';

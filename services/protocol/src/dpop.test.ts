@@ -1,0 +1,293 @@
+import { webcrypto } from 'node:crypto';
+import { describe, it, expect, beforeAll } from 'vitest';
+import { calculateJwkThumbprint } from 'jose';
+import type { CryptoKey, JWK, JWTPayload } from 'jose';
+import { ProtocolError } from './errors.js';
+import type { ProtocolErrorCode } from './errors.js';
+import {
+  MemoryReplayStore,
+  accessTokenHash,
+  createDpopProof,
+  exportDpopKey,
+  generateDpopKey,
+  importDpopKey,
+  jwkThumbprint,
+  normalizeHtu,
+  verifyDpopProof,
+} from './dpop.js';
+import type { DpopKey, VerifyDpopProofOptions } from './dpop.js';
+import { ALLOWED_ALGS } from './jwt.js';
+import type { JwsAlg } from './jwt.js';
+
+const NOW = 1_700_000_000;
+const HTU = 'https://mbx1.example.com/transfer';
+const TOKEN = 'eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJtdGEyIn0.c2ln';
+
+let key: DpopKey;
+let otherKey: DpopKey;
+/** One key per alg, generated once: RSA generation is slow. */
+const byAlg = {} as Record<JwsAlg, DpopKey>;
+
+beforeAll(async () => {
+  key = await generateDpopKey();
+  otherKey = await generateDpopKey();
+  for (const alg of ALLOWED_ALGS) byAlg[alg] = await generateDpopKey(alg);
+});
+
+function store(): MemoryReplayStore {
+  return new MemoryReplayStore({ now: () => NOW });
+}
+
+function proof(opts: Partial<Parameters<typeof createDpopProof>[1]> = {}, k: DpopKey = key): Promise<string> {
+  return createDpopProof(k, { htm: 'POST', htu: HTU, accessToken: TOKEN, now: NOW, jti: 'jti-1', ...opts });
+}
+
+function verify(p: string, opts: Partial<VerifyDpopProofOptions> = {}) {
+  return verifyDpopProof(p, {
+    htm: 'POST',
+    htu: HTU,
+    accessToken: TOKEN,
+    expectedJkt: key.jkt,
+    now: NOW,
+    replay: store(),
+    ...opts,
+  });
+}
+
+function enc(value: unknown): string {
+  return Buffer.from(JSON.stringify(value)).toString('base64url');
+}
+
+/** Signs an arbitrary ES256 proof directly, bypassing the guards of createDpopProof. */
+async function signRaw(header: object, payload: object, signer: CryptoKey = key.privateKey): Promise<string> {
+  const input = `${enc(header)}.${enc(payload)}`;
+  const data = new TextEncoder().encode(input);
+  const sig = await webcrypto.subtle.sign({ name: 'ECDSA', hash: 'SHA-256' }, signer as webcrypto.CryptoKey, data);
+  return `${input}.${Buffer.from(sig).toString('base64url')}`;
+}
+
+function validClaims(extra: JWTPayload = {}): JWTPayload {
+  return { jti: 'jti-1', htm: 'POST', htu: HTU, iat: NOW, ath: accessTokenHash(TOKEN), ...extra };
+}
+
+async function expectCode(p: Promise<unknown>, code: ProtocolErrorCode): Promise<void> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(ProtocolError);
+  expect((err as ProtocolError).code).toBe(code);
+}
+
+describe('DPoP keys', () => {
+  for (const alg of ALLOWED_ALGS) {
+    it(`generates a ${alg} key whose jkt is the RFC 7638 thumbprint of a public JWK`, async () => {
+      const k = byAlg[alg];
+      expect(k.alg).toBe(alg);
+      expect(k.publicJwk).not.toHaveProperty('d');
+      expect(k.jkt).toBe(await calculateJwkThumbprint(k.publicJwk, 'sha256'));
+    });
+
+    it(`exports and re-imports a ${alg} key that still proves possession (PROTOCOL §4.4 queued transfer)`, async () => {
+      const k = byAlg[alg];
+      const stored = JSON.parse(JSON.stringify(await exportDpopKey(k))) as JWK;
+      expect(stored.d).toBeTypeOf('string');
+      const restored = await importDpopKey(stored, alg);
+      expect(restored.jkt).toBe(k.jkt);
+      expect(restored.publicJwk).toEqual(k.publicJwk);
+      const p = await proof({}, restored);
+      await expect(verify(p, { expectedJkt: k.jkt })).resolves.toMatchObject({ jkt: k.jkt });
+    });
+  }
+
+  it('refuses to import a public JWK as a DPoP key', async () => {
+    await expectCode(importDpopKey(key.publicJwk, 'ES256'), 'invalid_dpop_proof');
+  });
+
+  it('computes the RFC 7638 §3.1 example thumbprint', async () => {
+    const jwk: JWK = {
+      kty: 'RSA',
+      n: '0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw',
+      e: 'AQAB',
+      alg: 'RS256',
+      kid: '2011-04-29',
+    };
+    expect(await jwkThumbprint(jwk)).toBe('NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs');
+  });
+});
+
+describe('accessTokenHash and normalizeHtu', () => {
+  it('computes the RFC 9449 §7.1 example ath', () => {
+    expect(accessTokenHash('Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU')).toBe(
+      'fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo',
+    );
+  });
+
+  it('lower-cases scheme and host, drops the default port, query and fragment, keeps the path (RFC 9449 §4.3)', () => {
+    expect(normalizeHtu('HTTPS://MBX1.Example.COM:443/Transfer/X?a=1#frag')).toBe(
+      'https://mbx1.example.com/Transfer/X',
+    );
+    expect(normalizeHtu('http://example.com:80/')).toBe('http://example.com/');
+    expect(normalizeHtu('https://example.com:8443/t')).toBe('https://example.com:8443/t');
+  });
+
+  it('rejects a URL that is not absolute http(s)', () => {
+    expect(() => normalizeHtu('/transfer')).toThrow(ProtocolError);
+    expect(() => normalizeHtu('ftp://example.com/x')).toThrow(ProtocolError);
+  });
+});
+
+describe('createDpopProof / verifyDpopProof', () => {
+  it('accepts a valid proof and returns its key thumbprint (RFC 9449 §4.3)', async () => {
+    const result = await verify(await proof());
+    expect(result.jkt).toBe(key.jkt);
+    expect(result.jwk).toEqual(key.publicJwk);
+    expect(result.payload).toMatchObject({ htm: 'POST', htu: HTU, iat: NOW, ath: accessTokenHash(TOKEN) });
+  });
+
+  it('puts typ, alg and the public jwk in the header and a 128-bit random jti in the claims (RFC 9449 §4.2)', async () => {
+    const p = await createDpopProof(key, { htm: 'POST', htu: HTU, now: NOW });
+    const header = JSON.parse(Buffer.from(p.split('.')[0]!, 'base64url').toString()) as Record<string, unknown>;
+    expect(header).toEqual({ alg: 'ES256', typ: 'dpop+jwt', jwk: key.publicJwk });
+    const { payload } = await verify(p, { accessToken: undefined });
+    expect(payload).not.toHaveProperty('ath');
+    expect(Buffer.from(payload.jti as string, 'base64url').length).toBeGreaterThanOrEqual(16);
+    const again = await createDpopProof(key, { htm: 'POST', htu: HTU, now: NOW });
+    expect(again).not.toBe(p);
+  });
+
+  for (const alg of ALLOWED_ALGS) {
+    it(`accepts a valid ${alg} proof`, async () => {
+      const k = byAlg[alg];
+      await expect(verify(await proof({}, k), { expectedJkt: k.jkt })).resolves.toMatchObject({ jkt: k.jkt });
+    });
+  }
+
+  it('rejects a proof that is not a compact JWS', async () => {
+    await expectCode(verify('a.b'), 'invalid_jwt');
+  });
+
+  it('rejects typ application/dpop+jwt: typ must be exactly dpop+jwt (RFC 9449 §4.2)', async () => {
+    const p = await signRaw({ typ: 'application/dpop+jwt', alg: 'ES256', jwk: key.publicJwk }, validClaims());
+    await expectCode(verify(p), 'invalid_typ');
+  });
+
+  it('rejects alg none (RFC 9449 §4.3 check 5)', async () => {
+    const p = `${enc({ typ: 'dpop+jwt', alg: 'none', jwk: key.publicJwk })}.${enc(validClaims())}.`;
+    await expectCode(verify(p), 'alg_not_allowed');
+  });
+
+  it('rejects a proof without the jwk header (RFC 9449 §4.3 check 6)', async () => {
+    await expectCode(verify(await signRaw({ typ: 'dpop+jwt', alg: 'ES256' }, validClaims())), 'invalid_dpop_proof');
+  });
+
+  it('rejects private key material in the jwk header (RFC 9449 §4.3 check 7)', async () => {
+    const privateJwk = await exportDpopKey(key);
+    const p = await signRaw({ typ: 'dpop+jwt', alg: 'ES256', jwk: privateJwk }, validClaims());
+    await expectCode(verify(p), 'invalid_dpop_proof');
+  });
+
+  it('rejects a jwk header of a key type that does not fit alg', async () => {
+    const p = await signRaw({ typ: 'dpop+jwt', alg: 'ES256', jwk: byAlg.RS256.publicJwk }, validClaims());
+    await expectCode(verify(p), 'invalid_dpop_proof');
+  });
+
+  it('rejects a proof not signed by its embedded jwk (RFC 9449 §4.3 check 8)', async () => {
+    const p = await signRaw({ typ: 'dpop+jwt', alg: 'ES256', jwk: otherKey.publicJwk }, validClaims());
+    await expectCode(verify(p, { expectedJkt: otherKey.jkt }), 'invalid_signature');
+  });
+
+  it('rejects a proof without jti (RFC 9449 §4.3 check 4)', async () => {
+    const p = await signRaw({ typ: 'dpop+jwt', alg: 'ES256', jwk: key.publicJwk }, validClaims({ jti: undefined }));
+    await expectCode(verify(p), 'invalid_dpop_proof');
+  });
+
+  it('rejects a wrong htm (RFC 9449 §4.3 check 9)', async () => {
+    await expectCode(verify(await proof({ htm: 'GET' })), 'dpop_htm_mismatch');
+  });
+
+  it('accepts an htu that differs only by query, fragment, case and default port (RFC 9449 §4.3 check 10)', async () => {
+    const p = await signRaw(
+      { typ: 'dpop+jwt', alg: 'ES256', jwk: key.publicJwk },
+      validClaims({ htu: 'HTTPS://MBX1.example.com:443/transfer?x=1#y' }),
+    );
+    await expect(verify(p)).resolves.toMatchObject({ jkt: key.jkt });
+  });
+
+  it('rejects an htu with a different path (RFC 9449 §4.3 check 10)', async () => {
+    await expectCode(verify(await proof({ htu: 'https://mbx1.example.com/fetch' })), 'dpop_htu_mismatch');
+  });
+
+  it('rejects a proof without ath when an access token is presented (RFC 9449 §4.3 check 11)', async () => {
+    await expectCode(verify(await proof({ accessToken: undefined })), 'dpop_ath_mismatch');
+  });
+
+  it('rejects an ath of another access token (RFC 9449 §4.3 check 11)', async () => {
+    await expectCode(verify(await proof({ accessToken: 'another-token' })), 'dpop_ath_mismatch');
+  });
+
+  it('accepts an iat exactly 60 s old (PROTOCOL §5.6 window edge)', async () => {
+    await expect(verify(await proof({ now: NOW - 60 }))).resolves.toBeDefined();
+  });
+
+  it('rejects an iat 61 s old (PROTOCOL §5.6: iat within 60 s)', async () => {
+    await expectCode(verify(await proof({ now: NOW - 61 })), 'dpop_iat_out_of_window');
+  });
+
+  it('rejects an iat 61 s in the future (PROTOCOL §5.6: iat within 60 s)', async () => {
+    await expectCode(verify(await proof({ now: NOW + 61 })), 'dpop_iat_out_of_window');
+  });
+
+  it('rejects a proof key whose thumbprint is not cnf.jkt (RFC 9449 §6.1, PROTOCOL §5.6)', async () => {
+    await expectCode(verify(await proof({}, otherKey)), 'dpop_key_mismatch');
+  });
+
+  it('rejects a replayed proof (RFC 9449 §11.1, PROTOCOL §5.6: jti unseen)', async () => {
+    const replay = store();
+    const p = await proof();
+    await verify(p, { replay });
+    await expectCode(verify(p, { replay }), 'dpop_replayed');
+  });
+
+  it('does not treat the same jti from another key as a replay (replay key is jkt:jti)', async () => {
+    const replay = store();
+    await verify(await proof(), { replay });
+    await expect(verify(await proof({}, otherKey), { replay, expectedJkt: otherKey.jkt })).resolves.toBeDefined();
+  });
+
+  it('does not consume the jti of a proof that fails another check', async () => {
+    const replay = store();
+    const p = await proof();
+    await expectCode(verify(p, { replay, htm: 'PUT' }), 'dpop_htm_mismatch');
+    await expectCode(verify(p, { replay, expectedJkt: otherKey.jkt }), 'dpop_key_mismatch');
+    await expect(verify(p, { replay })).resolves.toBeDefined();
+  });
+});
+
+describe('MemoryReplayStore', () => {
+  it('accepts a key again once its entry has expired', async () => {
+    let now = NOW;
+    const replay = new MemoryReplayStore({ now: () => now });
+    expect(await replay.checkAndRecord('a', NOW + 10)).toBe(true);
+    expect(await replay.checkAndRecord('a', NOW + 10)).toBe(false);
+    now = NOW + 10;
+    expect(await replay.checkAndRecord('a', NOW + 20)).toBe(true);
+  });
+
+  it('drops expired entries to stay within its bound', async () => {
+    let now = NOW;
+    const replay = new MemoryReplayStore({ now: () => now, maxEntries: 2 });
+    await replay.checkAndRecord('a', NOW + 5);
+    await replay.checkAndRecord('b', NOW + 50);
+    now = NOW + 5;
+    expect(await replay.checkAndRecord('c', NOW + 50)).toBe(true);
+    expect(replay.size).toBe(2);
+  });
+
+  it('fails closed when full of live entries rather than forgetting one', async () => {
+    const replay = new MemoryReplayStore({ now: () => NOW, maxEntries: 1 });
+    await replay.checkAndRecord('a', NOW + 50);
+    await expect(replay.checkAndRecord('b', NOW + 50)).rejects.toThrow(/full/);
+    expect(await replay.checkAndRecord('a', NOW + 50)).toBe(false);
+  });
+});

@@ -1,0 +1,267 @@
+import { CompactSign, compactVerify, importJWK } from 'jose';
+import type { CompactJWSHeaderParameters, CryptoKey, JWK, JWSHeaderParameters, JWTPayload, KeyObject } from 'jose';
+import { ProtocolError } from './errors.js';
+import type { ProtocolErrorCode } from './errors.js';
+import type { VerificationKey } from './trust.js';
+
+/** PROTOCOL.md §4.6, §5.2: the only JWS algorithms the protocol accepts, for every JWT it handles. */
+export const ALLOWED_ALGS = ['ES256', 'EdDSA', 'RS256'] as const;
+export type JwsAlg = (typeof ALLOWED_ALGS)[number];
+
+/** Explicit `typ` values (RFC 8725 §3.11) so that one kind of JWT can never be replayed as another. */
+export const JWT_TYPES = { assertion: 'eh+jwt', accessToken: 'at+jwt', dpop: 'dpop+jwt' } as const;
+
+export interface DecodedJwt {
+  header: JWSHeaderParameters;
+  payload: JWTPayload;
+}
+
+export interface SignJwtOptions {
+  typ: string;
+  alg: JwsAlg;
+  key: CryptoKey | KeyObject;
+  kid?: string;
+  /** Embedded public key; only DPoP proofs carry one (RFC 9449 §4.2). */
+  jwk?: JWK;
+}
+
+export type KeyResolver = (header: JWSHeaderParameters) => Promise<VerificationKey> | VerificationKey;
+
+export interface VerifyJwtOptions {
+  typ: string;
+  algorithms?: readonly JwsAlg[];
+  key: VerificationKey | KeyResolver;
+  /** Unix seconds; passed in rather than read so that verification is deterministic and testable. */
+  now: number;
+  clockToleranceSeconds?: number;
+  requireExp?: boolean;
+  issuer?: string;
+  audience?: string;
+}
+
+const DEFAULT_CLOCK_TOLERANCE_SECONDS = 30;
+
+/** Members that only private (or symmetric) JWKs carry; a public key must have none of them. */
+const PRIVATE_JWK_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k', 'priv'] as const;
+
+/**
+ * Header parameters that would let the token choose its own verification key or extend the rules
+ * (RFC 8725 §3.10; PROTOCOL.md §5.2). Keys come only from the issuer's JWKS found through DNS.
+ */
+const FORBIDDEN_HEADER_PARAMETERS = ['jku', 'x5u', 'x5c', 'jwk', 'crit'] as const;
+
+const B64U_SEGMENT = /^[A-Za-z0-9_-]*$/;
+
+export async function signJwt(payload: JWTPayload, opts: SignJwtOptions): Promise<string> {
+  assertAllowedAlg(opts.alg, ALLOWED_ALGS);
+  if (opts.jwk !== undefined && hasPrivateMembers(opts.jwk)) {
+    // Refuse rather than strip: a caller passing a private JWK here has mixed up its keys.
+    throw new ProtocolError('forbidden_header_parameter', 'the embedded jwk must be a public key');
+  }
+  const header: CompactJWSHeaderParameters = { alg: opts.alg, typ: opts.typ };
+  if (opts.kid !== undefined) header.kid = opts.kid;
+  if (opts.jwk !== undefined) header.jwk = opts.jwk;
+  const bytes = new TextEncoder().encode(JSON.stringify(payload));
+  return new CompactSign(bytes).setProtectedHeader(header).sign(opts.key);
+}
+
+/** Unverified decode; never trust the result before `verifyJwt` has checked it. */
+export function decodeJwt(token: string): DecodedJwt {
+  if (typeof token !== 'string') throw new ProtocolError('invalid_jwt', 'a JWT must be a string');
+  const segments = token.split('.');
+  if (segments.length !== 3) {
+    throw new ProtocolError('invalid_jwt', `a compact JWS has 3 segments, found ${segments.length}`);
+  }
+  const [header, payload, signature] = segments as [string, string, string];
+  const decoded = {
+    header: decodeJsonSegment<JWSHeaderParameters>(header, 'header'),
+    payload: decodeJsonSegment<JWTPayload>(payload, 'payload'),
+  };
+  // Empty is allowed so that an unsigned (`alg: none`) token is refused for its alg, the precise reason.
+  checkB64u(signature, 'signature', true);
+  return decoded;
+}
+
+export async function verifyJwt(token: string, opts: VerifyJwtOptions): Promise<DecodedJwt> {
+  const { header, payload } = decodeJwt(token);
+  const alg = assertAllowedAlg(header.alg, opts.algorithms ?? ALLOWED_ALGS);
+  checkForbiddenHeaderParameters(header, sameTyp(opts.typ, JWT_TYPES.dpop));
+  if (typeof header.typ !== 'string' || !sameTyp(header.typ, opts.typ)) {
+    throw new ProtocolError('invalid_typ', `typ must be ${opts.typ}, got ${String(header.typ)}`);
+  }
+  const key = await resolveKey(opts.key, header);
+  await verifySignature(token, key, alg);
+  checkTimeClaims(payload, opts);
+  checkIssuerAndAudience(payload, opts);
+  return { header, payload };
+}
+
+/** §5.4: the key of an issuer's JWKS that verifies a JWS with this protected header. */
+export async function keyFromJwks(jwks: { keys: JWK[] }, header: JWSHeaderParameters): Promise<VerificationKey> {
+  const alg = assertAllowedAlg(header.alg, ALLOWED_ALGS);
+  const candidates = (Array.isArray(jwks?.keys) ? jwks.keys : []).filter((k) => isUsableSigningKey(k, alg));
+  const matches = header.kid === undefined ? candidates : candidates.filter((k) => k.kid === header.kid);
+  if (matches.length !== 1) {
+    const which = header.kid === undefined ? `no kid and ${matches.length} keys fit ${alg}` : `kid ${header.kid}`;
+    throw new ProtocolError('unknown_key', `no single ${alg} key in the JWKS for ${which}`);
+  }
+  return importPublicJwk(matches[0]!, alg, 'unknown_key');
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers shared with dpop.ts
+
+/** Returns `alg` narrowed to JwsAlg; `none`, HMAC and anything else off the list are refused. */
+export function assertAllowedAlg(alg: unknown, allowed: readonly JwsAlg[]): JwsAlg {
+  const permitted = allowed.filter((a) => (ALLOWED_ALGS as readonly string[]).includes(a));
+  if (typeof alg !== 'string' || !(permitted as readonly string[]).includes(alg)) {
+    throw new ProtocolError('alg_not_allowed', `alg ${JSON.stringify(alg)} is not one of ${permitted.join(', ')}`);
+  }
+  return alg as JwsAlg;
+}
+
+export function checkForbiddenHeaderParameters(header: JWSHeaderParameters, allowJwk: boolean): void {
+  for (const name of FORBIDDEN_HEADER_PARAMETERS) {
+    if (name === 'jwk' && allowJwk) continue;
+    if (Object.hasOwn(header, name)) {
+      throw new ProtocolError('forbidden_header_parameter', `header parameter ${name} is not allowed`);
+    }
+  }
+  if (allowJwk && !Object.hasOwn(header, 'jwk')) {
+    throw new ProtocolError('invalid_dpop_proof', 'a DPoP proof must carry its public key in the jwk header');
+  }
+}
+
+export function hasPrivateMembers(jwk: JWK): boolean {
+  return PRIVATE_JWK_MEMBERS.some((m) => Object.hasOwn(jwk, m));
+}
+
+/** True when the JWK's key type and curve are the ones `alg` signs with. */
+export function jwkFitsAlg(jwk: JWK, alg: JwsAlg): boolean {
+  switch (alg) {
+    case 'ES256':
+      return jwk.kty === 'EC' && jwk.crv === 'P-256';
+    case 'EdDSA':
+      return jwk.kty === 'OKP' && jwk.crv === 'Ed25519';
+    case 'RS256':
+      return jwk.kty === 'RSA';
+  }
+}
+
+export async function importPublicJwk(jwk: JWK, alg: JwsAlg, code: ProtocolErrorCode): Promise<VerificationKey> {
+  let key: CryptoKey | Uint8Array;
+  try {
+    key = await importJWK(jwk, alg);
+  } catch (cause) {
+    throw new ProtocolError(code, `cannot import the ${alg} JWK: ${messageOf(cause)}`, { cause });
+  }
+  // Symmetric keys come back as bytes; an allow-list of asymmetric algs never wants one.
+  if (key instanceof Uint8Array) throw new ProtocolError(code, 'the JWK is not an asymmetric key');
+  return key;
+}
+
+/** Maps jose's failures to protocol codes; callers never see a jose error class. */
+export async function verifySignature(token: string, key: VerificationKey, alg: JwsAlg): Promise<void> {
+  try {
+    await compactVerify(token, key, { algorithms: [alg] });
+  } catch (cause) {
+    throw new ProtocolError(joseCode(cause), `signature does not verify: ${messageOf(cause)}`, { cause });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+function decodeJsonSegment<T extends object>(segment: string, name: 'header' | 'payload'): T {
+  checkB64u(segment, name, false);
+  let value: unknown;
+  try {
+    // fatal: invalid UTF-8 must fail here instead of becoming U+FFFD and parsing anyway.
+    value = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(Buffer.from(segment, 'base64url')));
+  } catch (cause) {
+    throw new ProtocolError('invalid_jwt', `the ${name} is not UTF-8 JSON`, { cause });
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new ProtocolError('invalid_jwt', `the ${name} is not a JSON object`);
+  }
+  return value as T;
+}
+
+function checkB64u(segment: string, name: string, mayBeEmpty: boolean): void {
+  // Node's decoder skips bad characters silently, so the alphabet and length are checked first.
+  if ((!mayBeEmpty && segment.length === 0) || !B64U_SEGMENT.test(segment) || segment.length % 4 === 1) {
+    throw new ProtocolError('invalid_jwt', `the ${name} segment is not base64url`);
+  }
+}
+
+/** RFC 7515 §4.1.9: media types are case-insensitive and `application/` may be left out. */
+function sameTyp(a: string, b: string): boolean {
+  const norm = (t: string) => t.toLowerCase().replace(/^application\//, '');
+  return norm(a) === norm(b);
+}
+
+async function resolveKey(key: VerifyJwtOptions['key'], header: JWSHeaderParameters): Promise<VerificationKey> {
+  if (typeof key !== 'function') return key;
+  try {
+    return await key(header);
+  } catch (cause) {
+    if (cause instanceof ProtocolError) throw cause;
+    throw new ProtocolError('unknown_key', `no key for this token: ${messageOf(cause)}`, { cause });
+  }
+}
+
+function checkTimeClaims(payload: JWTPayload, opts: VerifyJwtOptions): void {
+  const tolerance = opts.clockToleranceSeconds ?? DEFAULT_CLOCK_TOLERANCE_SECONDS;
+  const exp = numericDate(payload, 'exp');
+  if (exp === undefined && (opts.requireExp ?? true)) throw new ProtocolError('invalid_claims', 'exp is required');
+  if (exp !== undefined && opts.now - tolerance >= exp) {
+    throw new ProtocolError('token_expired', `the token expired at ${exp}, now is ${opts.now}`);
+  }
+  for (const claim of ['nbf', 'iat'] as const) {
+    const t = numericDate(payload, claim);
+    if (t !== undefined && t > opts.now + tolerance) {
+      throw new ProtocolError('token_not_yet_valid', `${claim} ${t} is in the future, now is ${opts.now}`);
+    }
+  }
+}
+
+function numericDate(payload: JWTPayload, claim: 'exp' | 'nbf' | 'iat'): number | undefined {
+  const value = payload[claim];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number' || !Number.isFinite(value)) {
+    throw new ProtocolError('invalid_claims', `${claim} must be a NumericDate`);
+  }
+  return value;
+}
+
+function checkIssuerAndAudience(payload: JWTPayload, opts: VerifyJwtOptions): void {
+  if (opts.issuer !== undefined && payload.iss !== opts.issuer) {
+    throw new ProtocolError('issuer_mismatch', `iss must be ${opts.issuer}, got ${String(payload.iss)}`);
+  }
+  if (opts.audience !== undefined) {
+    const aud = payload.aud;
+    const audiences = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : [];
+    if (!audiences.includes(opts.audience)) {
+      throw new ProtocolError('invalid_claims', `aud does not include ${opts.audience}`);
+    }
+  }
+}
+
+function isUsableSigningKey(jwk: JWK, alg: JwsAlg): boolean {
+  if (typeof jwk !== 'object' || jwk === null) return false;
+  if (jwk.use !== undefined && jwk.use !== 'sig') return false;
+  if (jwk.alg !== undefined && jwk.alg !== alg) return false;
+  // A JWKS that publishes private members is misconfigured; such a key is never used to verify.
+  return !hasPrivateMembers(jwk) && jwkFitsAlg(jwk, alg);
+}
+
+function joseCode(cause: unknown): ProtocolErrorCode {
+  const code = (cause as { code?: unknown } | null)?.code;
+  if (code === 'ERR_JWS_INVALID') return 'invalid_jwt';
+  if (code === 'ERR_JOSE_ALG_NOT_ALLOWED') return 'alg_not_allowed';
+  // Everything else (bad signature, key of the wrong type for alg) means this key does not verify it.
+  return 'invalid_signature';
+}
+
+function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
