@@ -13,3 +13,4 @@ export * from './render.js';
 export * from './chain.js';
 export * from './dpop.js';
 export * from './jwt.js';
+export * from './discovery.js';

@@ -99,13 +99,24 @@ export async function verifyJwt(token: string, opts: VerifyJwtOptions): Promise<
 /** §5.4: the key of an issuer's JWKS that verifies a JWS with this protected header. */
 export async function keyFromJwks(jwks: { keys: JWK[] }, header: JWSHeaderParameters): Promise<VerificationKey> {
   const alg = assertAllowedAlg(header.alg, ALLOWED_ALGS);
-  const candidates = (Array.isArray(jwks?.keys) ? jwks.keys : []).filter((k) => isUsableSigningKey(k, alg));
-  const matches = header.kid === undefined ? candidates : candidates.filter((k) => k.kid === header.kid);
-  if (matches.length !== 1) {
-    const which = header.kid === undefined ? `no kid and ${matches.length} keys fit ${alg}` : `kid ${header.kid}`;
+  const jwk = selectJwk(Array.isArray(jwks?.keys) ? jwks.keys : [], header);
+  if (jwk === undefined) {
+    const which = header.kid === undefined ? 'no kid' : `kid ${header.kid}`;
     throw new ProtocolError('unknown_key', `no single ${alg} key in the JWKS for ${which}`);
   }
-  return importPublicJwk(matches[0]!, alg, 'unknown_key');
+  return importPublicJwk(jwk, alg, 'unknown_key');
+}
+
+/**
+ * The one signing key for the header's `kid` that fits its `alg`; without a kid, the one key that fits
+ * `alg` at all. Undefined when there is none or more than one, or `alg` is not allowed.
+ */
+export function selectJwk(keys: readonly JWK[], header: JWSHeaderParameters): JWK | undefined {
+  const alg = header.alg;
+  if (alg === undefined || !(ALLOWED_ALGS as readonly string[]).includes(alg)) return undefined;
+  const usable = keys.filter((k) => isUsableSigningKey(k, alg as JwsAlg));
+  const matches = header.kid === undefined ? usable : usable.filter((k) => k.kid === header.kid);
+  return matches.length === 1 ? matches[0] : undefined;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -249,6 +260,7 @@ function checkIssuerAndAudience(payload: JWTPayload, opts: VerifyJwtOptions): vo
 function isUsableSigningKey(jwk: JWK, alg: JwsAlg): boolean {
   if (typeof jwk !== 'object' || jwk === null) return false;
   if (jwk.use !== undefined && jwk.use !== 'sig') return false;
+  if (Array.isArray(jwk.key_ops) && !jwk.key_ops.includes('verify')) return false;
   if (jwk.alg !== undefined && jwk.alg !== alg) return false;
   // A JWKS that publishes private members is misconfigured; such a key is never used to verify.
   return !hasPrivateMembers(jwk) && jwkFitsAlg(jwk, alg);
