@@ -183,6 +183,13 @@ function parseAddress(s: Scanner, out: Mailbox[]): void {
     const w = s.word();
     if (w === undefined) break;
     words.push(w.text);
+    // obs-phrase (RFC 5322 §4.1): a "." may follow a word, as in `Dept. A: ...;`
+    s.skipCfws();
+    while (s.peek() === '.') {
+      s.pos++;
+      words[words.length - 1] += '.';
+      s.skipCfws();
+    }
   }
   s.skipCfws();
   if (words.length > 0 && s.peek() === ':') {

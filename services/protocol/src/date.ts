@@ -23,7 +23,8 @@ const DATE_TIME =
 
 /** Parses the RFC 5322 date-time form (no obsolete zones). Throws ProtocolError('invalid_header'). */
 export function parseDate(value: string): Date {
-  const m = DATE_TIME.exec(value);
+  // RFC 5322 §3.3 allows CFWS after the zone, e.g. "+0100 (CET)"; the comment carries no meaning.
+  const m = DATE_TIME.exec(value.replace(/\s*\([^()]*\)\s*$/, ''));
   if (!m) throw new ProtocolError('invalid_header', `Date: ${JSON.stringify(value)} is not an RFC 5322 date-time`);
   const [, day, dd, mon, yyyy, hh, mi, ss, sign, zh, zm] = m;
   const month = MONTHS.indexOf(mon as (typeof MONTHS)[number]);

@@ -4,7 +4,7 @@
  * are checked before any expensive work; anything unexpected becomes a ProtocolError too, so callers
  * (and the fuzz tests) can rely on one error type.
  */
-import { parseDocument } from 'yaml';
+import { CST, Lexer, parseDocument } from 'yaml';
 import { parseAddressList, parseSingleMailbox } from './address.js';
 import { isB64uSha256 } from './encoding.js';
 import { ProtocolError, type ProtocolErrorCode } from './errors.js';
@@ -172,6 +172,7 @@ function scanJson(text: string, maxDepth: number): void {
 }
 
 function readYaml(text: string, limits: ParseLimits): unknown {
+  scanYamlNesting(text, maxJsonDepth(limits));
   // The failsafe schema reads every scalar as a string: header values are strings, and `Subject: 123`
   // or `Subject: null` must not turn into a number or a null.
   const doc = parseDocument(text, { schema: 'failsafe', uniqueKeys: true, strict: true, prettyErrors: false });
@@ -183,6 +184,37 @@ function readYaml(text: string, limits: ParseLimits): unknown {
     throw new ProtocolError('message_too_deep', `nesting deeper than ${maxJsonDepth(limits)} levels`);
   }
   return value;
+}
+
+/**
+ * The YAML composer recurses once per nesting level, and a stack overflow inside it can leave V8 unable
+ * to compile regular expressions for the rest of the process. So nesting is bounded first, on the
+ * library's lexer tokens (a generator: the scan stops at the first level too deep, and quoting and
+ * comments are already resolved). Flow brackets are counted exactly; block nesting is bounded from above
+ * by the indentation plus the `-`/`?`/`:` indicators on a line, since every block level needs one of them.
+ * The exact depth is checked on the composed value afterwards.
+ */
+function scanYamlNesting(text: string, maxDepth: number): void {
+  const tooDeep = () => new ProtocolError('message_too_deep', `YAML nesting deeper than ${maxDepth} levels`);
+  const maxColumns = 8 * maxDepth;
+  let flow = 0;
+  // indentation and indicators count only while nothing else has been seen on the line
+  let lineBound: number | undefined = 0;
+  for (const token of new Lexer().lex(text)) {
+    const type = CST.tokenType(token);
+    if (type === 'flow-seq-start' || type === 'flow-map-start') {
+      if (++flow > maxDepth) throw tooDeep();
+    } else if (type === 'flow-seq-end' || type === 'flow-map-end') {
+      flow = Math.max(0, flow - 1);
+    }
+    if (type === 'newline') lineBound = 0;
+    else if (type === 'doc-mode' || type === 'byte-order-mark') continue;
+    else if (lineBound === undefined || flow > 0) lineBound = undefined;
+    else if (type === 'space') lineBound += token.length;
+    else if (type === 'seq-item-ind' || type === 'explicit-key-ind' || type === 'map-value-ind') lineBound += 1;
+    else lineBound = undefined;
+    if (lineBound !== undefined && lineBound > maxColumns) throw tooDeep();
+  }
 }
 
 function depthExceeds(value: unknown, max: number): boolean {
@@ -198,7 +230,28 @@ const FIELD_NAME = /^[\x21-\x39\x3b-\x7e]+$/;
 // eslint-disable-next-line no-control-regex -- matching control characters is the point
 const FORBIDDEN_IN_VALUE = /[\x00-\x08\x0a-\x1f\x7f]/;
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
-const MSG_ID = /^<[^<>@\s]+@[^<>@\s]+>$/;
+// RFC 5322 §3.6.4 msg-id: "<" dot-atom-text "@" (dot-atom-text / no-fold-literal) ">", UTF-8 allowed (RFC 6532).
+const ATOM = "[A-Za-z0-9!#$%&'*+\\-/=?^_`{|}~\\u0080-\\u{10FFFF}]+";
+const DOT_ATOM = `${ATOM}(?:\\.${ATOM})*`;
+const MSG_ID = new RegExp(`^<${DOT_ATOM}@(?:${DOT_ATOM}|\\[[\\x21-\\x5a\\x5e-\\x7e]*\\])>$`, 'u');
+/**
+ * The headers the protocol defines, in their one spelling. RFC 5322 field names are case-insensitive,
+ * so a `FROM` beside a `From` would be a second sender to one reader and an unknown header to another:
+ * these names must be written exactly as here.
+ */
+const PROTOCOL_HEADERS: ReadonlyMap<string, string> = new Map(
+  [
+    ...SINGLETON_HEADERS,
+    'Date',
+    'Received',
+    'Recipients-Digest',
+    'Body-Digest',
+    'JWT-Assertion-Digest',
+    'Content-Type',
+    'Content-ID',
+    'Content-Disposition',
+  ].map((name) => [name.toLowerCase(), name]),
+);
 const SINGLETONS: ReadonlySet<string> = new Set(SINGLETON_HEADERS);
 const LEAF_REQUIRED = ['Content-Disposition', 'Content-ID', 'Content-Type'] as const;
 
@@ -298,6 +351,10 @@ class Validator {
         path,
         `${JSON.stringify(name)} is not a header name (printable ASCII, no ":" or space)`,
       );
+    }
+    const canonical = PROTOCOL_HEADERS.get(name.toLowerCase());
+    if (canonical !== undefined && canonical !== name) {
+      this.fail('invalid_header', path, `the protocol header ${canonical} must be spelled exactly so, not ${name}`);
     }
     const value = v[name];
     if (Array.isArray(value)) {
