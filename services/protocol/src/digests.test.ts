@@ -13,6 +13,7 @@ import {
   eht,
   ehtOrUndefined,
   jcs,
+  jcsText,
   recipientsDigest,
 } from './digests.js';
 import { ProtocolError } from './errors.js';
@@ -402,5 +403,22 @@ describe('digestReport (what `federizer protocol digest` prints)', () => {
     const report = digestReport({ envelope: [chain.envelope[0]!, chain.envelope[1]!], body: BODY });
     expect(report.blocks).toEqual([]);
     expect(report.bodyDigest).toBe(bodyDigest(BODY));
+  });
+});
+
+describe('jcs against an independent RFC 8785 implementation (the canonicalize package)', () => {
+  it('RFC 8785: the same canonical text for 20,000 arbitrary JSON values', async () => {
+    const { default: canonicalize } = await import('canonicalize');
+    const fc = await import('fast-check');
+    fc.assert(
+      fc.property(fc.jsonValue(), (v) => canonicalize(v) === jcsText(v)),
+      { numRuns: 20_000, seed: 8785 },
+    );
+  });
+
+  it('RFC 8785 §3.2.2: NaN, Infinity and lone surrogates have no canonical form', () => {
+    expect(() => jcsText(Number.NaN)).toThrow(TypeError);
+    expect(() => jcsText({ a: Number.POSITIVE_INFINITY })).toThrow(TypeError);
+    expect(() => jcsText(['\uD800'])).toThrow(TypeError);
   });
 });

@@ -3,16 +3,83 @@
  * `<...>` brackets, `eht` does not.
  */
 import { createHash } from 'node:crypto';
-import canonicalize from 'canonicalize';
 import { b64uSha256 } from './encoding.js';
 import { ProtocolError } from './errors.js';
 import { findHeader, type Body, type Header } from './message.js';
 
-/** RFC 8785 JSON Canonicalization Scheme, as UTF-8 bytes. */
+/**
+ * RFC 8785 JSON Canonicalization Scheme, as UTF-8 bytes. Strings and numbers serialize exactly as
+ * ECMAScript's JSON.stringify (RFC 8785 §3.2.2), and object members sort by UTF-16 code units, which is
+ * JavaScript's default string order (§3.2.3). Written here rather than taken from a library because the
+ * Body-Digest is on every hot path and the general-purpose one spent most of its time on checks this
+ * caller makes once: lone surrogates (refused by the parser) and cycles (impossible in parsed JSON).
+ */
 export function jcs(value: unknown): Buffer {
-  const text = canonicalize(value);
-  if (text === undefined) throw new TypeError('value cannot be canonicalized');
-  return Buffer.from(text, 'utf8');
+  return Buffer.from(jcsText(value), 'utf8');
+}
+
+export function jcsText(value: unknown): string {
+  // Parsed messages nearly always have their members in canonical order already (headers hold one
+  // member, parts hold `headers` then `parts`); then the native serializer produces exactly JCS.
+  return isCanonicalAsIs(value) ? JSON.stringify(value) : canonicalText(value);
+}
+
+/** True when JSON.stringify of the value is already its JCS form: plain data, members sorted, text well formed. */
+function isCanonicalAsIs(value: unknown): boolean {
+  if (typeof value === 'string') return value.isWellFormed();
+  if (typeof value === 'number') return Number.isFinite(value);
+  if (value === null || typeof value === 'boolean') return true;
+  if (Array.isArray(value)) {
+    for (const item of value) if (item === undefined || !isCanonicalAsIs(item)) return false;
+    return true;
+  }
+  if (typeof value !== 'object') return false;
+  const proto = Object.getPrototypeOf(value) as unknown;
+  if (proto !== Object.prototype && proto !== null) return false;
+  let previous: string | undefined;
+  for (const key in value) {
+    if ((previous !== undefined && !(previous < key)) || !key.isWellFormed()) return false;
+    const member = (value as Record<string, unknown>)[key];
+    if (member === undefined || !isCanonicalAsIs(member)) return false;
+    previous = key;
+  }
+  return true;
+}
+
+function canonicalText(value: unknown): string {
+  if (typeof value === 'string') {
+    if (!value.isWellFormed()) throw new TypeError('RFC 8785 §3.2.2.2: a string holds a lone surrogate');
+    return JSON.stringify(value);
+  }
+  if (value === null || typeof value === 'boolean') return String(value);
+  if (typeof value === 'number') {
+    if (!Number.isFinite(value)) throw new TypeError('RFC 8785 §3.2.2.3: NaN and Infinity have no JSON form');
+    return JSON.stringify(value);
+  }
+  if (Array.isArray(value)) {
+    let out = '[';
+    for (let i = 0; i < value.length; i++) {
+      if (i > 0) out += ',';
+      const item: unknown = value[i];
+      out += item === undefined || typeof item === 'function' ? 'null' : canonicalText(item);
+    }
+    return `${out}]`;
+  }
+  if (typeof value === 'object') {
+    const object = value as Record<string, unknown>;
+    const keys = Object.keys(object);
+    if (keys.length > 1) keys.sort();
+    let out = '{';
+    let first = true;
+    for (const key of keys) {
+      const member = object[key];
+      if (member === undefined || typeof member === 'function') continue;
+      out += `${first ? '' : ','}${canonicalText(key)}:${canonicalText(member)}`;
+      first = false;
+    }
+    return `${out}}`;
+  }
+  throw new TypeError(`RFC 8785: a ${typeof value} has no JSON form`);
 }
 
 /** `<B64U(H(bytes))>`: the form of every digest header value. */

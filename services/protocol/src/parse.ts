@@ -4,7 +4,7 @@
  * are checked before any expensive work; anything unexpected becomes a ProtocolError too, so callers
  * (and the fuzz tests) can rely on one error type.
  */
-import { CST, Lexer, parseDocument } from 'yaml';
+import { CST, Lexer, isScalar, parseDocument, visit, type Document } from 'yaml';
 import { parseAddressList, parseSingleMailbox } from './address.js';
 import { isB64uSha256 } from './encoding.js';
 import { ProtocolError, type ProtocolErrorCode } from './errors.js';
@@ -179,6 +179,7 @@ function readYaml(text: string, limits: ParseLimits): unknown {
   const error = doc.errors[0];
   if (error) throw new ProtocolError('invalid_syntax', `not valid YAML: ${error.message}`);
   if (doc.warnings.length > 0) throw new ProtocolError('invalid_syntax', `not valid YAML: ${doc.warnings[0]!.message}`);
+  rejectYamlIndirection(doc);
   const value: unknown = doc.toJS({ maxAliasCount: 100 });
   if (depthExceeds(value, maxJsonDepth(limits))) {
     throw new ProtocolError('message_too_deep', `nesting deeper than ${maxJsonDepth(limits)} levels`);
@@ -215,6 +216,27 @@ function scanYamlNesting(text: string, maxDepth: number): void {
     else lineBound = undefined;
     if (lineBound !== undefined && lineBound > maxColumns) throw tooDeep();
   }
+}
+
+/**
+ * The library's duplicate-key check compares plain keys only: `&k From: a` then `*k : b` passes it and the
+ * second value silently wins, and a collection used as a key is turned into a string that may equal
+ * another key. A Placeholder Message needs neither, and `messageToYaml` never writes them, so anchors,
+ * aliases and non-scalar keys are refused outright.
+ */
+function rejectYamlIndirection(doc: Document): void {
+  const refuse = (what: string): never => {
+    throw new ProtocolError('invalid_syntax', `not a Placeholder Message in YAML: ${what} are not allowed`);
+  };
+  visit(doc, {
+    Alias: () => refuse('aliases'),
+    Node: (_key, node) => {
+      if (node.anchor !== undefined) refuse('anchors');
+    },
+    Pair: (_key, pair) => {
+      if (!isScalar(pair.key)) refuse('keys that are not plain strings');
+    },
+  });
 }
 
 function depthExceeds(value: unknown, max: number): boolean {
