@@ -1,0 +1,171 @@
+/**
+ * oidc-provider's storage adapter over knex, the replay store of the DPoP checks, and the pruning of
+ * everything that expires. The semantics follow oidc-provider's own memory adapter
+ * (lib/adapters/memory_adapter.js), the reference for its contract.
+ */
+import type { Knex } from 'knex';
+import type { Adapter, AdapterPayload } from 'oidc-provider';
+import { dbOptionalNumber } from '@federizer/common';
+import type { ReplayStore } from '@federizer/protocol';
+import { THROTTLE_FORGET_AFTER_MS } from './throttle.js';
+
+/**
+ * The models whose rows belong to a grant. As in the memory adapter, revoking a grant through any of them
+ * removes the grant's rows of all of them: oidc-provider calls each model's revokeByGrantId in turn, and a
+ * failure halfway must not leave, say, refresh tokens of a revoked grant behind.
+ */
+const GRANTABLE = [
+  'AccessToken',
+  'AuthorizationCode',
+  'RefreshToken',
+  'DeviceCode',
+  'BackchannelAuthenticationRequest',
+  'PreAuthorizedCode',
+] as const;
+
+export interface KnexAdapterOptions {
+  /** Epoch milliseconds; tests pass a frozen clock. */
+  now?: () => number;
+  /** Kept past `expiresIn` by this many seconds, to match the provider's own `clockTolerance`. */
+  clockToleranceSeconds?: number;
+}
+
+interface PayloadRow {
+  payload: string;
+  consumed_at: unknown;
+}
+
+export class KnexAdapter implements Adapter {
+  readonly #knex: Knex;
+  readonly #now: () => number;
+  readonly #toleranceMs: number;
+
+  constructor(
+    knex: Knex,
+    readonly name: string,
+    options: KnexAdapterOptions = {},
+  ) {
+    this.#knex = knex;
+    this.#now = options.now ?? Date.now;
+    this.#toleranceMs = (options.clockToleranceSeconds ?? 0) * 1000;
+  }
+
+  async upsert(id: string, payload: AdapterPayload, expiresIn?: number): Promise<void> {
+    const now = this.#now();
+    const row = {
+      kind: this.name,
+      id,
+      payload: JSON.stringify(payload),
+      grant_id: typeof payload.grantId === 'string' ? payload.grantId : null,
+      user_code: typeof payload.userCode === 'string' ? payload.userCode : null,
+      uid: typeof payload.uid === 'string' ? payload.uid : null,
+      expires_at: typeof expiresIn === 'number' ? Math.floor(now + expiresIn * 1000 + this.#toleranceMs) : null,
+      consumed_at: typeof payload.consumed === 'number' ? Math.floor(payload.consumed) : null,
+    };
+    await this.#knex('oidc_payloads').insert(row).onConflict(['kind', 'id']).merge();
+  }
+
+  async find(id: string): Promise<AdapterPayload | undefined> {
+    return this.#first({ id });
+  }
+
+  async findByUserCode(userCode: string): Promise<AdapterPayload | undefined> {
+    return this.#first({ user_code: userCode });
+  }
+
+  async findByUid(uid: string): Promise<AdapterPayload | undefined> {
+    return this.#first({ uid });
+  }
+
+  async consume(id: string): Promise<void> {
+    // Kept in its own column and merged into the payload on read, so consuming is one UPDATE with no
+    // read-modify-write of the JSON (and no JSON functions that differ between the databases).
+    await this.#knex('oidc_payloads')
+      .where({ kind: this.name, id })
+      .update({ consumed_at: Math.floor(this.#now() / 1000) });
+  }
+
+  async destroy(id: string): Promise<void> {
+    await this.#knex('oidc_payloads').where({ kind: this.name, id }).delete();
+  }
+
+  async revokeByGrantId(grantId: string): Promise<void> {
+    await this.#knex('oidc_payloads').where({ grant_id: grantId }).whereIn('kind', GRANTABLE).delete();
+  }
+
+  async #first(where: Record<string, string>): Promise<AdapterPayload | undefined> {
+    const row = (await this.#knex('oidc_payloads')
+      .select('payload', 'consumed_at')
+      .where({ kind: this.name, ...where })
+      .andWhere((q) => q.whereNull('expires_at').orWhere('expires_at', '>', this.#now()))
+      .first()) as PayloadRow | undefined;
+    if (row === undefined) return undefined;
+    const payload = JSON.parse(row.payload) as AdapterPayload;
+    const consumed = dbOptionalNumber(row.consumed_at);
+    if (consumed !== undefined) payload.consumed = consumed;
+    return payload;
+  }
+}
+
+/** The value of oidc-provider's `adapter` option. */
+export function adapterFactory(knex: Knex, options: KnexAdapterOptions = {}): (name: string) => KnexAdapter {
+  return (name: string) => new KnexAdapter(knex, name, options);
+}
+
+export interface PruneResult {
+  oidcPayloads: number;
+  replay: number;
+  loginThrottle: number;
+  sendCounters: number;
+}
+
+/**
+ * Deletes what can no longer be returned or counted. Reads already ignore expired rows, so this only
+ * bounds the tables' size; run it periodically from one replica (running it from several is harmless).
+ */
+export async function pruneExpired(knex: Knex, now: Date): Promise<PruneResult> {
+  const ms = now.getTime();
+  const oidcPayloads = await knex('oidc_payloads').where('expires_at', '<=', ms).delete();
+  const replay = await knex('replay')
+    .where('expires_at', '<=', Math.floor(ms / 1000))
+    .delete();
+  const loginThrottle = await knex('login_throttle')
+    .where('updated_at', '<=', ms - THROTTLE_FORGET_AFTER_MS)
+    .delete();
+  // Quotas count per UTC day: yesterday's counter is kept a day for the admin API, older ones go.
+  const yesterday = new Date(ms - 24 * 3600 * 1000).toISOString().slice(0, 10);
+  const sendCounters = await knex('send_counters').where('day', '<', yesterday).delete();
+  return { oidcPayloads, replay, loginThrottle, sendCounters };
+}
+
+export interface KnexReplayStoreOptions {
+  /** Unix seconds; tests pass a frozen clock. */
+  now?: () => number;
+}
+
+/** The protocol library's ReplayStore, shared by every replica through the database. */
+export class KnexReplayStore implements ReplayStore {
+  readonly #knex: Knex;
+  readonly #now: () => number;
+
+  constructor(knex: Knex, options: KnexReplayStoreOptions = {}) {
+    this.#knex = knex;
+    this.#now = options.now ?? (() => Math.floor(Date.now() / 1000));
+  }
+
+  async checkAndRecord(key: string, expiresAt: number): Promise<boolean> {
+    if (typeof key !== 'string' || key === '') throw new TypeError('replay key must be a non-empty string');
+    if (!Number.isSafeInteger(expiresAt)) throw new TypeError('expiresAt must be an integer (unix seconds)');
+    // One statement decides: a new key is inserted, an expired one is taken over, a live one is left alone
+    // and returns no row. PostgreSQL re-checks the WHERE against the row a concurrent insert committed, and
+    // SQLite runs statements one at a time, so exactly one of several concurrent callers gets a row.
+    // Expired means expires_at <= now, as in the protocol library's MemoryReplayStore.
+    const rows = (await this.#knex('replay')
+      .insert({ key, expires_at: expiresAt })
+      .onConflict('key')
+      .merge(['expires_at'])
+      .where('replay.expires_at', '<=', this.#now())
+      .returning('key')) as unknown[];
+    return rows.length === 1;
+  }
+}

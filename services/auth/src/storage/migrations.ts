@@ -1,0 +1,86 @@
+/**
+ * The Authorization Server's schema, as in-code migrations (run with `migrateLatest` from
+ * @federizer/common). Only portable column types are used so SQLite and PostgreSQL hold the same data:
+ * times are epoch milliseconds in bigint columns (knex maps date types differently per database), JSON is
+ * text (the AS never queries inside it), booleans are knex booleans (0/1 on SQLite).
+ *
+ * Append new migrations; never edit one that has shipped.
+ */
+import type { Knex } from 'knex';
+import type { Migration } from '@federizer/common';
+
+/** The knex bookkeeping table of the AS; the mailbox service keeps its own, so both may share a database. */
+export const AUTH_MIGRATIONS_TABLE = 'auth_migrations';
+
+export const authMigrations: readonly Migration[] = [
+  {
+    name: '0001_initial',
+    async up(knex: Knex) {
+      // oidc-provider's models (Session, AccessToken, Grant, Interaction, ...), one table for all, keyed by
+      // model name: the adapter contract looks rows up by id within a model, and by grant, uid or user code.
+      await knex.schema.createTable('oidc_payloads', (t) => {
+        t.string('kind', 64).notNullable();
+        t.string('id', 255).notNullable();
+        t.text('payload').notNullable();
+        t.string('grant_id', 255).nullable();
+        t.string('user_code', 255).nullable();
+        t.string('uid', 255).nullable();
+        t.bigInteger('expires_at').nullable(); // epoch ms; null: kept until destroyed
+        t.bigInteger('consumed_at').nullable(); // epoch seconds, as oidc-provider's `consumed`
+        t.primary(['kind', 'id']);
+        t.index(['grant_id'], 'oidc_payloads_grant_id_idx');
+        t.index(['uid'], 'oidc_payloads_uid_idx');
+        t.index(['user_code'], 'oidc_payloads_user_code_idx');
+        t.index(['expires_at'], 'oidc_payloads_expires_at_idx');
+      });
+
+      // DPoP proof jti values (and anything else that must be seen once), shared by every replica.
+      await knex.schema.createTable('replay', (t) => {
+        t.string('key', 512).notNullable().primary();
+        t.bigInteger('expires_at').notNullable(); // unix seconds, as the ReplayStore contract
+        t.index(['expires_at'], 'replay_expires_at_idx');
+      });
+
+      await knex.schema.createTable('users', (t) => {
+        t.string('address', 254).notNullable().primary(); // lower-cased addr-spec
+        t.string('display_name', 256).notNullable().defaultTo('');
+        t.text('password_hash').notNullable();
+        t.string('forwarding_policy', 16).notNullable().defaultTo('manual');
+        t.integer('send_quota_per_day').notNullable().defaultTo(1000);
+        t.boolean('disabled').notNullable().defaultTo(false);
+        t.bigInteger('created_at').notNullable();
+        t.bigInteger('updated_at').notNullable();
+      });
+
+      await knex.schema.createTable('send_counters', (t) => {
+        t.string('address', 254).notNullable().references('address').inTable('users').onDelete('CASCADE');
+        t.string('day', 10).notNullable(); // YYYY-MM-DD, UTC
+        t.integer('count').notNullable();
+        t.primary(['address', 'day']);
+        t.index(['day'], 'send_counters_day_idx');
+      });
+
+      await knex.schema.createTable('login_throttle', (t) => {
+        t.string('key', 320).notNullable().primary(); // `account:<address>` or `ip:<ip>`
+        t.integer('failures').notNullable();
+        t.bigInteger('next_allowed_at').notNullable(); // epoch ms
+        t.bigInteger('updated_at').notNullable(); // epoch ms of the last failure
+        t.index(['updated_at'], 'login_throttle_updated_at_idx');
+      });
+
+      await knex.schema.createTable('signing_keys', (t) => {
+        t.string('kid', 128).notNullable().primary();
+        t.string('alg', 16).notNullable();
+        t.text('private_jwk').notNullable();
+        t.bigInteger('created_at').notNullable(); // epoch ms
+        t.bigInteger('activated_at').notNullable(); // epoch ms; may lie ahead, so replicas publish a key first
+        t.bigInteger('retired_at').nullable(); // epoch ms; retired keys stay in the JWKS for the share window
+      });
+    },
+    async down(knex: Knex) {
+      for (const table of ['signing_keys', 'login_throttle', 'send_counters', 'users', 'replay', 'oidc_payloads']) {
+        await knex.schema.dropTableIfExists(table);
+      }
+    },
+  },
+];
