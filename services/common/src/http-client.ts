@@ -1,0 +1,141 @@
+/**
+ * The outbound HTTP client every service uses to reach other domains. It guards against server-side
+ * request forgery where it matters, at connect time: the address a name resolves to is checked, so a
+ * public name pointing at 127.0.0.1, 10.x or a link-local metadata address is refused, and a redirect to
+ * such an address is refused the same way. Outside development mode only https is spoken.
+ */
+import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import { BlockList, isIP, type LookupFunction } from 'node:net';
+import { Agent, fetch as undiciFetch, type RequestInit, type Response } from 'undici';
+
+export interface HttpClientOptions {
+  /** Development mode: http allowed, and loopback addresses (the local federation) reachable. */
+  readonly dev?: boolean;
+  /** Resolves host names (default: the system's, with `*.localhost` answered as loopback). */
+  readonly lookup?: LookupFunction;
+  /** Per-request timeout for connecting and receiving headers. */
+  readonly timeoutMs?: number;
+  /** Extra addresses that stay reachable in production (e.g. a cluster-internal service), as CIDRs. */
+  readonly allowCidrs?: readonly string[];
+}
+
+/** Addresses that are never another domain's public server (RFC 6890 special-purpose registries). */
+const PRIVATE = new BlockList();
+for (const [net, prefix] of [
+  ['0.0.0.0', 8],
+  ['10.0.0.0', 8],
+  ['100.64.0.0', 10],
+  ['127.0.0.0', 8],
+  ['169.254.0.0', 16],
+  ['172.16.0.0', 12],
+  ['192.0.0.0', 24],
+  ['192.168.0.0', 16],
+  ['198.18.0.0', 15],
+  ['224.0.0.0', 4],
+  ['240.0.0.0', 4],
+] as const) {
+  PRIVATE.addSubnet(net, prefix, 'ipv4');
+}
+for (const [net, prefix] of [
+  ['::', 128],
+  ['::1', 128],
+  ['fc00::', 7],
+  ['fe80::', 10],
+  ['ff00::', 8],
+  ['::ffff:0:0', 96],
+  ['64:ff9b::', 96],
+] as const) {
+  PRIVATE.addSubnet(net, prefix, 'ipv6');
+}
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
+LOOPBACK.addAddress('::1', 'ipv6');
+
+export class ForbiddenAddressError extends Error {
+  override readonly name = 'ForbiddenAddressError';
+  readonly code = 'EFORBIDDENADDRESS';
+}
+
+/** Whether an outbound connection to this address is allowed. */
+export function addressAllowed(address: string, options: Pick<HttpClientOptions, 'dev' | 'allowCidrs'> = {}): boolean {
+  const family = isIP(address) === 6 ? 'ipv6' : 'ipv4';
+  if (options.dev && LOOPBACK.check(address, family)) return true;
+  if (options.allowCidrs?.length) {
+    const allow = new BlockList();
+    for (const cidr of options.allowCidrs) {
+      const [net, bits] = cidr.split('/');
+      allow.addSubnet(net!, Number(bits), isIP(net!) === 6 ? 'ipv6' : 'ipv4');
+    }
+    if (allow.check(address, family)) return true;
+  }
+  return !PRIVATE.check(address, family);
+}
+
+/** The system resolver, except that `localhost` and `*.localhost` are loopback (RFC 6761 §6.3). */
+export const localhostAwareLookup: LookupFunction = (hostname, options, callback) => {
+  const name = hostname.toLowerCase().replace(/\.$/, '');
+  if (name === 'localhost' || name.endsWith('.localhost')) {
+    const family = options.family === 6 ? 6 : 4;
+    const address = family === 6 ? '::1' : '127.0.0.1';
+    if (options.all) (callback as (e: null, a: LookupAddress[]) => void)(null, [{ address, family }]);
+    else callback(null, address, family);
+    return;
+  }
+  dnsLookup(hostname, options, callback as never);
+};
+
+function guardedLookup(base: LookupFunction, options: HttpClientOptions): LookupFunction {
+  return (hostname, lookupOptions, callback) => {
+    base(hostname, { ...lookupOptions, all: true }, (err, addresses) => {
+      if (err) return callback(err, '', 0);
+      const list = (
+        Array.isArray(addresses) ? addresses : [{ address: addresses as unknown as string, family: 4 }]
+      ) as LookupAddress[];
+      const allowed = list.filter((a) => addressAllowed(a.address, options));
+      if (allowed.length === 0) {
+        const shown = list.map((a) => a.address).join(', ');
+        return callback(
+          new ForbiddenAddressError(`${hostname} resolves to ${shown}, which is not a public address`),
+          '',
+          0,
+        );
+      }
+      if (lookupOptions.all) (callback as (e: null, a: LookupAddress[]) => void)(null, allowed);
+      else callback(null, allowed[0]!.address, allowed[0]!.family);
+    });
+  };
+}
+
+export interface HttpClient {
+  fetch(url: string | URL, init?: RequestInit): Promise<Response>;
+  close(): Promise<void>;
+}
+
+export function createHttpClient(options: HttpClientOptions = {}): HttpClient {
+  const timeout = options.timeoutMs ?? 10_000;
+  const agent = new Agent({
+    connect: { lookup: guardedLookup(options.lookup ?? localhostAwareLookup, options), timeout },
+    headersTimeout: timeout,
+    bodyTimeout: 5 * 60_000,
+  });
+  return {
+    async fetch(url, init = {}) {
+      const target = new URL(url);
+      if (target.protocol !== 'https:' && !(options.dev && target.protocol === 'http:')) {
+        throw new ForbiddenAddressError(
+          `${target.origin}: only https is allowed${options.dev ? '' : ' outside development mode'}`,
+        );
+      }
+      const literal = target.hostname.replace(/^\[|\]$/g, '');
+      if (isIP(literal) && !addressAllowed(literal, options)) {
+        throw new ForbiddenAddressError(`${target.host} is not a public address`);
+      }
+      if (init.redirect === undefined || init.redirect === 'follow') {
+        // Redirects are followed by callers that check each hop (discovery counts them); never blindly.
+        init = { ...init, redirect: 'manual' };
+      }
+      return undiciFetch(target, { ...init, dispatcher: agent });
+    },
+    close: () => agent.close(),
+  };
+}
