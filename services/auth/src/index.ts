@@ -2,3 +2,8 @@ export * from './storage/migrations.js';
 export * from './storage/adapter.js';
 export * from './storage/users.js';
 export * from './storage/throttle.js';
+export * from './config.js';
+export * from './exchange.js';
+export * from './keys.js';
+export * from './provider.js';
+export * from './service.js';

@@ -4,9 +4,10 @@
  * public name pointing at 127.0.0.1, 10.x or a link-local metadata address is refused, and a redirect to
  * such an address is refused the same way. Outside development mode only https is spoken.
  */
-import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import type { LookupAddress } from 'node:dns';
 import { BlockList, isIP, type LookupFunction } from 'node:net';
 import { Agent, fetch as undiciFetch, type RequestInit, type Response } from 'undici';
+import { localhostLookup } from './dns-client.js';
 
 export interface HttpClientOptions {
   /** Development mode: http allowed, and loopback addresses (the local federation) reachable. */
@@ -71,19 +72,6 @@ export function addressAllowed(address: string, options: Pick<HttpClientOptions,
   return !PRIVATE.check(address, family);
 }
 
-/** The system resolver, except that `localhost` and `*.localhost` are loopback (RFC 6761 §6.3). */
-export const localhostAwareLookup: LookupFunction = (hostname, options, callback) => {
-  const name = hostname.toLowerCase().replace(/\.$/, '');
-  if (name === 'localhost' || name.endsWith('.localhost')) {
-    const family = options.family === 6 ? 6 : 4;
-    const address = family === 6 ? '::1' : '127.0.0.1';
-    if (options.all) (callback as (e: null, a: LookupAddress[]) => void)(null, [{ address, family }]);
-    else callback(null, address, family);
-    return;
-  }
-  dnsLookup(hostname, options, callback as never);
-};
-
 function guardedLookup(base: LookupFunction, options: HttpClientOptions): LookupFunction {
   return (hostname, lookupOptions, callback) => {
     base(hostname, { ...lookupOptions, all: true }, (err, addresses) => {
@@ -114,7 +102,7 @@ export interface HttpClient {
 export function createHttpClient(options: HttpClientOptions = {}): HttpClient {
   const timeout = options.timeoutMs ?? 10_000;
   const agent = new Agent({
-    connect: { lookup: guardedLookup(options.lookup ?? localhostAwareLookup, options), timeout },
+    connect: { lookup: guardedLookup(options.lookup ?? (localhostLookup as LookupFunction), options), timeout },
     headersTimeout: timeout,
     bodyTimeout: 5 * 60_000,
   });

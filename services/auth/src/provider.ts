@@ -1,0 +1,183 @@
+/**
+ * The oidc-provider instance: clients from configuration, JWT access tokens for the mailbox resource,
+ * DPoP, PKCE, rotating refresh tokens, our own login pages (devInteractions off), and the token exchange.
+ * It is rebuilt when the signing keys change (provider keystores are fixed at construction); everything
+ * it stores lives in the database, so a rebuilt provider carries on where the old one stopped.
+ */
+import type { ClientMetadata, Configuration, KoaContextWithOIDC } from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
+import type { AuthConfig, AuthSecrets } from './config.js';
+import { EXCHANGE_PARAMS, TOKEN_EXCHANGE, tokenExchangeHandler, type ExchangeDeps } from './exchange.js';
+import type { KeyRing } from './keys.js';
+import type { KnexAdapter } from './storage/adapter.js';
+import type { UserStore } from './storage/users.js';
+
+/** Scopes the first-party clients may ask for; `mailbox` is the client API of the domain's mailbox. */
+export const SCOPES = ['openid', 'offline_access', 'email', 'profile', 'mailbox'] as const;
+
+export interface ProviderDeps {
+  readonly config: AuthConfig;
+  readonly secrets: AuthSecrets;
+  readonly keys: KeyRing;
+  readonly users: UserStore;
+  readonly adapter: (name: string) => KnexAdapter;
+  readonly exchange: Omit<ExchangeDeps, 'keys' | 'config'>;
+  readonly renderError: NonNullable<Configuration['renderError']>;
+  readonly logoutSource: NonNullable<
+    NonNullable<NonNullable<Configuration['features']>['rpInitiatedLogout']>['logoutSource']
+  >;
+  readonly postLogoutSuccessSource: NonNullable<
+    NonNullable<NonNullable<Configuration['features']>['rpInitiatedLogout']>['postLogoutSuccessSource']
+  >;
+  /** The path of the issuer URL (`/as1` for `https://example.com/as1`), where our own routes are mounted too. */
+  readonly basePath: string;
+}
+
+export function clientsOf(config: AuthConfig, secrets: AuthSecrets): ClientMetadata[] {
+  const userClient = {
+    token_endpoint_auth_method: 'none',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    scope: SCOPES.join(' '),
+    id_token_signed_response_alg: config.signingAlg,
+  } as const;
+  const mta = {
+    client_id: config.mta.clientId,
+    grant_types: [TOKEN_EXCHANGE],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'internet_mail',
+    ...(config.mta.jwks
+      ? {
+          token_endpoint_auth_method: 'private_key_jwt',
+          jwks: { keys: [...config.mta.jwks.keys] },
+          token_endpoint_auth_signing_alg: config.mta.jwks.keys[0]?.alg,
+        }
+      : { token_endpoint_auth_method: 'client_secret_basic', client_secret: secrets.mtaClientSecret }),
+  } as ClientMetadata;
+  const clients: ClientMetadata[] = [
+    mta,
+    {
+      ...userClient,
+      client_id: config.cli.clientId,
+      application_type: 'native',
+      redirect_uris: [...config.cli.redirectUris],
+    },
+  ];
+  if (config.webmail.redirectUris.length > 0) {
+    clients.push({
+      ...userClient,
+      client_id: config.webmail.clientId,
+      application_type: 'web',
+      redirect_uris: [...config.webmail.redirectUris],
+      post_logout_redirect_uris: [...config.webmail.postLogoutRedirectUris],
+    });
+  }
+  return clients;
+}
+
+export function createProvider(deps: ProviderDeps): Provider {
+  const { config, secrets } = deps;
+  const firstParty = new Set([config.webmail.clientId, config.cli.clientId]);
+  const provider = new Provider(config.issuer, {
+    adapter: deps.adapter as unknown as Configuration['adapter'],
+    clients: clientsOf(config, secrets),
+    jwks: { keys: deps.keys.keys.map((k) => ({ ...k.privateJwk })) } as Configuration['jwks'],
+    cookies: {
+      keys: [...secrets.cookieKeys],
+      long: { signed: true, httpOnly: true, sameSite: 'lax', secure: !config.dev },
+      short: { signed: true, httpOnly: true, sameSite: 'lax', secure: !config.dev },
+    },
+    clientDefaults: {
+      id_token_signed_response_alg: config.signingAlg,
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+    },
+    enabledJWA: {
+      idTokenSigningAlgValues: ['ES256', 'EdDSA', 'RS256'],
+      clientAuthSigningAlgValues: ['ES256', 'EdDSA', 'RS256'],
+      dPoPSigningAlgValues: ['ES256', 'EdDSA', 'RS256'],
+    },
+    scopes: [...SCOPES, 'internet_mail'],
+    claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
+    responseTypes: ['code'],
+    pkce: { required: () => true },
+    features: {
+      devInteractions: { enabled: false },
+      dPoP: { enabled: true },
+      revocation: { enabled: true },
+      introspection: { enabled: false },
+      userinfo: { enabled: true },
+      rpInitiatedLogout: {
+        enabled: true,
+        logoutSource: deps.logoutSource,
+        postLogoutSuccessSource: deps.postLogoutSuccessSource,
+      },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: () => config.mailboxResource,
+        useGrantedResource: () => true,
+        getResourceServerInfo: (_ctx, resource) => {
+          if (resource !== config.mailboxResource) throw new errors.InvalidTarget(`unknown resource ${resource}`);
+          return {
+            scope: 'mailbox',
+            audience: config.mailboxResource,
+            accessTokenTTL: config.userAccessTokenSeconds,
+            accessTokenFormat: 'jwt',
+            jwt: { sign: { alg: config.signingAlg } },
+          };
+        },
+      },
+    },
+    ttl: {
+      AccessToken: config.userAccessTokenSeconds,
+      AuthorizationCode: 60,
+      IdToken: 3600,
+      RefreshToken: 30 * 24 * 3600,
+      Interaction: 3600,
+      Session: 14 * 24 * 3600,
+      Grant: 30 * 24 * 3600,
+    },
+    // Public clients in a browser: every refresh rotates the token; reuse of a rotated one revokes the grant.
+    rotateRefreshToken: () => true,
+    // JWT access tokens are not stored, so they carry their grant: the token exchange checks it still stands.
+    extraTokenClaims: async (_ctx, token) =>
+      token.kind === 'AccessToken' && token.grantId ? { gid: token.grantId } : undefined,
+    issueRefreshToken: async (_ctx, client, code) =>
+      client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access'),
+    // The signed-in user is the session's account; an account that was disabled or deleted since is gone.
+    findAccount: async (_ctx, sub) => {
+      const user = await deps.users.get(sub);
+      if (user === undefined || user.disabled) return undefined;
+      return {
+        accountId: user.address,
+        claims: async () => ({ sub: user.address, email: user.address, email_verified: true, name: user.displayName }),
+      };
+    },
+    interactions: { url: (_ctx, interaction) => `${deps.basePath}/interaction/${interaction.uid}` },
+    // First-party clients need no consent screen: the grant is created on the fly in the interaction.
+    loadExistingGrant: async (ctx: KoaContextWithOIDC) => {
+      const grantId = ctx.oidc.result?.consent?.grantId ?? ctx.oidc.session!.grantIdFor(ctx.oidc.client!.clientId);
+      if (grantId) return ctx.oidc.provider.Grant.find(grantId);
+      if (!firstParty.has(ctx.oidc.client!.clientId) || ctx.oidc.session?.accountId === undefined) return undefined;
+      const grant = new ctx.oidc.provider.Grant({
+        clientId: ctx.oidc.client!.clientId,
+        accountId: ctx.oidc.session.accountId,
+      });
+      grant.addOIDCScope(SCOPES.filter((s) => s !== 'mailbox').join(' '));
+      grant.addResourceScope(config.mailboxResource, 'mailbox');
+      await grant.save();
+      return grant;
+    },
+    renderError: deps.renderError,
+    clientBasedCORS: (_ctx, origin) => config.corsOrigins.includes(origin),
+  });
+  provider.proxy = true;
+  provider.registerGrantType(
+    TOKEN_EXCHANGE,
+    tokenExchangeHandler({ ...deps.exchange, config, keys: () => deps.keys }),
+    [...EXCHANGE_PARAMS],
+    [],
+  );
+  return provider;
+}
