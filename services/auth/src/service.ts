@@ -290,6 +290,7 @@ export class AuthService implements AsyncDisposable {
     await this.server?.close();
     await this.httpClient.close();
     if (this.ownsKnex) await this.knex.destroy();
+    this.logger.info('authorization server stopped');
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -1,19 +1,26 @@
 import { ProtocolError } from '@federizer/protocol';
-import { protocolCommand } from './commands/protocol.js';
 import { UsageError, type CommandIo } from './io.js';
 
 const HELP = `federizer — Internet mail as signed Placeholder Messages
 
 Commands:
   federizer protocol digest FILE|-   print the digests of a Placeholder Message
+  federizer auth                     run a domain's Authorization Server (configured by the environment)
+  federizer user add|list|show|set|password|delete ...
+                                     manage a domain's users through the AS admin API
   federizer up                       run a local federation (not yet: see the README)
+
+Every command answers --help.
 
 Exit codes: 0 success, 1 failure, 2 invalid input or usage.`;
 
 type Command = (args: readonly string[], io: CommandIo) => Promise<number>;
 
 const COMMANDS: Record<string, Command> = {
-  protocol: protocolCommand,
+  // Loaded on demand: `federizer protocol digest` should not pay for oidc-provider, knex and the rest.
+  protocol: async (args, io) => (await import('./commands/protocol.js')).protocolCommand(args, io),
+  auth: async (args, io) => (await import('./commands/auth.js')).authCommand(args, io),
+  user: async (args, io) => (await import('./commands/user.js')).userCommand(args, io),
   up: async (_args, io) => {
     io.stderr.write('federizer up: the local federation is not built yet (see the README for what works today).\n');
     return 1;
