@@ -1,4 +1,5 @@
-import { CompactSign, compactVerify, importJWK } from 'jose';
+import { KeyObject as NodeKeyObject, verify as cryptoVerify } from 'node:crypto';
+import { CompactSign, importJWK } from 'jose';
 import type { CompactJWSHeaderParameters, CryptoKey, JWK, JWSHeaderParameters, JWTPayload, KeyObject } from 'jose';
 import { ProtocolError } from './errors.js';
 import type { ProtocolErrorCode } from './errors.js';
@@ -171,12 +172,56 @@ export async function importPublicJwk(jwk: JWK, alg: JwsAlg, code: ProtocolError
   return key;
 }
 
-/** Maps jose's failures to protocol codes; callers never see a jose error class. */
+/**
+ * Verifies the signature of a compact JWS with node:crypto. The allow-list has three algorithms, and
+ * node's synchronous verify is about twice as fast as the WebCrypto path: this runs once per hop of every
+ * chain a mailbox receives. The key must be of the algorithm's type (P-256, Ed25519, RSA ≥ 2048 bits).
+ */
 export async function verifySignature(token: string, key: VerificationKey, alg: JwsAlg): Promise<void> {
+  const keyObject = toKeyObject(key);
+  const problem = keyProblem(keyObject, alg);
+  if (problem !== undefined) throw new ProtocolError('invalid_signature', `signature does not verify: ${problem}`);
+  const cut = token.lastIndexOf('.');
+  const signature = Buffer.from(token.slice(cut + 1), 'base64url');
+  let ok: boolean;
   try {
-    await compactVerify(token, key, { algorithms: [alg] });
+    const data = Buffer.from(token.slice(0, cut), 'ascii');
+    ok =
+      alg === 'ES256'
+        ? signature.length === 64 &&
+          cryptoVerify('sha256', data, { key: keyObject, dsaEncoding: 'ieee-p1363' }, signature)
+        : cryptoVerify(alg === 'EdDSA' ? null : 'sha256', data, keyObject, signature);
   } catch (cause) {
-    throw new ProtocolError(joseCode(cause), `signature does not verify: ${messageOf(cause)}`, { cause });
+    throw new ProtocolError('invalid_signature', `signature does not verify: ${messageOf(cause)}`, { cause });
+  }
+  if (!ok) throw new ProtocolError('invalid_signature', 'signature does not verify');
+}
+
+const keyObjects = new WeakMap<object, NodeKeyObject>();
+
+function toKeyObject(key: VerificationKey): NodeKeyObject {
+  if (key instanceof NodeKeyObject) return key as NodeKeyObject;
+  let converted = keyObjects.get(key);
+  if (converted === undefined) {
+    converted = NodeKeyObject.from(key as Parameters<typeof NodeKeyObject.from>[0]);
+    keyObjects.set(key, converted);
+  }
+  return converted;
+}
+
+function keyProblem(key: NodeKeyObject, alg: JwsAlg): string | undefined {
+  if (key.type === 'secret') return 'a symmetric key cannot verify an asymmetric signature';
+  const details = key.asymmetricKeyDetails ?? {};
+  switch (alg) {
+    case 'ES256':
+      return key.asymmetricKeyType === 'ec' && details.namedCurve === 'prime256v1'
+        ? undefined
+        : 'ES256 needs a P-256 key';
+    case 'EdDSA':
+      return key.asymmetricKeyType === 'ed25519' ? undefined : 'EdDSA needs an Ed25519 key';
+    case 'RS256':
+      if (key.asymmetricKeyType !== 'rsa') return 'RS256 needs an RSA key';
+      return (details.modulusLength ?? 0) >= 2048 ? undefined : 'RS256 needs an RSA key of 2048 bits or more';
   }
 }
 
@@ -264,14 +309,6 @@ function isUsableSigningKey(jwk: JWK, alg: JwsAlg): boolean {
   if (jwk.alg !== undefined && jwk.alg !== alg) return false;
   // A JWKS that publishes private members is misconfigured; such a key is never used to verify.
   return !hasPrivateMembers(jwk) && jwkFitsAlg(jwk, alg);
-}
-
-function joseCode(cause: unknown): ProtocolErrorCode {
-  const code = (cause as { code?: unknown } | null)?.code;
-  if (code === 'ERR_JWS_INVALID') return 'invalid_jwt';
-  if (code === 'ERR_JOSE_ALG_NOT_ALLOWED') return 'alg_not_allowed';
-  // Everything else (bad signature, key of the wrong type for alg) means this key does not verify it.
-  return 'invalid_signature';
 }
 
 function messageOf(e: unknown): string {
