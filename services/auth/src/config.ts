@@ -42,6 +42,8 @@ export interface AuthConfig {
   readonly corsOrigins: readonly string[];
   /** Seconds between checks for a due key rotation and for keys created by other replicas. */
   readonly keyCheckSeconds: number;
+  /** Whether X-Forwarded-Proto/Host/For are trusted (set when a proxy or ingress terminates TLS). */
+  readonly trustProxy: boolean;
 }
 
 export interface AuthSecrets {
@@ -138,6 +140,7 @@ export function authConfig(
     dnsServer: input.dnsServer,
     corsOrigins: input.corsOrigins ?? [],
     keyCheckSeconds: input.keyCheckSeconds ?? 60,
+    trustProxy: input.trustProxy ?? false,
   };
   return {
     config,
@@ -180,6 +183,7 @@ export function readAuthEnv(env: AuthEnv = process.env): ReturnType<typeof authC
       },
       dnsServer: env.FEDERIZER_DNS,
       corsOrigins: list(env.FEDERIZER_AUTH_CORS_ORIGINS),
+      trustProxy: env.FEDERIZER_TRUST_PROXY === '1' || env.FEDERIZER_TRUST_PROXY === 'true',
     },
     {
       adminToken: env.FEDERIZER_AUTH_ADMIN_TOKEN,

@@ -24,8 +24,10 @@ import {
   decodeJwt,
   domainOf,
   isB64uSha256,
+  isMsgId,
   keyFromJwks,
   normalizeAddress,
+  parseJsonStrict,
   parseSingleMailbox,
   signAssertion,
   signJwt,
@@ -143,9 +145,11 @@ export async function verifyProof(req: Request, deps: ExchangeDeps): Promise<str
   if (proof === '')
     throw new ExchangeError('invalid_dpop_proof', 'the token exchange requires a DPoP proof (RFC 9449)');
   try {
+    // htu is compared with the token endpoint this AS publishes, never with one derived from the request's
+    // Host or X-Forwarded-Host, which a caller controls (docs/protocol.md §10.2).
     const verified = await verifyDpopProof(proof, {
       htm: 'POST',
-      htu: req.ctx.oidc.urlFor('token'),
+      htu: `${deps.config.issuer}/token`,
       now: Math.floor(req.now / 1000),
       replay: deps.replay,
     });
@@ -190,9 +194,9 @@ export function exchangeHeaders(req: Request, ehl: readonly string[]): Header[] 
     );
   let value: unknown;
   try {
-    value = JSON.parse(raw);
-  } catch {
-    throw new ExchangeError('invalid_request', 'headers is not JSON');
+    value = parseJsonStrict(raw, 4);
+  } catch (e) {
+    throw new ExchangeError('invalid_request', `headers: ${(e as Error).message}`);
   }
   const ok =
     Array.isArray(value) &&
@@ -244,13 +248,12 @@ export function requireFromIsUser(headers: Header[], user: User): void {
 
 /** §4.5: the Message-ID is of this AS's domain. */
 export function requireOwnMessageId(headers: Header[], deps: ExchangeDeps): void {
-  const id = headerText(headers, 'Message-ID');
-  const m = /^<[^<>@\s]+@([^<>@\s]+)>$/.exec(id);
-  if (!m) throw new ExchangeError('invalid_request', `Message-ID ${JSON.stringify(id)} is not a msg-id`);
-  if (m[1]!.toLowerCase() !== deps.config.domain) {
+  const id = requireMsgId(headerText(headers, 'Message-ID'), 'Message-ID');
+  const domain = domainOf(id.slice(1, -1));
+  if (domain !== deps.config.domain) {
     throw new ExchangeError(
       'invalid_request',
-      `the Message-ID domain ${m[1]} is not ${deps.config.domain}, this server's domain`,
+      `the Message-ID domain ${domain} is not ${deps.config.domain}, this server's domain`,
     );
   }
 }
@@ -304,8 +307,8 @@ function senderDomainOf(req: Request, messageId: string): string {
 
 function requireMsgId(value: string | undefined, name: string): string {
   if (value === undefined) throw new ExchangeError('invalid_request', `${name} is required`);
-  if (!/^<[^<>@\s]+@[^<>@\s]+>$/.test(value))
-    throw new ExchangeError('invalid_request', `${name} ${JSON.stringify(value)} is not a msg-id`);
+  if (!isMsgId(value))
+    throw new ExchangeError('invalid_request', `${name} ${JSON.stringify(value)} is not an RFC 5322 msg-id`);
   return value;
 }
 

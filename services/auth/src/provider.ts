@@ -172,7 +172,9 @@ export function createProvider(deps: ProviderDeps): Provider {
     renderError: deps.renderError,
     clientBasedCORS: (_ctx, origin) => config.corsOrigins.includes(origin),
   });
-  provider.proxy = true;
+  // Behind a TLS-terminating proxy the provider must read X-Forwarded-Proto/Host; only then, since any
+  // caller can send those headers.
+  provider.proxy = config.trustProxy;
   provider.registerGrantType(
     TOKEN_EXCHANGE,
     tokenExchangeHandler({ ...deps.exchange, config, keys: () => deps.keys }),

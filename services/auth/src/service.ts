@@ -220,7 +220,8 @@ export class AuthService implements AsyncDisposable {
   #app(registry: ReturnType<typeof createRegistry>, logins: Counter, basePath: string, now: () => number) {
     const app = express();
     app.disable('x-powered-by');
-    app.set('trust proxy', 'loopback, linklocal, uniquelocal');
+    // req.ip feeds the per-address login throttle: a forged X-Forwarded-For must not pick its own bucket.
+    app.set('trust proxy', this.config.trustProxy ? 'loopback, linklocal, uniquelocal' : false);
     app.use(httpMetrics(registry, 'federizer_auth'));
     const router = express.Router();
     router.get('/healthz', (_req, res) => void res.json({ status: 'ok' }));

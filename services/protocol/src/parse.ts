@@ -107,6 +107,24 @@ function maxJsonDepth(limits: ParseLimits): number {
   return 6 + 2 * (limits.maxDepth + 1);
 }
 
+/**
+ * JSON.parse that refuses duplicate member names and nesting deeper than `maxDepth`, for every JSON the
+ * protocol signs or compares (PROTOCOL.md §3 header arrays, token-exchange `headers`). Throws ProtocolError.
+ */
+export function parseJsonStrict(text: string, maxDepth = 32): unknown {
+  scanJson(text, maxDepth);
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new ProtocolError('invalid_syntax', `not valid JSON: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** RFC 5322 §3.6.4 msg-id, as the parser checks Message-ID headers. */
+export function isMsgId(value: string): boolean {
+  return MSG_ID.test(value);
+}
+
 function readJson(text: string, limits: ParseLimits): unknown {
   scanJson(text, maxJsonDepth(limits));
   try {

@@ -17,7 +17,8 @@ Runs a mail domain's Authorization Server, configured by the environment:
   FEDERIZER_AUTH_HOST, FEDERIZER_AUTH_PORT, FEDERIZER_AUTH_SIGNING_ALG (ES256, EdDSA, RS256),
   FEDERIZER_AUTH_KEY_ROTATION (e.g. 30d), FEDERIZER_SHARE_WINDOW (e.g. 7d), FEDERIZER_DNS (host:port),
   FEDERIZER_WEBMAIL_REDIRECT_URIS, FEDERIZER_WEBMAIL_POST_LOGOUT_URIS, FEDERIZER_AUTH_CORS_ORIGINS,
-  FEDERIZER_DEV=1 (http, loopback peers, client secrets), FEDERIZER_LOG_LEVEL.
+  FEDERIZER_DEV=1 (http, loopback peers, client secrets), FEDERIZER_TRUST_PROXY=1 (behind a TLS proxy),
+  FEDERIZER_LOG_LEVEL.
 Stops gracefully on SIGINT or SIGTERM.`;
 
 export async function authCommand(args: readonly string[], io: CommandIo): Promise<number> {
