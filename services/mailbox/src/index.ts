@@ -1,0 +1,2 @@
+export * from './blobs/index.js';
+export * from './storage/migrations.js';
