@@ -57,7 +57,11 @@ export function adminRouter(deps: AdminDeps): Router {
     const m = /^Bearer\s+(\S+)$/i.exec(header);
     // Hash both sides so the comparison takes the same time whatever the length of the guess.
     if (!m || !timingSafeEqual(digest(m[1]!), expected)) {
-      res.set('WWW-Authenticate', 'Bearer realm="federizer-admin"');
+      // RFC 6750 §3.1: a presented but wrong token is invalid_token; no token at all carries no error code.
+      res.set(
+        'WWW-Authenticate',
+        m ? 'Bearer realm="federizer-admin", error="invalid_token"' : 'Bearer realm="federizer-admin"',
+      );
       return problem(res, 401, 'invalid_token', 'the admin API needs Authorization: Bearer <admin token>');
     }
     next();
@@ -65,7 +69,9 @@ export function adminRouter(deps: AdminDeps): Router {
   router.use(express.json({ limit: '16kb' }));
 
   router.get('/users', async (req, res) => {
-    const limit = Math.min(Math.max(Number(req.query.limit ?? 100) || 100, 1), 1000);
+    const limit = req.query.limit === undefined ? 100 : Number(req.query.limit);
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > 1000)
+      return problem(res, 400, 'invalid_request', 'limit is an integer from 1 to 1000');
     const after = typeof req.query.after === 'string' ? req.query.after : undefined;
     const users = await deps.users.list({ after, limit });
     res.json({ users: users.map(userJson), next: users.length === limit ? users.at(-1)!.address : null });
@@ -133,8 +139,12 @@ export function adminRouter(deps: AdminDeps): Router {
     res.json({ kid: await deps.rotateKeys() });
   });
 
+  router.use((_req, res) => problem(res, 404, 'not_found', 'no such admin resource'));
+
   router.use((err: unknown, _req: Request, res: Response, next: NextFunction) => {
     if (err instanceof UserStoreError) return problem(res, STATUS[err.code], err.code, err.message);
+    // Caller mistakes the store reports as TypeErrors (a wrong type or length of a field) are bad requests.
+    if (err instanceof TypeError) return problem(res, 400, 'invalid_request', err.message);
     if ((err as { type?: string }).type === 'entity.parse.failed')
       return problem(res, 400, 'invalid_request', 'the body is not JSON');
     if ((err as { type?: string }).type === 'entity.too.large')

@@ -93,6 +93,8 @@ export function createProvider(deps: ProviderDeps): Provider {
       grant_types: ['authorization_code'],
       response_types: ['code'],
     },
+    // RFC 8414 metadata lists what is accepted: client secrets only in development mode (PROTOCOL §4.4).
+    clientAuthMethods: config.dev ? ['none', 'private_key_jwt', 'client_secret_basic'] : ['none', 'private_key_jwt'],
     enabledJWA: {
       idTokenSigningAlgValues: ['ES256', 'EdDSA', 'RS256'],
       clientAuthSigningAlgValues: ['ES256', 'EdDSA', 'RS256'],

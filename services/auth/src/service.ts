@@ -62,6 +62,7 @@ export class AuthService implements AsyncDisposable {
     private readonly httpClient: HttpClient,
     private readonly build: () => Provider,
     private server: RunningServer | undefined,
+    private readonly now: () => number,
   ) {
     this.#provider = build();
   }
@@ -168,6 +169,7 @@ export class AuthService implements AsyncDisposable {
       httpClient,
       build,
       undefined,
+      now,
     );
     const app = service.#app(registry, logins, basePath, now);
     service.server = await listen(app, { host: config.host, port: config.port });
@@ -190,8 +192,8 @@ export class AuthService implements AsyncDisposable {
 
   /** Makes a new key current now, and rebuilds the provider so it signs with it. */
   async rotateKeys(): Promise<string> {
-    const kid = await this.keys.rotate();
-    await this.#refreshKeys(Date.now());
+    const kid = await this.keys.rotate(this.now());
+    await this.#refreshKeys(this.now());
     return kid;
   }
 
