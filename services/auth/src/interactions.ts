@@ -139,7 +139,11 @@ export function interactionRouter(deps: InteractionDeps): Router {
         return send(res, 400, errorPage('invalid_request', 'this sign-in is already complete'));
       const address = typeof req.body.address === 'string' ? req.body.address.trim().toLowerCase() : '';
       const password = typeof req.body.password === 'string' ? req.body.password : '';
-      const keys = [accountThrottleKey(address), ipThrottleKey(req.ip ?? 'unknown')];
+      // The form is novalidate: an empty or absurd address is just a failed attempt, counted for the client
+      // address only (there is no account to count it against).
+      const plausible = address.length >= 3 && address.length <= 254 && address.includes('@');
+      const accountKey = plausible ? [accountThrottleKey(address)] : [];
+      const keys = [...accountKey, ipThrottleKey(req.ip ?? 'unknown')];
       const now = new Date(deps.now());
       const gate = await deps.throttle.check(keys, now);
       if (!gate.allowed) {
@@ -150,7 +154,7 @@ export function interactionRouter(deps: InteractionDeps): Router {
           error: `Too many attempts. Try again in ${gate.retryAfterSeconds} seconds.`,
         });
       }
-      const user = address !== '' && password !== '' ? await deps.users.verifyPassword(address, password) : undefined;
+      const user = plausible && password !== '' ? await deps.users.verifyPassword(address, password) : undefined;
       if (user === undefined) {
         await deps.throttle.recordFailure(keys, now);
         deps.onLogin?.('failure');
@@ -159,7 +163,9 @@ export function interactionRouter(deps: InteractionDeps): Router {
           error: 'The email address or password is not right.',
         });
       }
-      await deps.throttle.recordSuccess(keys);
+      // Only the account's counter: clearing the client address's would let one valid account reset it
+      // between guesses at others.
+      await deps.throttle.recordSuccess(accountKey);
       deps.onLogin?.('success');
       return provider.interactionFinished(
         req,

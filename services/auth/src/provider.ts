@@ -5,7 +5,7 @@
  * it stores lives in the database, so a rebuilt provider carries on where the old one stopped.
  */
 import type { ClientMetadata, Configuration, KoaContextWithOIDC } from 'oidc-provider';
-import Provider, { errors } from 'oidc-provider';
+import Provider, { errors, interactionPolicy } from 'oidc-provider';
 import type { AuthConfig, AuthSecrets } from './config.js';
 import { EXCHANGE_PARAMS, TOKEN_EXCHANGE, tokenExchangeHandler, type ExchangeDeps } from './exchange.js';
 import type { KeyRing } from './keys.js';
@@ -156,7 +156,10 @@ export function createProvider(deps: ProviderDeps): Provider {
         claims: async () => ({ sub: user.address, email: user.address, email_verified: true, name: user.displayName }),
       };
     },
-    interactions: { url: (_ctx, interaction) => `${deps.basePath}/interaction/${interaction.uid}` },
+    interactions: {
+      url: (_ctx, interaction) => `${deps.basePath}/interaction/${interaction.uid}`,
+      policy: loginPolicy(deps.users),
+    },
     // First-party clients need no consent screen: the grant is created on the fly in the interaction.
     loadExistingGrant: async (ctx: KoaContextWithOIDC) => {
       const grantId = ctx.oidc.result?.consent?.grantId ?? ctx.oidc.session!.grantIdFor(ctx.oidc.client!.clientId);
@@ -184,4 +187,28 @@ export function createProvider(deps: ProviderDeps): Provider {
     [],
   );
   return provider;
+}
+
+/**
+ * oidc-provider's default prompts, with one more reason to sign in again: the session's account was
+ * disabled or deleted since. Without it the session keeps its accountId, findAccount finds nothing, and
+ * the consent step fails on the missing grant instead of asking who is there.
+ */
+function loginPolicy(users: UserStore): ReturnType<typeof interactionPolicy.base> {
+  const policy = interactionPolicy.base();
+  policy.get('login')!.checks.add(
+    new interactionPolicy.Check(
+      'account_inactive',
+      'the signed-in account was disabled or deleted',
+      async (ctx: KoaContextWithOIDC) => {
+        const accountId = ctx.oidc.session?.accountId;
+        if (accountId === undefined) return interactionPolicy.Check.NO_NEED_TO_PROMPT;
+        const user = await users.get(accountId);
+        return user === undefined || user.disabled
+          ? interactionPolicy.Check.REQUEST_PROMPT
+          : interactionPolicy.Check.NO_NEED_TO_PROMPT;
+      },
+    ),
+  );
+  return policy;
 }

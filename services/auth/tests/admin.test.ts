@@ -298,15 +298,28 @@ describe.each(testDatabases())('the admin API on $name', (database) => {
     }
   });
 
-  it('update: disabling a user stops sign-in and refresh; enabling lets them back in', async () => {
+  /** What a new authorization request shows `browser`: a code (its session signed in), the login form, or a status. */
+  async function withSession(browser: BrowserAgent): Promise<'code' | 'login form' | string> {
+    const stopAt = atRedirectUri(d.webmailRedirectUri);
+    const page = await browser.request((await authorizationRequest(webmail, d.webmailRedirectUri)).url, { stopAt });
+    if (page.redirect?.searchParams.has('code')) return 'code';
+    if (isLoginPage(page)) return 'login form';
+    return `${page.status}: ${/<div class="error"[^>]*>([\s\S]*?)<\/div>/.exec(page.body)?.[1] ?? page.body.slice(0, 200)}`;
+  }
+
+  it('update: disabling a user stops sign-in, the session and refresh; enabling lets them back in', async () => {
     const address = unique('disable');
     const pass = password();
     await admin('POST', '/users', { address, password: pass });
-    const { tokens, DPoP } = await signInWithCode(webmail, d.webmailRedirectUri, { address, password: pass }, agent());
+    const browser = agent();
+    const { tokens, DPoP } = await signInWithCode(webmail, d.webmailRedirectUri, { address, password: pass }, browser);
+    expect(await withSession(browser)).toBe('code');
     const off = await admin('PATCH', userPath(address), { disabled: true });
     expect(off.status).toBe(200);
     expect(off.body.disabled).toBe(true);
     expect(await tryLogin(address, pass)).toBe(401);
+    // The session of a user who is gone must lead to the login form again.
+    expect.soft(await withSession(browser)).toBe('login form');
     await expect(client.refreshTokenGrant(webmail, tokens.refresh_token!, undefined, { DPoP })).rejects.toMatchObject({
       error: 'invalid_grant',
     });
@@ -332,10 +345,12 @@ describe.each(testDatabases())('the admin API on $name', (database) => {
     expect(missing.status).toBe(404);
   });
 
-  it('delete: 204, then 404 for get and delete, and the user can no longer sign in', async () => {
+  it('delete: 204, then 404 for get and delete; the user can no longer sign in, nor keep a session', async () => {
     const address = unique('delete');
     const pass = password();
     await admin('POST', '/users', { address, password: pass });
+    const browser = agent();
+    await signInWithCode(webmail, d.webmailRedirectUri, { address, password: pass }, browser);
     const deleted = await admin('DELETE', userPath(address));
     expect(deleted.status).toBe(204);
     expect(deleted.body).toBeUndefined();
@@ -344,6 +359,8 @@ describe.each(testDatabases())('the admin API on $name', (database) => {
     expect(again.status).toBe(404);
     expect(again.body.error).toBe('user_not_found');
     expect(await tryLogin(address, pass)).toBe(401);
+    // The session of a user who is gone must lead to the login form again.
+    expect.soft(await withSession(browser)).toBe('login form');
   });
 
   it('malformed JSON is 400 invalid_request; an oversized body is 413', async () => {

@@ -36,6 +36,12 @@ import {
 
 const WRONG = 'The email address or password is not right.';
 
+/** The AS's clock, stopped at the time the suite starts. */
+const frozen = () => {
+  const t = Date.now();
+  return () => t;
+};
+
 describe.each(testDatabases())('sign-in flows on $name', (database) => {
   let fed: Federation;
   let d: TestDomain;
@@ -46,7 +52,12 @@ describe.each(testDatabases())('sign-in flows on $name', (database) => {
 
   beforeAll(async () => {
     // Behind a proxy (trustProxy), so each test's user agent can come from its own address (X-Forwarded-For).
-    fed = await startFederation(['example.com'], { database: database.create, config: { trustProxy: true } });
+    // A frozen clock for what the AS times itself (the login backoff): a 2 s backoff cannot run out mid-test.
+    fed = await startFederation(['example.com'], {
+      database: database.create,
+      config: { trustProxy: true },
+      now: frozen(),
+    });
     d = fed.domains['example.com']!;
     webmail = await publicClient(d.issuer, 'webmail');
     cli = await publicClient(d.issuer, 'federizer-cli');
@@ -293,13 +304,25 @@ describe.each(testDatabases())('sign-in flows on $name', (database) => {
       expect(answer.redirect).toBeUndefined();
     });
 
-    it('an empty address (the form is novalidate) gets the same 401 as a wrong password, not a server error', async () => {
+    it('an empty or over-long address (the form is novalidate) gets the same 401 as a wrong password, not a server error', async () => {
+      for (const address of ['', `${'a'.repeat(300)}@example.com`]) {
+        const browser = agent();
+        const answer = await browser.submitLogin(await loginPage(browser), address, 'some-password');
+        expect.soft(answer.status, `address of ${address.length} characters`).toBe(401);
+        expect.soft(answer.body, `address of ${address.length} characters`).toContain(WRONG);
+      }
+    });
+
+    it('the Cancel button returns to the client with access_denied (RFC 6749 §4.1.2.1)', async () => {
       const browser = agent();
-      const page = await loginPage(browser);
-      const answer = await browser.submitLogin(page, '', 'some-password');
-      expect(answer.status).toBe(401);
-      expect(isLoginPage(answer)).toBe(true);
-      expect(answer.body).toContain(WRONG);
+      const { url, state } = await authorization(webmail, d.webmailRedirectUri);
+      const stopAt = atRedirectUri(d.webmailRedirectUri);
+      const page = await browser.request(url, { stopAt });
+      const cancel = forms(page.body).find((f) => f.action.endsWith('/abort'));
+      expect(cancel?.hidden.csrf).toEqual(expect.any(String));
+      const back = await browser.request(new URL(cancel!.action, page.url), { form: cancel!.hidden, stopAt });
+      expect(errorOf(back.redirect)).toMatchObject({ error: 'access_denied', state });
+      expect(back.redirect!.searchParams.get('code')).toBeNull();
     });
 
     it('throttling per account: three failures are free, the fourth starts a backoff, and an attempt within it gets 429 with Retry-After, even with the right password from another address', async () => {
@@ -543,7 +566,7 @@ describe.each(testDatabases())('sign-in flows on $name', (database) => {
     let n: TestDomain;
     let netWebmail: client.Configuration;
     beforeAll(async () => {
-      direct = await startFederation(['example.net'], { database: database.create });
+      direct = await startFederation(['example.net'], { database: database.create, now: frozen() });
       n = direct.domains['example.net']!;
       netWebmail = await publicClient(n.issuer, 'webmail');
     });

@@ -242,6 +242,13 @@ describe.each(testDatabases())('operations on $name', (database) => {
         // The code_verifier, the code, the refresh tokens and the DPoP proofs; not the parameter names.
         ...sent.filter((s) => s.length >= 16 && /^[\w.~-]+$/.test(s) && !/^[a-z_]+$/.test(s)),
       );
+      // The AS logs no requests itself; were one logged (pino's `req` shape), its logger would redact it.
+      const headers = {
+        authorization: `DPoP ${refreshed.access_token}`,
+        dpop: sent.find((s) => s.split('.').length === 3),
+        cookie: browser.cookieValues().join('; '),
+      };
+      logger.info({ req: { method: 'POST', url: '/token', headers } }, 'probe');
     } finally {
       await own.dispose();
     }
@@ -249,6 +256,7 @@ describe.each(testDatabases())('operations on $name', (database) => {
     // The capture works: the AS did log, including the refused refresh.
     expect(log).toMatch(/authorization server listening/);
     expect(log).toMatch(/grant refused/);
+    expect(log).toMatch(/"authorization":"\[redacted\]"/);
     for (const secret of secrets) {
       expect(log, `a secret (${secret.slice(0, 12)}...) is in the log`).not.toContain(secret);
       // A JWT may leak in part (its signature is what makes it a credential).

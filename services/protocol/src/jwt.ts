@@ -1,5 +1,4 @@
-import { KeyObject as NodeKeyObject, verify as cryptoVerify } from 'node:crypto';
-import { CompactSign, importJWK } from 'jose';
+import { KeyObject as NodeKeyObject, createPublicKey, sign as cryptoSign, verify as cryptoVerify } from 'node:crypto';
 import type { CompactJWSHeaderParameters, CryptoKey, JWK, JWSHeaderParameters, JWTPayload, KeyObject } from 'jose';
 import { ProtocolError } from './errors.js';
 import type { ProtocolErrorCode } from './errors.js';
@@ -62,8 +61,16 @@ export async function signJwt(payload: JWTPayload, opts: SignJwtOptions): Promis
   const header: CompactJWSHeaderParameters = { alg: opts.alg, typ: opts.typ };
   if (opts.kid !== undefined) header.kid = opts.kid;
   if (opts.jwk !== undefined) header.jwk = opts.jwk;
-  const bytes = new TextEncoder().encode(JSON.stringify(payload));
-  return new CompactSign(bytes).setProtectedHeader(header).sign(opts.key);
+  const input = `${Buffer.from(JSON.stringify(header)).toString('base64url')}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
+  // node:crypto signs synchronously, several times faster than the WebCrypto path (RFC 7518 §3.4: ES256
+  // signatures are the raw r||s form, ieee-p1363).
+  const key = toKeyObject(opts.key);
+  const data = Buffer.from(input, 'ascii');
+  const signature =
+    opts.alg === 'ES256'
+      ? cryptoSign('sha256', data, { key, dsaEncoding: 'ieee-p1363' })
+      : cryptoSign(opts.alg === 'EdDSA' ? null : 'sha256', data, key);
+  return `${input}.${signature.toString('base64url')}`;
 }
 
 /** Unverified decode; never trust the result before `verifyJwt` has checked it. */
@@ -160,16 +167,20 @@ export function jwkFitsAlg(jwk: JWK, alg: JwsAlg): boolean {
   }
 }
 
+/**
+ * Imports a public JWK as a node KeyObject (synchronous, and much cheaper than a WebCrypto import, which
+ * matters for DPoP: every proof brings a fresh key). The key must fit `alg` and hold no private members.
+ */
 export async function importPublicJwk(jwk: JWK, alg: JwsAlg, code: ProtocolErrorCode): Promise<VerificationKey> {
-  let key: CryptoKey | Uint8Array;
+  if (typeof jwk !== 'object' || jwk === null || hasPrivateMembers(jwk))
+    throw new ProtocolError(code, 'the JWK is not a public key');
+  if (!jwkFitsAlg(jwk, alg))
+    throw new ProtocolError(code, `the JWK (kty ${String(jwk.kty)}, crv ${String(jwk.crv)}) does not fit ${alg}`);
   try {
-    key = await importJWK(jwk, alg);
+    return createPublicKey({ key: jwk as Parameters<typeof createPublicKey>[0] & object as never, format: 'jwk' });
   } catch (cause) {
     throw new ProtocolError(code, `cannot import the ${alg} JWK: ${messageOf(cause)}`, { cause });
   }
-  // Symmetric keys come back as bytes; an allow-list of asymmetric algs never wants one.
-  if (key instanceof Uint8Array) throw new ProtocolError(code, 'the JWK is not an asymmetric key');
-  return key;
 }
 
 /**
@@ -199,7 +210,7 @@ export async function verifySignature(token: string, key: VerificationKey, alg: 
 
 const keyObjects = new WeakMap<object, NodeKeyObject>();
 
-function toKeyObject(key: VerificationKey): NodeKeyObject {
+function toKeyObject(key: VerificationKey | CryptoKey | KeyObject): NodeKeyObject {
   if (key instanceof NodeKeyObject) return key as NodeKeyObject;
   let converted = keyObjects.get(key);
   if (converted === undefined) {
