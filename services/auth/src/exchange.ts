@@ -25,7 +25,6 @@ import {
   domainOf,
   isB64uSha256,
   isMsgId,
-  keyFromJwks,
   normalizeAddress,
   parseJsonStrict,
   parseSingleMailbox,
@@ -166,7 +165,7 @@ export async function verifyUserToken(req: Request, deps: ExchangeDeps): Promise
   try {
     ({ payload } = await verifyJwt(token, {
       typ: JWT_TYPES.accessToken,
-      key: (header) => keyFromJwks(deps.keys().jwks, header),
+      key: (header) => deps.keys().verificationKey(header),
       now: Math.floor(req.now / 1000),
       clockToleranceSeconds: 0,
       issuer: deps.config.issuer,
@@ -260,7 +259,7 @@ export function requireOwnMessageId(headers: Header[], deps: ExchangeDeps): void
 
 /** §4.5, §7: within the user's send quota. */
 export async function consumeQuota(user: User, req: Request, deps: ExchangeDeps): Promise<void> {
-  const { allowed, used, limit } = await deps.users.consumeSendQuota(user.address, 1, new Date(req.now));
+  const { allowed, used, limit } = await deps.users.consumeSendQuota(user, 1, new Date(req.now));
   if (!allowed) {
     const midnight = new Date(req.now);
     midnight.setUTCHours(24, 0, 0, 0);

@@ -5,9 +5,9 @@
  * rotation made by one (on its schedule or by the admin API) is picked up by the others on their next check.
  */
 import { randomUUID } from 'node:crypto';
-import { exportJWK, generateKeyPair, importJWK, type CryptoKey, type JWK } from 'jose';
+import { exportJWK, generateKeyPair, importJWK, type CryptoKey, type JWK, type JWSHeaderParameters } from 'jose';
 import type { Knex } from 'knex';
-import type { JwsAlg } from '@federizer/protocol';
+import { keyFromJwks, type JwsAlg, type VerificationKey } from '@federizer/protocol';
 
 export interface SigningKey {
   readonly kid: string;
@@ -58,6 +58,7 @@ async function newKey(alg: JwsAlg): Promise<JWK> {
 
 export class KeyRing {
   #keys: SigningKey[] = [];
+  #verification = new Map<string, Promise<VerificationKey>>();
   #fingerprint = '';
 
   private constructor(
@@ -89,6 +90,18 @@ export class KeyRing {
     return { keys: this.#keys.map((k) => k.publicJwk) };
   }
 
+  /** The verification key for a token this AS signed (by kid), imported once per key ring. */
+  async verificationKey(header: JWSHeaderParameters): Promise<VerificationKey> {
+    const kid = typeof header.kid === 'string' ? header.kid : '';
+    let key = this.#verification.get(kid);
+    if (key === undefined) {
+      key = keyFromJwks(this.jwks, header);
+      this.#verification.set(kid, key);
+      key.catch(() => this.#verification.delete(kid));
+    }
+    return key;
+  }
+
   /** Changes whenever the set of published keys changes; lets the server rebuild what depends on it. */
   get fingerprint(): string {
     return this.#fingerprint;
@@ -118,6 +131,7 @@ export class KeyRing {
     const ordered = [newest, ...keep.filter((r) => r !== newest)].filter((r): r is Row => r !== undefined);
     const fingerprint = ordered.map((r) => r.kid).join(',');
     if (fingerprint === this.#fingerprint) return false;
+    this.#verification = new Map();
     this.#keys = await Promise.all(ordered.map((r) => this.#toKey(r, stale.includes(r.kid) ? now : null)));
     this.#fingerprint = fingerprint;
     return true;

@@ -4,6 +4,7 @@
  * needs no migration files on disk.
  */
 import { mkdirSync } from 'node:fs';
+import { CachingBetterSqlite3Client } from './sqlite-client.js';
 import { dirname } from 'node:path';
 import knex from 'knex';
 import type { Knex } from 'knex';
@@ -40,7 +41,7 @@ export function createKnex(config: DatabaseConfig): Knex {
 function createSqlite(filename: string): Knex {
   if (filename !== ':memory:' && filename !== '') mkdirSync(dirname(filename), { recursive: true });
   return knex({
-    client: 'better-sqlite3',
+    client: CachingBetterSqlite3Client as unknown as typeof knex.Client,
     connection: { filename },
     useNullAsDefault: true,
     pool: {

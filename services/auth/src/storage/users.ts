@@ -272,18 +272,26 @@ export class UserStore {
    * increment and the limit check are one conditional upsert, so concurrent token exchanges can never push
    * the counter past the limit. A disabled user may send nothing.
    */
+  /**
+   * Counts `count` sends against today's quota, atomically. A caller that has just loaded the user may pass
+   * the User instead of its address, which saves reading it again (the token exchange does, per request).
+   */
   async consumeSendQuota(
-    address: string,
+    who: string | Pick<User, 'address' | 'sendQuotaPerDay' | 'disabled'>,
     count: number,
     now: Date,
   ): Promise<{ allowed: boolean; used: number; limit: number }> {
     if (!Number.isSafeInteger(count) || count < 1) throw new TypeError('count must be a positive integer');
     const day = utcDay(now);
+    const address = typeof who === 'string' ? who : who.address;
     const normalized = normalizeAddress(address);
-    const user = (await this.#knex('users')
-      .select('send_quota_per_day', 'disabled')
-      .where({ address: normalized })
-      .first()) as { send_quota_per_day: unknown; disabled: unknown } | undefined;
+    const user =
+      typeof who === 'string'
+        ? ((await this.#knex('users')
+            .select('send_quota_per_day', 'disabled')
+            .where({ address: normalized })
+            .first()) as { send_quota_per_day: unknown; disabled: unknown } | undefined)
+        : { send_quota_per_day: who.sendQuotaPerDay, disabled: who.disabled };
     if (user === undefined) throw new UserStoreError('user_not_found', `no user ${address}`);
     const limit = dbNumber(user.send_quota_per_day);
     if (!dbBoolean(user.disabled) && count <= limit) {
