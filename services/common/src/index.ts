@@ -5,3 +5,4 @@ export * from './db.js';
 export * from './http-client.js';
 export * from './dns-server.js';
 export * from './dns-client.js';
+export * from './replay-store.js';

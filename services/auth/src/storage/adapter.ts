@@ -6,7 +6,6 @@
 import type { Knex } from 'knex';
 import type { Adapter, AdapterPayload } from 'oidc-provider';
 import { dbOptionalNumber } from '@federizer/common';
-import type { ReplayStore } from '@federizer/protocol';
 import { THROTTLE_FORGET_AFTER_MS } from './throttle.js';
 
 /**
@@ -138,34 +137,5 @@ export async function pruneExpired(knex: Knex, now: Date): Promise<PruneResult> 
   return { oidcPayloads, replay, loginThrottle, sendCounters };
 }
 
-export interface KnexReplayStoreOptions {
-  /** Unix seconds; tests pass a frozen clock. */
-  now?: () => number;
-}
-
-/** The protocol library's ReplayStore, shared by every replica through the database. */
-export class KnexReplayStore implements ReplayStore {
-  readonly #knex: Knex;
-  readonly #now: () => number;
-
-  constructor(knex: Knex, options: KnexReplayStoreOptions = {}) {
-    this.#knex = knex;
-    this.#now = options.now ?? (() => Math.floor(Date.now() / 1000));
-  }
-
-  async checkAndRecord(key: string, expiresAt: number): Promise<boolean> {
-    if (typeof key !== 'string' || key === '') throw new TypeError('replay key must be a non-empty string');
-    if (!Number.isSafeInteger(expiresAt)) throw new TypeError('expiresAt must be an integer (unix seconds)');
-    // One statement decides: a new key is inserted, an expired one is taken over, a live one is left alone
-    // and returns no row. PostgreSQL re-checks the WHERE against the row a concurrent insert committed, and
-    // SQLite runs statements one at a time, so exactly one of several concurrent callers gets a row.
-    // Expired means expires_at <= now, as in the protocol library's MemoryReplayStore.
-    const rows = (await this.#knex('replay')
-      .insert({ key, expires_at: expiresAt })
-      .onConflict('key')
-      .merge(['expires_at'])
-      .where('replay.expires_at', '<=', this.#now())
-      .returning('key')) as unknown[];
-    return rows.length === 1;
-  }
-}
+// The replay store moved to @federizer/common (the mailbox needs it too); re-exported for the AS.
+export { KnexReplayStore, type KnexReplayStoreOptions } from '@federizer/common';

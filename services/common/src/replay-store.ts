@@ -1,0 +1,42 @@
+/**
+ * The protocol library's DPoP ReplayStore on a database table, so a proof replayed against another
+ * replica, or after a restart, is still refused.
+ */
+import type { Knex } from 'knex';
+import type { ReplayStore } from '@federizer/protocol';
+
+export interface KnexReplayStoreOptions {
+  /** Unix seconds; tests pass a frozen clock. */
+  now?: () => number;
+  /** The table (key primary key, expires_at unix seconds); each service has its own. Default `replay`. */
+  table?: string;
+}
+
+/** The protocol library's ReplayStore, shared by every replica through the database. */
+export class KnexReplayStore implements ReplayStore {
+  readonly #knex: Knex;
+  readonly #now: () => number;
+  readonly #table: string;
+
+  constructor(knex: Knex, options: KnexReplayStoreOptions = {}) {
+    this.#knex = knex;
+    this.#now = options.now ?? (() => Math.floor(Date.now() / 1000));
+    this.#table = options.table ?? 'replay';
+  }
+
+  async checkAndRecord(key: string, expiresAt: number): Promise<boolean> {
+    if (typeof key !== 'string' || key === '') throw new TypeError('replay key must be a non-empty string');
+    if (!Number.isSafeInteger(expiresAt)) throw new TypeError('expiresAt must be an integer (unix seconds)');
+    // One statement decides: a new key is inserted, an expired one is taken over, a live one is left alone
+    // and returns no row. PostgreSQL re-checks the WHERE against the row a concurrent insert committed, and
+    // SQLite runs statements one at a time, so exactly one of several concurrent callers gets a row.
+    // Expired means expires_at <= now, as in the protocol library's MemoryReplayStore.
+    const rows = (await this.#knex(this.#table)
+      .insert({ key, expires_at: expiresAt })
+      .onConflict('key')
+      .merge(['expires_at'])
+      .where(`${this.#table}.expires_at`, '<=', this.#now())
+      .returning('key')) as unknown[];
+    return rows.length === 1;
+  }
+}
