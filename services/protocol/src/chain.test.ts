@@ -1,11 +1,6 @@
 import { exportJWK, generateKeyPair, type CryptoKey, type JWK } from 'jose';
 import { beforeAll, describe, expect, it } from 'vitest';
-import {
-  DEFAULT_SHARE_WINDOW_SECONDS,
-  assertionClaims,
-  validateChain,
-  type AssertionInput,
-} from './chain.js';
+import { DEFAULT_SHARE_WINDOW_SECONDS, assertionClaims, validateChain, type AssertionInput } from './chain.js';
 import { contentId } from './digests.js';
 import { prepareForward, prepareSend, receiveBlock, withAssertion } from './envelope.js';
 import { isProtocolError, type ProtocolErrorCode } from './errors.js';
