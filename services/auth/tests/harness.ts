@@ -115,7 +115,7 @@ export async function startFederation(domainNames: readonly string[], options: F
         as,
         config,
         tokenEndpoint: `${issuer}/token`,
-        mailboxResource,
+        mailboxResource: config.mailboxResource,
         mtaKey: { privateKey, jwk },
         webmailRedirectUri,
         admin,

@@ -148,4 +148,31 @@ export const mailboxMigrations: readonly Migration[] = [
       });
     },
   },
+  {
+    name: '0002_storage',
+    async up(knex: Knex) {
+      // The highest change sequence number pruned from this account's log: a sync state below it can no
+      // longer be answered (§9, 410), and the account's state never falls below it.
+      await knex.schema.alterTable('mail_accounts', (t) => {
+        t.bigInteger('changes_pruned_through').notNullable().defaultTo(0);
+      });
+      await knex.schema.alterTable('mail_changes', (t) => {
+        t.index(['at'], 'mail_changes_at_idx'); // retention
+      });
+      await knex.schema.alterTable('mail_resources', (t) => {
+        t.index(['refs', 'unreferenced_at'], 'mail_resources_unreferenced_idx'); // the blob collector
+      });
+      await knex.schema.alterTable('mail_shares', (t) => {
+        t.index(['message'], 'mail_shares_message_idx'); // a sent message's delivery status
+        t.index(['expires_at'], 'mail_shares_expires_at_idx');
+      });
+      await knex.schema.alterTable('mail_jobs', (t) => {
+        t.index(['destination', 'status', 'lease_until'], 'mail_jobs_destination_idx'); // per-destination limit
+        t.index(['status', 'updated_at'], 'mail_jobs_finished_idx'); // purge
+      });
+      await knex.schema.alterTable('mail_transfers', (t) => {
+        t.index(['received_at'], 'mail_transfers_received_at_idx');
+      });
+    },
+  },
 ];

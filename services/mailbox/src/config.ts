@@ -1,0 +1,85 @@
+/**
+ * The mailbox service's configuration: `mailboxConfig` validates and fills the defaults (the only place
+ * that knows them); `readMailboxEnv` reads FEDERIZER_* variables (the only place that touches the
+ * environment); secrets are kept apart so they are never logged with the rest.
+ */
+import type { JWK } from 'jose';
+
+export interface MailboxConfig {
+  readonly domain: string;
+  /** Where this mailbox is reached from outside, e.g. https://mail.example.com; `htu` is checked against it. */
+  readonly publicUrl: string;
+  /** The issuer of the domain's own AS. */
+  readonly issuer: string;
+  readonly host: string;
+  readonly port: number;
+  readonly databaseUrl: string;
+  /** Directory of the content-addressed resources. */
+  readonly blobDir: string;
+  readonly dev: boolean;
+  /** The MTA's OAuth client id at the domain's AS (published as `mta_client_id`). */
+  readonly mtaClientId: string;
+  readonly maxResourceSize: number;
+  /** Bytes of resources an account may hold. */
+  readonly quotaBytes: number;
+  /** Origins allowed to call the client API from a browser (the webmail's). */
+  readonly corsOrigins: readonly string[];
+  /** The webmail's URL, published in /.well-known/federizer. */
+  readonly webmailUrl: string;
+  readonly dnsServer?: string;
+}
+
+export interface MailboxSecrets {
+  /** The MTA's private key for private_key_jwt client authentication (a private JWK with kid and alg). */
+  readonly mtaPrivateJwk?: JWK;
+  /** Development mode only: client_secret_basic for the MTA. */
+  readonly mtaClientSecret?: string;
+}
+
+const GIB = 1024 ** 3;
+
+function url(value: string, name: string, dev: boolean): string {
+  let parsed: URL;
+  try {
+    parsed = new URL(value);
+  } catch {
+    throw new TypeError(`${name} must be an absolute URL, not ${JSON.stringify(value)}`);
+  }
+  if (parsed.protocol !== 'https:' && !(dev && parsed.protocol === 'http:')) {
+    throw new TypeError(`${name} must be an https URL${dev ? ' (or http in development mode)' : ''}: ${value}`);
+  }
+  return value.replace(/\/$/, '');
+}
+
+export function mailboxConfig(
+  input: Partial<MailboxConfig> & Pick<MailboxConfig, 'domain' | 'publicUrl' | 'issuer' | 'blobDir'>,
+  secrets: MailboxSecrets = {},
+): { config: MailboxConfig; secrets: MailboxSecrets } {
+  const dev = input.dev ?? false;
+  const domain = input.domain.toLowerCase();
+  if (!/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$/.test(domain))
+    throw new TypeError(`domain is not a domain name: ${input.domain}`);
+  if (!secrets.mtaPrivateJwk && !(dev && secrets.mtaClientSecret)) {
+    throw new TypeError(
+      'the MTA needs its private key (private_key_jwt); a client secret is allowed only in development mode',
+    );
+  }
+  const publicUrl = url(input.publicUrl, 'publicUrl', dev);
+  const config: MailboxConfig = {
+    domain,
+    publicUrl,
+    issuer: url(input.issuer, 'issuer', dev),
+    host: input.host ?? '127.0.0.1',
+    port: input.port ?? 0,
+    databaseUrl: input.databaseUrl ?? 'sqlite:mailbox.db',
+    blobDir: input.blobDir,
+    dev,
+    mtaClientId: input.mtaClientId ?? `mta.${domain}`,
+    maxResourceSize: input.maxResourceSize ?? 5 * GIB,
+    quotaBytes: input.quotaBytes ?? 50 * GIB,
+    corsOrigins: input.corsOrigins ?? [],
+    webmailUrl: input.webmailUrl ?? `${publicUrl}/`,
+    dnsServer: input.dnsServer,
+  };
+  return { config, secrets };
+}

@@ -1,0 +1,174 @@
+/**
+ * The MTA's side of the three token exchanges (PROTOCOL.md §4.4, §6.1, §7) at the domain's own AS: client
+ * authentication with private_key_jwt (RFC 7523; a client secret only in development mode) and a DPoP
+ * proof made with the key the caller passes, which the issued token is bound to.
+ */
+import { randomUUID } from 'node:crypto';
+import { importJWK, type CryptoKey, type JWK } from 'jose';
+import { createDpopProof, signJwt, type DpopKey, type Header, type JwsAlg } from '@federizer/protocol';
+import type { HttpClient } from '@federizer/common';
+
+export const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
+const JWT = 'urn:ietf:params:oauth:token-type:jwt';
+
+export interface IssuedToken {
+  readonly token: string;
+  readonly issuedTokenType: string;
+  readonly expiresIn: number;
+}
+
+/** The AS refused (an OAuth error) or could not be reached; `retryable` says whether trying later may help. */
+export class ExchangeFailure extends Error {
+  override readonly name = 'ExchangeFailure';
+  constructor(
+    readonly error: string,
+    readonly description: string,
+    readonly status: number,
+    readonly retryAfterSeconds?: number,
+  ) {
+    super(`${error}: ${description}`);
+  }
+
+  get retryable(): boolean {
+    return this.status === 429 || this.status >= 500 || this.status === 0;
+  }
+}
+
+export interface AsClientOptions {
+  readonly issuer: string;
+  readonly clientId: string;
+  /** private_key_jwt: the MTA's private JWK (with `kid` and `alg`). */
+  readonly privateJwk?: JWK;
+  /** Development mode only: client_secret_basic. */
+  readonly clientSecret?: string;
+  readonly http: HttpClient;
+  readonly now?: () => number;
+}
+
+export class AsClient {
+  readonly #tokenEndpoint: string;
+  #signingKey: Promise<CryptoKey> | undefined;
+
+  constructor(private readonly options: AsClientOptions) {
+    if (!options.privateJwk && !options.clientSecret)
+      throw new TypeError('the MTA needs a private JWK or (in development) a client secret');
+    // Our AS publishes its token endpoint at issuer + /token, and checks DPoP htu against exactly that.
+    this.#tokenEndpoint = `${options.issuer.replace(/\/$/, '')}/token`;
+  }
+
+  /** §4.4: the user's access token and the copy's four header objects → the copy's assertion. */
+  send(userAccessToken: string, headers: readonly Header[], key: DpopKey): Promise<IssuedToken> {
+    return this.#exchange(
+      {
+        subject_token: userAccessToken,
+        subject_token_type: ACCESS_TOKEN,
+        requested_token_type: JWT,
+        headers: JSON.stringify(headers),
+      },
+      key,
+    );
+  }
+
+  /** §7: the newest assertion of a received chain and the forward block's four header objects → the next assertion. */
+  forward(
+    subjectAssertion: string,
+    headers: readonly Header[],
+    senderDomain: string,
+    forwardType: 'manual' | 'auto',
+    key: DpopKey,
+  ): Promise<IssuedToken> {
+    return this.#exchange(
+      {
+        subject_token: subjectAssertion,
+        subject_token_type: JWT,
+        requested_token_type: JWT,
+        headers: JSON.stringify(headers),
+        sender_domain: senderDomain,
+        forward_type: forwardType,
+      },
+      key,
+    );
+  }
+
+  /** §6.1: the newest assertion → an access token for the origin mailbox, for this message's resources. */
+  fetch(
+    subjectAssertion: string,
+    audience: string,
+    messageId: string,
+    senderDomain: string,
+    key: DpopKey,
+  ): Promise<IssuedToken> {
+    return this.#exchange(
+      {
+        subject_token: subjectAssertion,
+        subject_token_type: JWT,
+        requested_token_type: ACCESS_TOKEN,
+        audience,
+        message_id: messageId,
+        sender_domain: senderDomain,
+      },
+      key,
+    );
+  }
+
+  async #exchange(params: Record<string, string>, key: DpopKey): Promise<IssuedToken> {
+    const body = new URLSearchParams({ grant_type: TOKEN_EXCHANGE, scope: 'internet_mail', ...params });
+    const headers: Record<string, string> = {
+      'content-type': 'application/x-www-form-urlencoded',
+      accept: 'application/json',
+      dpop: await createDpopProof(key, { htm: 'POST', htu: this.#tokenEndpoint }),
+    };
+    await this.#authenticate(body, headers);
+    let res;
+    try {
+      res = await this.options.http.fetch(this.#tokenEndpoint, { method: 'POST', headers, body: body.toString() });
+    } catch (e) {
+      throw new ExchangeFailure(
+        'temporarily_unavailable',
+        `the AS at ${this.#tokenEndpoint} did not answer: ${(e as Error).message}`,
+        0,
+      );
+    }
+    const text = await res.text();
+    let json: Record<string, unknown> = {};
+    try {
+      json = JSON.parse(text) as Record<string, unknown>;
+    } catch {
+      // a non-JSON answer (a proxy's error page) is described by its status below
+    }
+    if (res.status !== 200) {
+      const retryAfter = Number(res.headers.get('retry-after'));
+      throw new ExchangeFailure(
+        String(json.error ?? 'server_error'),
+        String(json.error_description ?? `HTTP ${res.status}`),
+        res.status,
+        Number.isFinite(retryAfter) ? retryAfter : undefined,
+      );
+    }
+    if (typeof json.access_token !== 'string')
+      throw new ExchangeFailure('server_error', 'the AS answered without an access_token', 502);
+    return {
+      token: json.access_token,
+      issuedTokenType: String(json.issued_token_type),
+      expiresIn: Number(json.expires_in ?? 0),
+    };
+  }
+
+  async #authenticate(body: URLSearchParams, headers: Record<string, string>): Promise<void> {
+    const { privateJwk, clientId, clientSecret } = this.options;
+    if (privateJwk) {
+      this.#signingKey ??= importJWK(privateJwk, privateJwk.alg) as Promise<CryptoKey>;
+      const now = Math.floor((this.options.now ?? Date.now)() / 1000);
+      const assertion = await signJwt(
+        { iss: clientId, sub: clientId, aud: this.options.issuer, jti: randomUUID(), iat: now, exp: now + 60 },
+        { typ: 'JWT', alg: privateJwk.alg as JwsAlg, key: await this.#signingKey, kid: privateJwk.kid },
+      );
+      body.set('client_id', clientId);
+      body.set('client_assertion_type', 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
+      body.set('client_assertion', assertion);
+    } else {
+      headers.authorization = `Basic ${Buffer.from(`${encodeURIComponent(clientId)}:${encodeURIComponent(clientSecret!)}`).toString('base64')}`;
+    }
+  }
+}

@@ -1,0 +1,10 @@
+export * from './accounts.js';
+export * from './changes.js';
+export * from './errors.js';
+export * from './forwarding.js';
+export * from './ids.js';
+export * from './jobs.js';
+export * from './messages.js';
+export * from './shares.js';
+export * from './transfers.js';
+export type { Clock, StoreOptions } from './sql.js';

@@ -1,0 +1,257 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { ChangeLog } from './changes.js';
+import { isMailStoreError } from './errors.js';
+import { ID_LENGTH, ID_PATTERN, createIdGenerator, idTime } from './ids.js';
+import { MessageStore, type MailboxName, type NewMessage, type NewReceivedMessage } from './messages.js';
+import {
+  T0,
+  cid,
+  clearMailboxTables,
+  openMailboxDatabase,
+  testClock,
+  testDatabases,
+  warmPool,
+  type MailboxTestDatabase,
+} from './testing.js';
+
+const ALICE = 'alice@example.com';
+const BOB = 'bob@example.net';
+
+let counter = 0;
+function draft(address: string, overrides: Partial<NewMessage> = {}): NewMessage {
+  counter++;
+  return {
+    address,
+    mailbox: 'inbox',
+    messageId: `<m${counter}@example.com>`,
+    threadId: `<m${counter}@example.com>`,
+    envelope: [{ headers: [{ From: 'Carol <carol@example.org>' }, { Subject: `n${counter}` }] }],
+    body: { parts: [{ headers: [{ 'Content-Type': 'text/plain' }] }] },
+    subject: `n${counter}`,
+    from: 'Carol <carol@example.org>',
+    date: T0,
+    ...overrides,
+  };
+}
+
+describe('ids', () => {
+  it('are fixed width, unique, and sort as strings in time order, even within one millisecond', () => {
+    const clock = testClock();
+    const next = createIdGenerator(clock.now);
+    const ids: string[] = [];
+    for (let i = 0; i < 1000; i++) {
+      if (i % 100 === 0) clock.advance(1);
+      ids.push(next());
+    }
+    clock.advance(-5000); // a clock stepping back does not break the order
+    ids.push(next());
+    expect(new Set(ids).size).toBe(ids.length);
+    expect([...ids].sort()).toEqual(ids);
+    for (const id of ids) expect(id).toMatch(ID_PATTERN);
+    expect(ids[0]).toHaveLength(ID_LENGTH);
+    expect(idTime(ids[0] as string)).toBe(T0 + 1);
+  });
+});
+
+describe.each(testDatabases())('MessageStore on $name', (database) => {
+  let db: MailboxTestDatabase;
+  const clock = testClock();
+  let messages: MessageStore;
+  let changes: ChangeLog;
+
+  beforeAll(async () => {
+    db = await openMailboxDatabase(database);
+    messages = new MessageStore(db.knex, { now: clock.now });
+    changes = new ChangeLog(db.knex, { now: clock.now });
+  });
+
+  afterAll(async () => {
+    await db?.destroy();
+  });
+
+  beforeEach(async () => {
+    await clearMailboxTables(db.knex);
+    clock.set(T0);
+  });
+
+  it('stores a message with its resources and records its creation', async () => {
+    const a = cid('a');
+    const b = cid('b');
+    const input = draft(ALICE, {
+      mailbox: 'drafts',
+      resources: [
+        { contentId: a, size: 10, status: 'held' },
+        { contentId: b, size: 32, status: 'pending' },
+        { contentId: a, size: 10, status: 'held' },
+      ],
+    });
+    const id = await messages.create(input);
+    expect(id).toMatch(ID_PATTERN);
+    expect(await messages.get(ALICE, id)).toEqual({
+      id,
+      address: ALICE,
+      mailbox: 'drafts',
+      messageId: input.messageId,
+      threadId: input.threadId,
+      transferEht: undefined,
+      subject: input.subject,
+      from: input.from,
+      date: T0,
+      receivedAt: T0,
+      seen: false,
+      flagged: false,
+      size: 42,
+      envelope: input.envelope,
+      body: input.body,
+    });
+    expect(await messages.get(BOB, id)).toBeUndefined();
+    expect(await messages.resourcesOf(id)).toEqual(
+      [
+        { contentId: a, size: 10, status: 'held', updatedAt: T0 },
+        { contentId: b, size: 32, status: 'pending', updatedAt: T0 },
+      ].sort((x, y) => (x.contentId < y.contentId ? -1 : 1)),
+    );
+    expect(await changes.since(ALICE, '0')).toMatchObject({ created: [id], updated: [], destroyed: [] });
+  });
+
+  it('pages through 250 messages newest first, without duplicates or gaps', async () => {
+    const created: string[] = [];
+    for (let i = 0; i < 250; i++) {
+      if (i % 7 === 0) clock.advance(1); // several per millisecond, too
+      created.push(await messages.create(draft(ALICE)));
+      if (i % 50 === 0) await messages.create(draft(ALICE, { mailbox: 'archive' }));
+      if (i % 60 === 0) await messages.create(draft(BOB));
+    }
+    const seen: string[] = [];
+    let before: string | undefined;
+    let pages = 0;
+    do {
+      const page = await messages.list(ALICE, { mailbox: 'inbox', before, limit: 40 });
+      seen.push(...page.messages.map((m) => m.id));
+      // Mail arriving while the client pages does not disturb the older pages.
+      if (pages === 2) await messages.create(draft(ALICE));
+      before = page.next;
+      pages++;
+    } while (before !== undefined);
+    expect(pages).toBe(7);
+    expect(seen).toEqual([...created].reverse());
+  });
+
+  it('ends with no cursor when the last page is exactly full', async () => {
+    for (let i = 0; i < 4; i++) await messages.create(draft(ALICE));
+    const first = await messages.list(ALICE, { mailbox: 'inbox', limit: 2 });
+    const second = await messages.list(ALICE, { mailbox: 'inbox', limit: 2, before: first.next });
+    expect(second.messages).toHaveLength(2);
+    expect(second.next).toBeUndefined();
+    expect(await messages.list(ALICE, { mailbox: 'trash' })).toEqual({ messages: [], next: undefined });
+  });
+
+  it('refuses a cursor it did not issue', async () => {
+    for (const before of ['', 'garbage', Buffer.from('m1.not-an-id').toString('base64url'), 'x'.repeat(100)]) {
+      const error = await messages.list(ALICE, { mailbox: 'inbox', before }).catch((e: unknown) => e);
+      expect(isMailStoreError(error, 'invalid_cursor')).toBe(true);
+    }
+    await expect(messages.list(ALICE, { mailbox: 'spam' as MailboxName })).rejects.toThrow(TypeError);
+    await expect(messages.list(ALICE, { mailbox: 'inbox', limit: 0 })).rejects.toThrow(TypeError);
+  });
+
+  it('lists a thread across mailboxes, oldest first, for one account only', async () => {
+    const root = await messages.create(draft(ALICE, { threadId: '<root@example.org>', mailbox: 'inbox' }));
+    clock.advance(10);
+    const reply = await messages.create(draft(ALICE, { threadId: '<root@example.org>', mailbox: 'sent' }));
+    clock.advance(10);
+    await messages.create(draft(ALICE, { threadId: '<other@example.org>' }));
+    await messages.create(draft(BOB, { threadId: '<root@example.org>' }));
+    const thread = await messages.thread(ALICE, '<root@example.org>');
+    expect(thread.map((m) => [m.id, m.mailbox])).toEqual([
+      [root, 'inbox'],
+      [reply, 'sent'],
+    ]);
+    expect(await messages.thread(ALICE, '<nothing@example.org>')).toEqual([]);
+  });
+
+  it('marks seen and flagged, moves and trashes, recording a change only when something changed', async () => {
+    const id = await messages.create(draft(ALICE));
+    const state = await changes.state(ALICE);
+    expect(await messages.update(ALICE, id, { seen: true, flagged: true })).toMatchObject({
+      seen: true,
+      flagged: true,
+    });
+    const afterFlags = await changes.state(ALICE);
+    expect(afterFlags).not.toBe(state);
+    await messages.update(ALICE, id, { seen: true });
+    expect(await changes.state(ALICE)).toBe(afterFlags);
+    expect(await messages.update(ALICE, id, { mailbox: 'archive' })).toMatchObject({ mailbox: 'archive' });
+    expect(await messages.trash(ALICE, id)).toMatchObject({ mailbox: 'trash', seen: true });
+    expect(await messages.get(ALICE, id)).toMatchObject({ mailbox: 'trash', seen: true, flagged: true });
+    expect(await changes.since(ALICE, state)).toMatchObject({ created: [], updated: [id], destroyed: [] });
+
+    const error = await messages.update(BOB, id, { seen: false }).catch((e: unknown) => e);
+    expect(isMailStoreError(error, 'message_not_found')).toBe(true);
+    await expect(messages.update(ALICE, id, { mailbox: 'nowhere' as MailboxName })).rejects.toThrow(TypeError);
+  });
+
+  it('deletes a message with its resource rows and records its destruction', async () => {
+    const id = await messages.create(draft(ALICE, { resources: [{ contentId: cid(1), size: 1, status: 'held' }] }));
+    const state = await changes.state(ALICE);
+    expect(await messages.delete(BOB, id)).toBe(false);
+    expect(await messages.delete(ALICE, id)).toBe(true);
+    expect(await messages.delete(ALICE, id)).toBe(false);
+    expect(await messages.get(ALICE, id)).toBeUndefined();
+    expect(await messages.resourcesOf(id)).toEqual([]);
+    expect(await changes.since(ALICE, state)).toMatchObject({ created: [], updated: [], destroyed: [id] });
+  });
+
+  it('stores a received message once, even for 20 concurrent identical transfers', async () => {
+    await warmPool(db);
+    const received: NewReceivedMessage = {
+      ...draft(BOB),
+      transferEht: 'eht-of-the-transfer',
+      resources: [{ contentId: cid('r'), size: 5, status: 'pending' }],
+    };
+    const results = await Promise.all(Array.from({ length: 20 }, () => messages.createReceived(received)));
+    const ids = new Set(results.map((r) => r.id));
+    expect(ids.size).toBe(1);
+    expect(results.filter((r) => r.created)).toHaveLength(1);
+    const [id] = [...ids] as [string];
+    expect(await messages.get(BOB, id)).toMatchObject({ mailbox: 'inbox', transferEht: 'eht-of-the-transfer' });
+    const rows = (await db.knex('mail_messages').where({ address: BOB }).count({ n: '*' }).first()) as { n: unknown };
+    expect(Number(rows.n)).toBe(1);
+    expect(await changes.since(BOB, '0')).toMatchObject({ created: [id], updated: [], destroyed: [] });
+    // Another eht (a later forward hop) or another recipient is another message.
+    expect((await messages.createReceived({ ...received, transferEht: 'other' })).created).toBe(true);
+    expect((await messages.createReceived({ ...received, address: 'carol@example.net' })).created).toBe(true);
+  });
+
+  it('finds an account’s messages by Message-ID', async () => {
+    const sent = await messages.create(draft(ALICE, { messageId: '<same@example.com>', mailbox: 'sent' }));
+    const got = await messages.createReceived({
+      ...draft(ALICE, { messageId: '<same@example.com>' }),
+      transferEht: 'e',
+    });
+    expect((await messages.byMessageId(ALICE, '<same@example.com>')).map((m) => m.id)).toEqual([sent, got.id]);
+    expect(await messages.byMessageId(BOB, '<same@example.com>')).toEqual([]);
+  });
+
+  it('marks a fetched resource in every message referencing it, recording updates per account', async () => {
+    const r = cid('shared');
+    const m1 = await messages.create(draft(ALICE, { resources: [{ contentId: r, size: 3, status: 'pending' }] }));
+    const m2 = await messages.create(draft(BOB, { resources: [{ contentId: r, size: 3, status: 'pending' }] }));
+    const m3 = await messages.create(
+      draft(BOB, { resources: [{ contentId: cid('other'), size: 3, status: 'pending' }] }),
+    );
+    const aliceState = await changes.state(ALICE);
+    const bobState = await changes.state(BOB);
+    clock.advance(1000);
+    const marked = await messages.markResources(r, 'held');
+    expect(marked.sort((x, y) => (x.id < y.id ? -1 : 1))).toEqual([
+      { address: ALICE, id: m1 },
+      { address: BOB, id: m2 },
+    ]);
+    expect(await messages.resourcesOf(m1)).toEqual([{ contentId: r, size: 3, status: 'held', updatedAt: T0 + 1000 }]);
+    expect((await messages.resourcesOf(m3))[0]?.status).toBe('pending');
+    expect(await changes.since(ALICE, aliceState)).toMatchObject({ updated: [m1] });
+    expect(await changes.since(BOB, bobState)).toMatchObject({ updated: [m2] });
+    expect(await messages.markResources(r, 'held')).toEqual([]); // nothing changed, nothing recorded
+  });
+});

@@ -1,0 +1,78 @@
+/**
+ * Small SQL helpers shared by the mailbox stores. Both databases run the same queries; the differences
+ * (row locks, SKIP LOCKED, advisory locks) exist only on PostgreSQL, because the SQLite pool has a single
+ * connection and so every transaction is already serialized.
+ */
+import type { Knex } from 'knex';
+
+export type Clock = () => number;
+
+export interface StoreOptions {
+  /** Epoch milliseconds; tests pass a frozen or stepped clock. */
+  now?: Clock;
+}
+
+export function isPostgres(knex: Knex): boolean {
+  return (knex.client as { dialect?: string }).dialect === 'postgresql';
+}
+
+/** Bounds the bound parameters per statement (SQLite allows 32766, PostgreSQL 65535). */
+export const CHUNK = 500;
+
+export function chunks<T>(items: readonly T[], size = CHUNK): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
+/**
+ * Creates the accounts if needed and, on PostgreSQL, locks their rows until the transaction ends. Every
+ * transaction that changes an account's quota counter, reference counts or change log takes this lock
+ * first, so per account those transactions commit in the order they write: the change log's sequence
+ * numbers then become visible in increasing order (a reader never sees seq 11 before a later commit of
+ * seq 10), and the quota check and the counter update cannot interleave. Several accounts are locked in
+ * sorted order so two transactions cannot deadlock.
+ */
+export async function lockAccounts(trx: Knex.Transaction, addresses: readonly string[], now: number): Promise<void> {
+  const sorted = [...new Set(addresses)].sort();
+  for (const address of sorted) {
+    await trx('mail_accounts').insert({ address, storage_used: 0, created_at: now }).onConflict('address').ignore();
+  }
+  if (!isPostgres(trx) || sorted.length === 0) return;
+  for (const address of sorted) {
+    await trx('mail_accounts').select('address').where({ address }).forUpdate();
+  }
+}
+
+export function parseJson<T>(text: unknown, what: string): T {
+  if (typeof text !== 'string') throw new TypeError(`${what}: expected JSON text from the database`);
+  return JSON.parse(text) as T;
+}
+
+export function checkAddress(address: unknown): string {
+  if (typeof address !== 'string' || address.length === 0 || address.length > 254 || !address.includes('@')) {
+    throw new TypeError(`not an address: ${JSON.stringify(address)}`);
+  }
+  return address;
+}
+
+export function checkContentId(contentId: unknown): string {
+  if (typeof contentId !== 'string' || !/^<[A-Za-z0-9_-]{43}>$/.test(contentId)) {
+    throw new TypeError(`not a Content-ID: ${JSON.stringify(contentId)}`);
+  }
+  return contentId;
+}
+
+export function checkLimit(limit: unknown, max: number, what = 'limit'): number {
+  if (typeof limit !== 'number' || !Number.isSafeInteger(limit) || limit < 1 || limit > max) {
+    throw new TypeError(`${what} must be an integer from 1 to ${max}`);
+  }
+  return limit;
+}
+
+export function checkSize(size: unknown): number {
+  if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) {
+    throw new TypeError(`not a size: ${JSON.stringify(size)}`);
+  }
+  return size;
+}

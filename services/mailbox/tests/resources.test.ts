@@ -1,0 +1,179 @@
+/**
+ * The client API's resources through real HTTP: a user of example.com signs in at the domain's real AS
+ * (authorization code, PKCE, DPoP) and uploads and downloads with DPoP proofs, as the webmail does.
+ */
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { exportJWK } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createKnex, silentLogger } from '@federizer/common';
+import { contentId, createDpopProof, jwkThumbprint, type DpopKey } from '@federizer/protocol';
+import { testDatabases } from '../../common/src/testing/databases.js';
+import { freePort, hostOf, startFederation, type Federation } from '../../auth/tests/harness.js';
+import { signIn, testHttp } from '../../auth/tests/exchange-client.js';
+import { MailboxService, mailboxConfig, wellKnown } from '../src/index.js';
+
+describe.each(testDatabases())('the resources API ($name)', (database) => {
+  let fed: Federation;
+  let mailbox: MailboxService;
+  let blobDir: string;
+  let publicUrl: string;
+  let token: string;
+  let key: DpopKey;
+  const http = testHttp();
+
+  /** One API request as the webmail makes it: the access token and a fresh DPoP proof with its ath. */
+  async function api(
+    path: string,
+    init: { method?: string; body?: Uint8Array | string; headers?: Record<string, string> } = {},
+  ) {
+    const method = init.method ?? 'GET';
+    const url = `${publicUrl}/api/v1${path}`;
+    const proof = await createDpopProof(key, { htm: method, htu: url, accessToken: token });
+    return http.fetch(url, {
+      method,
+      body: init.body,
+      headers: { authorization: `DPoP ${token}`, dpop: proof, ...init.headers },
+    });
+  }
+
+  beforeAll(async () => {
+    const port = await freePort();
+    publicUrl = `http://${hostOf('mail', 'example.com')}:${port}`;
+    fed = await startFederation(['example.com'], {
+      database: database.create,
+      config: { mailboxResource: `${publicUrl}/api/v1` },
+    });
+    const domain = fed.domains['example.com']!;
+    await domain.createUser('alice@example.com', 'alice password');
+    await domain.createUser('bob@example.com', 'bob password');
+    blobDir = await mkdtemp(join(tmpdir(), 'federizer-blobs-'));
+    const db = await database.create();
+    const { config, secrets } = mailboxConfig(
+      {
+        domain: 'example.com',
+        publicUrl,
+        issuer: domain.issuer,
+        blobDir,
+        dev: true,
+        port,
+        maxResourceSize: 1024 * 1024,
+        quotaBytes: 3 * 1024 * 1024,
+      },
+      { mtaClientSecret: 'unused in these tests' },
+    );
+    const knex = createKnex(db.config);
+    mailbox = await MailboxService.start(config, secrets, { knex, logger: silentLogger() });
+    const session = await signIn(domain, http, 'alice@example.com', 'alice password');
+    token = session.accessToken;
+    const publicJwk = await exportJWK(session.dpopKey.publicKey);
+    key = { alg: 'ES256', privateKey: session.dpopKey.privateKey, publicJwk, jkt: await jwkThumbprint(publicJwk) };
+    return async () => {
+      await mailbox.close();
+      await knex.destroy();
+      await db.destroy();
+      await fed.close();
+      await rm(blobDir, { recursive: true, force: true });
+    };
+  });
+  afterAll(() => http.close());
+
+  it('PROTOCOL §8: /.well-known/federizer publishes the domain, its AS and its MTA client id', async () => {
+    const res = await http.fetch(`${publicUrl}/.well-known/federizer`);
+    expect(await res.json()).toEqual(wellKnown(mailbox.config));
+  });
+
+  it('upload streams, answers the Content-ID, and the download is the same bytes with ETag and Repr-Digest (§9)', async () => {
+    const bytes = randomBytes(300_000);
+    const up = await api('/resources', { method: 'POST', body: bytes, headers: { 'content-type': 'image/png' } });
+    expect(up.status).toBe(201);
+    const { contentId: cid, size } = (await up.json()) as { contentId: string; size: number };
+    expect(cid).toBe(contentId(bytes));
+    expect(size).toBe(bytes.length);
+    const down = await api(`/resources/${cid.slice(1, -1)}`);
+    expect(down.status).toBe(200);
+    expect(down.headers.get('etag')).toBe(`"${cid.slice(1, -1)}"`);
+    expect(down.headers.get('cache-control')).toContain('immutable');
+    expect(down.headers.get('content-type')).toBe('image/png');
+    expect(down.headers.get('repr-digest')).toBe(
+      `sha-256=:${Buffer.from(cid.slice(1, -1), 'base64url').toString('base64')}:`,
+    );
+    expect(Buffer.from(await down.arrayBuffer()).equals(bytes)).toBe(true);
+  });
+
+  it('RFC 9110 §14: a Range request gets 206 with exactly those bytes; an impossible one gets 416', async () => {
+    const bytes = randomBytes(10_000);
+    const { contentId: cid } = (await (await api('/resources', { method: 'POST', body: bytes })).json()) as {
+      contentId: string;
+    };
+    const part = await api(`/resources/${cid.slice(1, -1)}`, { headers: { range: 'bytes=100-199' } });
+    expect(part.status).toBe(206);
+    expect(part.headers.get('content-range')).toBe('bytes 100-199/10000');
+    expect(Buffer.from(await part.arrayBuffer()).equals(bytes.subarray(100, 200))).toBe(true);
+    expect((await api(`/resources/${cid.slice(1, -1)}`, { headers: { range: 'bytes=20000-' } })).status).toBe(416);
+    expect(
+      (await api(`/resources/${cid.slice(1, -1)}`, { headers: { 'if-none-match': `"${cid.slice(1, -1)}"` } })).status,
+    ).toBe(304);
+  });
+
+  it('the same bytes uploaded twice are held once (deduplicated per account)', async () => {
+    const bytes = randomBytes(5_000);
+    const first = (await (await api('/resources', { method: 'POST', body: bytes })).json()) as { contentId: string };
+    const used = (await (await api('/session')).json()) as { storageUsed: number };
+    const second = (await (await api('/resources', { method: 'POST', body: bytes })).json()) as { contentId: string };
+    expect(second.contentId).toBe(first.contentId);
+    expect(((await (await api('/session')).json()) as { storageUsed: number }).storageUsed).toBe(used.storageUsed);
+  });
+
+  it('an oversize upload is refused with 413 and leaves no partial file behind', async () => {
+    const res = await api('/resources', { method: 'POST', body: randomBytes(1024 * 1024 + 1) });
+    expect(res.status).toBe(413);
+    expect(((await res.json()) as { error: string }).error).toBe('too_large');
+    expect(await readdir(join(blobDir, 'tmp'))).toEqual([]);
+  });
+
+  it('a path-traversal Content-ID is not found, never a file read', async () => {
+    for (const bad of ['..%2F..%2Fetc%2Fpasswd', '%3C..%2F..%3E', 'A'.repeat(43)]) {
+      const res = await api(`/resources/${bad}`);
+      expect(res.status, bad).toBe(404);
+    }
+  });
+
+  it('a resource is served only to an account that holds it: knowing the Content-ID grants nothing', async () => {
+    const bytes = randomBytes(1_000);
+    const { contentId: cid } = (await (await api('/resources', { method: 'POST', body: bytes })).json()) as {
+      contentId: string;
+    };
+    const bob = await signIn(fed.domains['example.com']!, http, 'bob@example.com', 'bob password');
+    const bobJwk = await exportJWK(bob.dpopKey.publicKey);
+    const bobKey: DpopKey = {
+      alg: 'ES256',
+      privateKey: bob.dpopKey.privateKey,
+      publicJwk: bobJwk,
+      jkt: await jwkThumbprint(bobJwk),
+    };
+    const url = `${publicUrl}/api/v1/resources/${cid.slice(1, -1)}`;
+    const res = await http.fetch(url, {
+      headers: {
+        authorization: `DPoP ${bob.accessToken}`,
+        dpop: await createDpopProof(bobKey, { htm: 'GET', htu: url, accessToken: bob.accessToken }),
+      },
+    });
+    expect(res.status).toBe(404);
+  });
+
+  it('RFC 9449 §7: no token, a Bearer token, a proof for another URL, or a replayed proof are refused with 401', async () => {
+    const url = `${publicUrl}/api/v1/session`;
+    expect((await http.fetch(url)).status).toBe(401);
+    expect((await http.fetch(url, { headers: { authorization: `Bearer ${token}` } })).status).toBe(401);
+    const wrongHtu = await createDpopProof(key, { htm: 'GET', htu: `${publicUrl}/api/v1/other`, accessToken: token });
+    const refused = await http.fetch(url, { headers: { authorization: `DPoP ${token}`, dpop: wrongHtu } });
+    expect(refused.status).toBe(401);
+    expect(refused.headers.get('www-authenticate')).toMatch(/error="invalid_dpop_proof"/);
+    const proof = await createDpopProof(key, { htm: 'GET', htu: url, accessToken: token });
+    expect((await http.fetch(url, { headers: { authorization: `DPoP ${token}`, dpop: proof } })).status).toBe(200);
+    expect((await http.fetch(url, { headers: { authorization: `DPoP ${token}`, dpop: proof } })).status).toBe(401);
+  });
+});
