@@ -3,7 +3,8 @@
  * that knows them); `readMailboxEnv` reads FEDERIZER_* variables (the only place that touches the
  * environment); secrets are kept apart so they are never logged with the rest.
  */
-import type { JWK } from 'jose';
+import type { CryptoKey, JWK, KeyObject } from 'jose';
+import type { JwsAlg } from '@federizer/protocol';
 
 export interface MailboxConfig {
   readonly domain: string;
@@ -27,13 +28,23 @@ export interface MailboxConfig {
   /** The webmail's URL, published in /.well-known/federizer. */
   readonly webmailUrl: string;
   readonly dnsServer?: string;
+  /** How long a share stays open to fetches (the assertion lifetime the AS uses). */
+  readonly shareWindowSeconds: number;
+  /** Bytes of a Placeholder Message (JSON), sent or received. */
+  readonly maxMessageBytes: number;
+  /** The AS admin API, asked which users exist (defaults to the issuer). */
+  readonly authAdminUrl: string;
 }
 
 export interface MailboxSecrets {
+  /** Bearer token of the AS admin API. */
+  readonly authAdminToken?: string;
   /** The MTA's private key for private_key_jwt client authentication (a private JWK with kid and alg). */
   readonly mtaPrivateJwk?: JWK;
   /** Development mode only: client_secret_basic for the MTA. */
   readonly mtaClientSecret?: string;
+  /** The MTA's key as a key object (embedding the service in a program or a test): instead of mtaPrivateJwk. */
+  readonly mtaKey?: { readonly key: CryptoKey | KeyObject; readonly alg: JwsAlg; readonly kid: string };
 }
 
 const GIB = 1024 ** 3;
@@ -59,7 +70,7 @@ export function mailboxConfig(
   const domain = input.domain.toLowerCase();
   if (!/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$/.test(domain))
     throw new TypeError(`domain is not a domain name: ${input.domain}`);
-  if (!secrets.mtaPrivateJwk && !(dev && secrets.mtaClientSecret)) {
+  if (!secrets.mtaPrivateJwk && !secrets.mtaKey && !(dev && secrets.mtaClientSecret)) {
     throw new TypeError(
       'the MTA needs its private key (private_key_jwt); a client secret is allowed only in development mode',
     );
@@ -80,6 +91,9 @@ export function mailboxConfig(
     corsOrigins: input.corsOrigins ?? [],
     webmailUrl: input.webmailUrl ?? `${publicUrl}/`,
     dnsServer: input.dnsServer,
+    shareWindowSeconds: input.shareWindowSeconds ?? 7 * 24 * 3600,
+    maxMessageBytes: input.maxMessageBytes ?? 1024 * 1024,
+    authAdminUrl: (input.authAdminUrl ?? input.issuer).replace(/\/$/, ''),
   };
   return { config, secrets };
 }

@@ -6,3 +6,6 @@ export * from './service.js';
 export * from './api/user-auth.js';
 export * from './api/resources.js';
 export * from './mta/as-client.js';
+export * from './api/send.js';
+export * from './directory.js';
+export * from './mta/outbox.js';

@@ -1,12 +1,16 @@
 /**
  * The composition root of the mailbox service: `MailboxService.start(config, secrets, overrides)` builds the
- * database, the blob store, the stores and the HTTP API. Tests swap parts through `overrides`.
+ * database, the blob store, the stores, the MTA (AS client, outbox) and the HTTP API. Tests swap parts
+ * through `overrides`.
  */
+import { randomUUID } from 'node:crypto';
+import { Readable } from 'node:stream';
 import cors from 'cors';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Knex } from 'knex';
 import { Counter } from 'prom-client';
 import {
+  DnsClient,
   KnexReplayStore,
   createHttpClient,
   createKnex,
@@ -21,12 +25,23 @@ import {
   type Logger,
   type RunningServer,
 } from '@federizer/common';
-import type { HttpGet } from '@federizer/protocol';
-import { DiskBlobStore } from './blobs/index.js';
+import {
+  Discovery,
+  externalContentType,
+  formatDate,
+  type HttpGet,
+  type SrvResolver,
+  type TrustResolver,
+} from '@federizer/protocol';
 import { resourcesRouter } from './api/resources.js';
+import { sendRouter } from './api/send.js';
 import { IssuerKeys, requireUser } from './api/user-auth.js';
+import { DiskBlobStore } from './blobs/index.js';
 import type { MailboxConfig, MailboxSecrets } from './config.js';
-import { AccountStore } from './storage/accounts.js';
+import { UserDirectory } from './directory.js';
+import { AsClient } from './mta/as-client.js';
+import { Outbox } from './mta/outbox.js';
+import { AccountStore, JobQueue, MessageStore, ShareStore } from './storage/index.js';
 import { MAILBOX_MIGRATIONS_TABLE, mailboxMigrations } from './storage/migrations.js';
 
 export interface MailboxOverrides {
@@ -34,6 +49,12 @@ export interface MailboxOverrides {
   readonly logger?: Logger;
   readonly httpClient?: HttpClient;
   readonly now?: () => number;
+  /** Replaces the DNS client (config.dnsServer or the system resolvers). */
+  readonly resolveSrv?: SrvResolver;
+  /** Replaces DNS discovery of other domains altogether. */
+  readonly trust?: TrustResolver & Pick<Discovery, 'mailbox'>;
+  /** Whether the outbox runs on its own (tests may drive it with `service.outbox.poll()`). Default true. */
+  readonly startWorkers?: boolean;
 }
 
 /** PROTOCOL.md §8: what a domain's mailbox publishes at /.well-known/federizer. */
@@ -51,8 +72,32 @@ export function wellKnown(config: MailboxConfig) {
   };
 }
 
+function discoveryFor(
+  config: MailboxConfig,
+  http: HttpClient,
+  resolveSrv: SrvResolver | undefined,
+  now: () => number,
+): Discovery {
+  let resolver = resolveSrv;
+  if (resolver === undefined) {
+    const m = config.dnsServer ? /^\[?([^\]]+?)\]?:(\d+)$/.exec(config.dnsServer) : null;
+    resolver = new DnsClient({ servers: m ? [{ host: m[1]!, port: Number(m[2]) }] : undefined }).resolveSrv;
+  }
+  const httpGet: HttpGet = (url, init) => http.fetch(url, init) as unknown as Promise<Response & globalThis.Response>;
+  return new Discovery({ resolveSrv: resolver, httpGet, allowHttp: config.dev, now });
+}
+
 export class MailboxService implements AsyncDisposable {
+  readonly messages: MessageStore;
+  readonly shares: ShareStore;
+  readonly jobs: JobQueue;
+  readonly directory: UserDirectory;
+  readonly discovery: TrustResolver & Pick<Discovery, 'mailbox'>;
+  readonly as: AsClient;
+  readonly outbox: Outbox;
+  #server: RunningServer | undefined;
   #closed = false;
+  #workers = false;
 
   private constructor(
     readonly config: MailboxConfig,
@@ -62,12 +107,40 @@ export class MailboxService implements AsyncDisposable {
     private readonly logger: Logger,
     private readonly ownsKnex: boolean,
     private readonly httpClient: HttpClient,
-    private server: RunningServer | undefined,
-  ) {}
+    secrets: MailboxSecrets,
+    private readonly now: () => number,
+    overrides: MailboxOverrides,
+  ) {
+    const clock = { now };
+    this.messages = new MessageStore(knex, clock);
+    this.shares = new ShareStore(knex, clock);
+    this.jobs = new JobQueue(knex, clock);
+    this.directory = new UserDirectory(config.authAdminUrl, secrets.authAdminToken ?? '', httpClient, now);
+    this.discovery = overrides.trust ?? discoveryFor(config, httpClient, overrides.resolveSrv, now);
+    this.as = new AsClient({
+      issuer: config.issuer,
+      clientId: config.mtaClientId,
+      privateJwk: secrets.mtaPrivateJwk,
+      signingKey: secrets.mtaKey,
+      clientSecret: secrets.mtaClientSecret,
+      http: httpClient,
+      now,
+    });
+    this.outbox = new Outbox({
+      jobs: this.jobs,
+      shares: this.shares,
+      messages: this.messages,
+      mailboxOf: (domain) => this.discovery.mailbox(domain),
+      http: httpClient,
+      logger,
+      now,
+      notifyFailure: (share, failed) => this.#failureNotice(share, failed),
+    });
+  }
 
   static async start(
     config: MailboxConfig,
-    _secrets: MailboxSecrets,
+    secrets: MailboxSecrets,
     overrides: MailboxOverrides = {},
   ): Promise<MailboxService> {
     const logger = overrides.logger ?? createLogger({ name: 'federizer-mailbox', base: { domain: config.domain } });
@@ -86,19 +159,78 @@ export class MailboxService implements AsyncDisposable {
       logger,
       overrides.knex === undefined,
       httpClient,
-      undefined,
+      secrets,
+      now,
+      overrides,
     );
-    service.server = await listen(service.#app(now), { host: config.host, port: config.port });
-    logger.info({ url: service.server.url, publicUrl: config.publicUrl }, 'mailbox listening');
+    service.#server = await listen(service.#app(), { host: config.host, port: config.port });
+    if (overrides.startWorkers ?? true) {
+      service.#workers = true;
+      service.outbox.start();
+    }
+    logger.info({ url: service.#server.url, publicUrl: config.publicUrl }, 'mailbox listening');
     return service;
   }
 
   get url(): string {
-    return this.server!.url;
+    return this.#server!.url;
   }
 
-  #app(now: () => number) {
-    const config = this.config;
+  /** A delivery-failure notice in the sender's inbox: a short text resource naming who did not get it, and why. */
+  async #failureNotice(
+    share: { address: string; messageId: string },
+    failed: readonly { address: string; reason: string }[],
+  ): Promise<void> {
+    if (failed.length === 0) return;
+    const text = `Your message ${share.messageId} could not be delivered to:\n\n${failed.map((f) => `  ${f.address}: ${f.reason}`).join('\n')}\n`;
+    const stored = await this.blobs.put(Readable.from([Buffer.from(text)]), { maxSize: this.config.maxResourceSize });
+    await this.accounts.ensure(share.address);
+    await this.accounts.addResource(share.address, {
+      contentId: stored.contentId,
+      size: stored.size,
+      mediaType: 'text/plain; charset=utf-8',
+    });
+    const messageId = `<${randomUUID()}@${this.config.domain}>`;
+    const from = `Mail Delivery System <postmaster@${this.config.domain}>`;
+    const subject = 'Undeliverable: your message could not be delivered to everyone';
+    await this.messages.create({
+      address: share.address,
+      mailbox: 'inbox',
+      messageId,
+      threadId: share.messageId,
+      envelope: [
+        {
+          headers: [
+            { Date: formatDate(new Date(this.now())) },
+            { From: from },
+            { To: share.address },
+            { Subject: subject },
+            { 'Message-ID': messageId },
+            { 'X-Thread-ID': share.messageId },
+            { 'In-Reply-To': share.messageId },
+          ],
+        },
+      ],
+      body: {
+        parts: [
+          {
+            headers: [
+              { 'Content-Disposition': 'inline' },
+              { 'Content-ID': stored.contentId },
+              { 'Content-Type': externalContentType(stored.size, 'text/plain; charset=utf-8') },
+            ],
+          },
+        ],
+      },
+      subject,
+      from,
+      date: this.now(),
+      resources: [{ contentId: stored.contentId, size: stored.size, status: 'held' }],
+    });
+  }
+
+  #app() {
+    const { config, now } = this;
     const registry = createRegistry('mailbox');
     const uploaded = new Counter({
       name: 'federizer_mailbox_uploaded_bytes_total',
@@ -135,7 +267,7 @@ export class MailboxService implements AsyncDisposable {
     );
 
     const api = express.Router();
-    // The webmail's origin only (PROTOCOL: CORS for the webmail's origin); DPoP and the headers the API reads.
+    // The webmail's origin only; DPoP and the headers the API reads.
     api.use(
       cors({
         origin: (origin, done) => done(null, origin !== undefined && config.corsOrigins.includes(origin)),
@@ -151,10 +283,33 @@ export class MailboxService implements AsyncDisposable {
       res.json({
         address,
         domain: config.domain,
-        limits: { maxResourceSize: config.maxResourceSize, quotaBytes: config.quotaBytes },
+        limits: {
+          maxResourceSize: config.maxResourceSize,
+          quotaBytes: config.quotaBytes,
+          maxMessageBytes: config.maxMessageBytes,
+        },
         storageUsed: await this.accounts.storageUsed(address),
       });
     });
+    api.use(
+      sendRouter({
+        domain: config.domain,
+        shareWindowSeconds: config.shareWindowSeconds,
+        maxMessageBytes: config.maxMessageBytes,
+        as: this.as,
+        accounts: this.accounts,
+        messages: this.messages,
+        shares: this.shares,
+        jobs: this.jobs,
+        recipientExists: (address) => this.directory.exists(address),
+        now,
+        // A new transfer need not wait for the next poll; when tests drive the outbox, they poll themselves.
+        onSent: () => {
+          if (this.#workers)
+            void this.outbox.poll().catch((err: unknown) => this.logger.error({ err }, 'outbox poll failed'));
+        },
+      }),
+    );
     api.use(
       '/resources',
       resourcesRouter({
@@ -179,7 +334,8 @@ export class MailboxService implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.server?.close();
+    await this.#server?.close();
+    await this.outbox.stop();
     await this.httpClient.close();
     if (this.ownsKnex) await this.knex.destroy();
     this.logger.info('mailbox stopped');

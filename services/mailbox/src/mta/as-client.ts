@@ -4,7 +4,7 @@
  * proof made with the key the caller passes, which the issued token is bound to.
  */
 import { randomUUID } from 'node:crypto';
-import { importJWK, type CryptoKey, type JWK } from 'jose';
+import { importJWK, type CryptoKey, type JWK, type KeyObject } from 'jose';
 import { createDpopProof, signJwt, type DpopKey, type Header, type JwsAlg } from '@federizer/protocol';
 import type { HttpClient } from '@federizer/common';
 
@@ -42,6 +42,8 @@ export interface AsClientOptions {
   readonly privateJwk?: JWK;
   /** Development mode only: client_secret_basic. */
   readonly clientSecret?: string;
+  /** private_key_jwt with a key object (instead of privateJwk). */
+  readonly signingKey?: { readonly key: CryptoKey | KeyObject; readonly alg: JwsAlg; readonly kid: string };
   readonly http: HttpClient;
   readonly now?: () => number;
 }
@@ -51,7 +53,7 @@ export class AsClient {
   #signingKey: Promise<CryptoKey> | undefined;
 
   constructor(private readonly options: AsClientOptions) {
-    if (!options.privateJwk && !options.clientSecret)
+    if (!options.privateJwk && !options.signingKey && !options.clientSecret)
       throw new TypeError('the MTA needs a private JWK or (in development) a client secret');
     // Our AS publishes its token endpoint at issuer + /token, and checks DPoP htu against exactly that.
     this.#tokenEndpoint = `${options.issuer.replace(/\/$/, '')}/token`;
@@ -156,13 +158,18 @@ export class AsClient {
   }
 
   async #authenticate(body: URLSearchParams, headers: Record<string, string>): Promise<void> {
-    const { privateJwk, clientId, clientSecret } = this.options;
-    if (privateJwk) {
-      this.#signingKey ??= importJWK(privateJwk, privateJwk.alg) as Promise<CryptoKey>;
+    const { privateJwk, signingKey, clientId, clientSecret } = this.options;
+    if (privateJwk || signingKey) {
+      let key: { key: CryptoKey | KeyObject; alg: JwsAlg; kid: string | undefined };
+      if (signingKey) key = signingKey;
+      else {
+        this.#signingKey ??= importJWK(privateJwk!, privateJwk!.alg) as Promise<CryptoKey>;
+        key = { key: await this.#signingKey, alg: privateJwk!.alg as JwsAlg, kid: privateJwk!.kid };
+      }
       const now = Math.floor((this.options.now ?? Date.now)() / 1000);
       const assertion = await signJwt(
         { iss: clientId, sub: clientId, aud: this.options.issuer, jti: randomUUID(), iat: now, exp: now + 60 },
-        { typ: 'JWT', alg: privateJwk.alg as JwsAlg, key: await this.#signingKey, kid: privateJwk.kid },
+        { typ: 'JWT', alg: key.alg, key: key.key, kid: key.kid },
       );
       body.set('client_id', clientId);
       body.set('client_assertion_type', 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer');

@@ -1,0 +1,271 @@
+/**
+ * Sending (PROTOCOL.md §4): the webmail posts a draft; the mailbox checks it, stamps it, splits it into one
+ * copy per distinct view (Bcc), has the domain's AS sign each copy (the send exchange, with a fresh DPoP
+ * key kept with the copy), stores the sender's copy in Sent and each copy as a share (the access control
+ * list of later fetches), and queues one transfer per destination domain. Recipients of this very domain
+ * get their copy at once, with no transfer: their mailbox already holds the resources.
+ */
+import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import {
+  ProtocolError,
+  assertionDigest,
+  ORIGIN_EHL,
+  domainOf,
+  ehtOrUndefined,
+  draftHeaders,
+  exportDpopKey,
+  generateDpopKey,
+  headerValue,
+  isHeadersBlock,
+  normalizeAddress,
+  parseSingleMailbox,
+  prepareSend,
+  receiveBlock,
+  validateMessage,
+  withAssertion,
+  type Body,
+  type Message,
+  type Part,
+} from '@federizer/protocol';
+import type { AsClient } from '../mta/as-client.js';
+import { ExchangeFailure } from '../mta/as-client.js';
+import type { AccountStore, JobQueue, MessageStore, ShareStore } from '../storage/index.js';
+
+export interface SendDeps {
+  readonly domain: string;
+  readonly shareWindowSeconds: number;
+  readonly maxMessageBytes: number;
+  readonly as: AsClient;
+  readonly accounts: AccountStore;
+  readonly messages: MessageStore;
+  readonly shares: ShareStore;
+  readonly jobs: JobQueue;
+  readonly recipientExists: (address: string) => Promise<boolean>;
+  readonly now: () => number;
+  /** Called after the copies are queued, with the addresses whose changes long polls should see. */
+  readonly onSent?: (addresses: readonly string[]) => void;
+}
+
+/** The payload of a queued transfer: which share goes to which domain. */
+export interface TransferJob {
+  readonly share: string;
+  readonly domain: string;
+}
+
+class SendError extends Error {
+  constructor(
+    readonly status: number,
+    readonly error: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Each leaf part's Content-ID and declared size (the resources the copy shares). */
+export function leaves(body: Body): { contentId: string; size: number }[] {
+  const out: { contentId: string; size: number }[] = [];
+  const walk = (parts: readonly Part[]) => {
+    for (const part of parts) {
+      if (part.parts) {
+        walk(part.parts);
+        continue;
+      }
+      const cid = headerValue(part.headers, 'Content-ID')!;
+      const type = part.headers.find((h) => Object.hasOwn(h, 'Content-Type'))!['Content-Type'] as readonly string[];
+      out.push({ contentId: cid, size: Number(/size="?(\d+)"?/.exec(type[0]!)![1]) });
+    }
+  };
+  walk(body.parts);
+  return out;
+}
+
+/** §4.1: From is the signed-in user, the Message-ID is of this domain, every resource is held with its size. */
+async function checkDraft(
+  draft: Message,
+  user: string,
+  deps: SendDeps,
+): Promise<{ messageId: string; resources: ReturnType<typeof leaves> }> {
+  const headers = draftHeaders(draft);
+  const from = headerValue(headers, 'From');
+  if (from === undefined) throw new SendError(400, 'invalid_message', 'the message has no From');
+  if (normalizeAddress(parseSingleMailbox(from).address) !== user)
+    throw new SendError(403, 'from_not_user', `From must be ${user}, the signed-in user`);
+  const messageId = headerValue(headers, 'Message-ID');
+  if (messageId === undefined) throw new SendError(400, 'invalid_message', 'the message has no Message-ID');
+  if (domainOf(messageId.slice(1, -1)) !== deps.domain)
+    throw new SendError(400, 'invalid_message', `the Message-ID must end in @${deps.domain}`);
+  const resources = leaves(draft.body);
+  for (const { contentId, size } of resources) {
+    const held = await deps.accounts.resource(user, contentId);
+    if (held === undefined)
+      throw new SendError(400, 'resource_not_held', `${contentId} is not among your resources: upload it first`);
+    if (held.size !== size)
+      throw new SendError(
+        400,
+        'resource_size_mismatch',
+        `${contentId} has ${held.size} bytes, the message declares ${size}`,
+      );
+  }
+  return { messageId, resources };
+}
+
+function userToken(req: Request): string {
+  return /^DPoP\s+(\S+)$/i.exec(req.get('authorization') ?? '')![1]!;
+}
+
+export function sendRouter(deps: SendDeps): Router {
+  const router = express.Router();
+  router.post(
+    '/messages/send',
+    express.json({ limit: deps.maxMessageBytes }),
+    async (req: Request, res: Response, next: NextFunction) => {
+      try {
+        const user = req.user!.address;
+        let draft: Message;
+        try {
+          draft = validateMessage((req.body as { message?: unknown } | undefined)?.message);
+        } catch (e) {
+          throw new SendError(400, 'invalid_message', (e as Error).message);
+        }
+        const { messageId, resources } = await checkDraft(draft, user, deps);
+        const now = deps.now();
+        const copies = prepareSend(draft, { date: new Date(now) });
+        // Every copy is signed before anything is stored: a refusal (quota, policy) leaves no half-sent message.
+        const signed = [];
+        for (const copy of copies) {
+          const key = await generateDpopKey();
+          const assertion = await deps.as.send(userToken(req), copy.exchangeHeaders, key);
+          signed.push({ copy, key, assertion: assertion.token });
+        }
+        const headers = draftHeaders(draft);
+        const stampedDate = (copies[0]!.message.envelope[0] as { headers: readonly Record<string, string>[] })
+          .headers[0]!;
+        const sentId = await deps.messages.create({
+          address: user,
+          mailbox: 'sent',
+          messageId,
+          threadId: headerValue(headers, 'X-Thread-ID') ?? messageId,
+          envelope: [{ headers: [stampedDate, ...headers] }],
+          body: draft.body,
+          subject: headerValue(headers, 'Subject') ?? '',
+          from: headerValue(headers, 'From') ?? '',
+          date: now,
+          seen: true,
+          resources: resources.map((r) => ({ ...r, status: 'held' as const })),
+        });
+        const touched = new Set<string>([user]);
+        const deliveries: { address: string; domain: string; status: string }[] = [];
+        for (const { copy, key, assertion } of signed) {
+          const envelope = withAssertion(copy.message, assertion).envelope;
+          const shareId = await deps.shares.create({
+            message: sentId,
+            address: user,
+            messageId,
+            assertionDigest: assertionDigest(assertion),
+            envelope,
+            recipients: copy.recipients,
+            dpopKey: (await exportDpopKey(key)) as Record<string, unknown>,
+            expiresAt: now + deps.shareWindowSeconds * 1000,
+          });
+          const byDomain = new Map<string, string[]>();
+          for (const r of copy.recipients) byDomain.set(domainOf(r), [...(byDomain.get(domainOf(r)) ?? []), r]);
+          for (const [domain, recipients] of byDomain) {
+            if (domain === deps.domain) {
+              for (const r of recipients) {
+                const ok = await deliverLocally(
+                  r,
+                  { envelope, body: draft.body, messageId, assertion, resources, now },
+                  deps,
+                );
+                await deps.shares.setDelivery(
+                  shareId,
+                  { recipient: r },
+                  ok ? 'fetched' : 'failed',
+                  ok ? { fetchedBy: domain } : { detail: 'no such recipient' },
+                );
+                deliveries.push({ address: r, domain, status: ok ? 'delivered' : 'failed' });
+                if (ok) touched.add(r);
+              }
+            } else {
+              await deps.jobs.enqueue<TransferJob>('transfer', `${shareId}:${domain}`, domain, {
+                share: shareId,
+                domain,
+              });
+              for (const r of recipients) deliveries.push({ address: r, domain, status: 'queued' });
+            }
+          }
+        }
+        deps.onSent?.([...touched]);
+        res.status(202).json({ id: sentId, messageId, copies: signed.length, deliveries });
+      } catch (e) {
+        if (e instanceof SendError)
+          return void res.status(e.status).json({ error: e.error, error_description: e.message });
+        if (e instanceof ProtocolError)
+          return void res.status(400).json({ error: 'invalid_message', error_description: e.message });
+        if (e instanceof ExchangeFailure) {
+          // The AS's refusal is the user's answer (quota, From); its outage is ours to report as 503.
+          if (e.retryAfterSeconds !== undefined) res.set('Retry-After', String(e.retryAfterSeconds));
+          const status = e.status === 429 ? 429 : e.retryable ? 503 : 403;
+          return void res
+            .status(status)
+            .json({ error: e.error, error_description: `the Authorization Server refused to sign: ${e.description}` });
+        }
+        if ((e as { type?: string }).type === 'entity.too.large')
+          return void res
+            .status(413)
+            .json({ error: 'too_large', error_description: `a message is at most ${deps.maxMessageBytes} bytes` });
+        next(e);
+      }
+    },
+  );
+  return router;
+}
+
+/**
+ * A recipient of the sender's own domain: the copy goes straight to the inbox, with the receive block a
+ * transfer would have added, and the resources are already in this domain's store.
+ */
+async function deliverLocally(
+  recipient: string,
+  copy: {
+    envelope: Message['envelope'];
+    body: Body;
+    messageId: string;
+    assertion: string;
+    resources: ReturnType<typeof leaves>;
+    now: number;
+  },
+  deps: SendDeps,
+): Promise<boolean> {
+  if (!(await deps.recipientExists(recipient))) return false;
+  const h0 = copy.envelope.find(isHeadersBlock)!.headers;
+  await deps.accounts.ensure(recipient);
+  for (const r of copy.resources) {
+    const held = await deps.accounts.resource(recipient, r.contentId);
+    if (held === undefined) await deps.accounts.addResource(recipient, { contentId: r.contentId, size: r.size });
+  }
+  await deps.messages.createReceived({
+    address: recipient,
+    messageId: copy.messageId,
+    threadId: headerValue(h0, 'X-Thread-ID') ?? copy.messageId,
+    // The same idempotency key a transfer would use: the eht of the block the assertion signs.
+    transferEht: ehtOrUndefined(h0, ORIGIN_EHL)!,
+    envelope: [
+      receiveBlock({
+        messageId: copy.messageId,
+        assertion: copy.assertion,
+        senderDomain: deps.domain,
+        receiverDomain: deps.domain,
+        date: new Date(copy.now),
+      }),
+      ...copy.envelope,
+    ],
+    body: copy.body,
+    subject: headerValue(h0, 'Subject') ?? '',
+    from: headerValue(h0, 'From') ?? '',
+    date: copy.now,
+    resources: copy.resources.map((r) => ({ ...r, status: 'held' as const })),
+  });
+  return true;
+}
