@@ -1,0 +1,279 @@
+/**
+ * The fetch endpoint of an origin mailbox (PROTOCOL.md §6.2–6.4): another domain's MTA, holding an access
+ * token from its own AS, presents the envelope it received and asks for one resource. Each check is a
+ * named step with its own error, in the protocol's order; the answer streams the bytes with Range,
+ * Repr-Digest (RFC 9530) and the resource's declared type.
+ */
+import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import type { JWTPayload } from 'jose';
+import {
+  ALLOWED_ALGS,
+  JWT_TYPES,
+  ProtocolError,
+  assertAllowedAlg,
+  assertionDigest,
+  checkForbiddenHeaderParameters,
+  decodeJwt,
+  domainOf,
+  findHeader,
+  isHeadersBlock,
+  jcsText,
+  validateChain,
+  validateMessage,
+  verifyDpopProof,
+  verifySignature,
+  type Block,
+  type ReplayStore,
+  type TrustResolver,
+} from '@federizer/protocol';
+import { parseRange, type DiskBlobStore } from '../blobs/index.js';
+import { leaves } from '../api/send.js';
+import type { MessageStore, Share, ShareStore } from '../storage/index.js';
+
+export interface FetchEndpointDeps {
+  readonly publicUrl: string;
+  readonly resource: string;
+  readonly trust: TrustResolver;
+  readonly replay: ReplayStore;
+  readonly shares: ShareStore;
+  readonly messages: MessageStore;
+  readonly blobs: DiskBlobStore;
+  readonly now: () => number;
+  readonly onFetched?: (domain: string, bytes: number) => void;
+}
+
+export class FetchError extends Error {
+  constructor(
+    readonly status: number,
+    readonly error: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+interface FetchRequest {
+  readonly envelope: readonly Block[];
+  readonly contentId: string;
+  readonly domain: string;
+}
+
+/** Step 1: the body is `{"envelope", "content_id", "domain"}` with a well-formed envelope. */
+export function readRequest(body: unknown): FetchRequest {
+  const b = body as { envelope?: unknown; content_id?: unknown; domain?: unknown } | undefined;
+  if (typeof b?.content_id !== 'string' || typeof b.domain !== 'string' || !Array.isArray(b.envelope)) {
+    throw new FetchError(
+      400,
+      'invalid_request',
+      'the body is {"envelope": [...], "content_id": "<...>", "domain": "..."}',
+    );
+  }
+  try {
+    validateMessage({ envelope: b.envelope, body: { parts: [] } });
+  } catch (e) {
+    throw new FetchError(400, 'invalid_message', (e as Error).message);
+  }
+  return { envelope: b.envelope as Block[], contentId: b.content_id, domain: b.domain.toLowerCase() };
+}
+
+/** Steps 2–4: the access token the fetcher's AS issued (RFC 9068), bound to the DPoP proof of this request. */
+export async function checkAccessToken(
+  req: Request,
+  fetch: FetchRequest,
+  deps: FetchEndpointDeps,
+): Promise<JWTPayload> {
+  const m = /^DPoP\s+([A-Za-z0-9_.-]+)$/i.exec(req.get('authorization') ?? '');
+  if (!m) throw new FetchError(401, 'invalid_token', 'the fetch needs Authorization: DPoP <access token>');
+  const token = m[1]!;
+  const now = Math.floor(deps.now() / 1000);
+  let payload: JWTPayload;
+  try {
+    const { header, payload: claims, alg } = decodeAccessToken(token);
+    // §6.3: iss is the issuer DNS names for the fetching domain; its key verifies the signature.
+    const issuer = await deps.trust.issuerFor(fetch.domain);
+    if (claims.iss !== issuer)
+      throw new FetchError(
+        401,
+        'invalid_token',
+        `iss ${String(claims.iss)} is not ${issuer}, the issuer of ${fetch.domain}`,
+      );
+    await verifySignature(token, await deps.trust.keyFor(issuer, header), alg);
+    payload = claims;
+  } catch (e) {
+    if (e instanceof FetchError) throw e;
+    throw new FetchError(401, 'invalid_token', `access token: ${(e as Error).message}`);
+  }
+  if (typeof payload.exp !== 'number' || payload.exp <= now - 30)
+    throw new FetchError(401, 'invalid_token', 'the access token expired');
+  const aud = Array.isArray(payload.aud) ? payload.aud : [payload.aud];
+  if (!aud.includes(deps.resource))
+    throw new FetchError(401, 'invalid_token', `the access token is not for ${deps.resource}`);
+  if (
+    !String(payload.scope ?? '')
+      .split(' ')
+      .includes('internet_mail')
+  )
+    throw new FetchError(401, 'invalid_token', 'scope must include internet_mail');
+  const jkt = (payload.cnf as { jkt?: unknown } | undefined)?.jkt;
+  if (typeof jkt !== 'string') throw new FetchError(401, 'invalid_token', 'the access token is not DPoP-bound');
+  try {
+    await verifyDpopProof(req.get('dpop') ?? '', {
+      htm: 'POST',
+      htu: `${deps.publicUrl}/federation/v1/fetch`,
+      accessToken: token,
+      expectedJkt: jkt,
+      now,
+      replay: deps.replay,
+    });
+  } catch (e) {
+    throw new FetchError(401, 'invalid_dpop_proof', `DPoP proof: ${(e as Error).message}`);
+  }
+  const expectedAzp = await deps.trust.mtaClientIdFor(fetch.domain);
+  if (payload.azp !== expectedAzp)
+    throw new FetchError(
+      403,
+      'unauthorized_client',
+      `azp ${String(payload.azp)} is not ${expectedAzp}, the MTA of ${fetch.domain}`,
+    );
+  return payload;
+}
+
+/** The header rules every JWT of the protocol follows (allow-list, no key-choosing parameters), typ at+jwt. */
+function decodeAccessToken(token: string) {
+  const { header, payload } = decodeJwt(token);
+  if (
+    typeof header.typ !== 'string' ||
+    header.typ.toLowerCase().replace(/^application\//, '') !== JWT_TYPES.accessToken
+  ) {
+    throw new ProtocolError(
+      'invalid_typ',
+      `an access token has typ ${JWT_TYPES.accessToken}, not ${String(header.typ)}`,
+    );
+  }
+  const alg = assertAllowedAlg(header.alg, ALLOWED_ALGS);
+  checkForbiddenHeaderParameters(header, false);
+  return { header, payload, alg };
+}
+
+/** Step 5: the message is a stored copy whose origin block and assertion are the presented ones. */
+export async function findShare(fetch: FetchRequest, payload: JWTPayload, deps: FetchEndpointDeps): Promise<Share> {
+  const originAssertion = fetch.envelope.at(-2);
+  const originBlock = fetch.envelope.at(-1);
+  if (
+    originAssertion === undefined ||
+    isHeadersBlock(originAssertion) ||
+    originBlock === undefined ||
+    !isHeadersBlock(originBlock)
+  ) {
+    throw new FetchError(400, 'invalid_message', 'the envelope ends with the origin assertion and the origin block');
+  }
+  const messageId = findHeader(originBlock.headers, 'Message-ID')?.['Message-ID'];
+  if (typeof payload.message_id !== 'string' || payload.message_id !== messageId) {
+    throw new FetchError(403, 'access_denied', 'the access token was issued for another message');
+  }
+  const share = await deps.shares.findForFetch(messageId, assertionDigest(originAssertion['jwt-assertion']));
+  const stored = share?.envelope;
+  if (
+    share === undefined ||
+    stored === undefined ||
+    jcsText(stored.at(-1)) !== jcsText(originBlock) ||
+    jcsText(stored.at(-2)) !== jcsText(originAssertion)
+  ) {
+    throw new FetchError(404, 'unknown_message', 'no message of this mailbox has this origin block and assertion');
+  }
+  return share;
+}
+
+/**
+ * Steps 6–8: the chain discharges access to the fetching domain, the resource is the message's, and the
+ * share is open for the domain the sender shared with: the fetcher's own for a direct copy, or for a
+ * forwarded one the domain of the first forwarder (an origin recipient), whose delivery it counts as.
+ */
+export async function checkAccess(
+  fetch: FetchRequest,
+  share: Share,
+  deps: FetchEndpointDeps,
+): Promise<{ size: number; sharedWith: string }> {
+  const now = deps.now();
+  let sharedWith = fetch.domain;
+  if (fetch.envelope.length > 2) {
+    let recipients: readonly string[];
+    try {
+      const chain = await validateChain(fetch.envelope, {
+        trust: deps.trust,
+        now: Math.floor(now / 1000),
+        mode: 'fetch',
+      });
+      recipients = chain.newest.recipients;
+      sharedWith = chain.hops[1]!.senderDomain;
+    } catch (e) {
+      throw new FetchError(403, 'invalid_chain', `the forward chain does not hold: ${(e as Error).message}`);
+    }
+    if (!recipients.map(domainOf).includes(fetch.domain))
+      throw new FetchError(403, 'access_denied', `${fetch.domain} is not a recipient domain of the newest hop`);
+  }
+  if (!share.recipients.map(domainOf).includes(sharedWith))
+    throw new FetchError(403, 'access_denied', `${sharedWith} is not a recipient domain of this message`);
+  if (share.expiresAt <= now) throw new FetchError(410, 'share_expired', 'the share window of this message has ended');
+  if (await deps.shares.isWithdrawn(share.id, sharedWith))
+    throw new FetchError(410, 'withdrawn', 'the sender withdrew this message');
+  const sent = await deps.messages.get(share.address, share.message);
+  const leaf = sent ? leaves(sent.body).find((l) => l.contentId === fetch.contentId) : undefined;
+  if (leaf === undefined)
+    throw new FetchError(404, 'unknown_resource', `${fetch.contentId} is not referenced by this message`);
+  if (!(await deps.blobs.has(fetch.contentId)))
+    throw new FetchError(404, 'unknown_resource', `${fetch.contentId} is no longer held here`);
+  return { size: leaf.size, sharedWith };
+}
+
+export function fetchRouter(deps: FetchEndpointDeps): Router {
+  const router = express.Router();
+  router.post('/', express.json({ limit: '4mb' }), async (req: Request, res: Response, next: NextFunction) => {
+    try {
+      const fetch = readRequest(req.body);
+      const payload = await checkAccessToken(req, fetch, deps);
+      const share = await findShare(fetch, payload, deps);
+      const { size, sharedWith } = await checkAccess(fetch, share, deps);
+      const digest = fetch.contentId.slice(1, -1);
+      const range = parseRange(req.get('range'), size);
+      if (range.kind === 'unsatisfiable') {
+        res
+          .status(416)
+          .set('Content-Range', `bytes */${size}`)
+          .json({ error: 'range_not_satisfiable', error_description: `the resource has ${size} bytes` });
+        return;
+      }
+      const slice = range.kind === 'range' ? range : undefined;
+      const stream = await deps.blobs.read(fetch.contentId, slice);
+      res.status(slice ? 206 : 200).set({
+        'Content-Type': 'application/octet-stream',
+        'Content-Length': String(slice ? slice.end - slice.start + 1 : size),
+        'Accept-Ranges': 'bytes',
+        'Repr-Digest': `sha-256=:${Buffer.from(digest, 'base64url').toString('base64')}:`,
+        'Cache-Control': 'no-store',
+        ...(slice ? { 'Content-Range': `bytes ${slice.start}-${slice.end}/${size}` } : {}),
+      });
+      stream.on('error', (err) => res.destroy(err));
+      res.on('finish', () => {
+        deps.onFetched?.(fetch.domain, slice ? slice.end - slice.start + 1 : size);
+        if (!slice || slice.end === size - 1) {
+          void deps.shares
+            .setDelivery(share.id, { domain: sharedWith }, 'fetched', { fetchedBy: fetch.domain })
+            .catch(() => undefined);
+        }
+      });
+      stream.pipe(res);
+    } catch (e) {
+      if (e instanceof FetchError) {
+        if (e.status === 401)
+          res.set(
+            'WWW-Authenticate',
+            `DPoP error="${e.error}", error_description="${e.message.replace(/["\\]/g, "'")}"`,
+          );
+        return void res.status(e.status).json({ error: e.error, error_description: e.message });
+      }
+      next(e);
+    }
+  });
+  return router;
+}

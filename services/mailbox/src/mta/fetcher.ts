@@ -1,0 +1,214 @@
+/**
+ * The fetch queue's worker (PROTOCOL.md §6): for each Content-ID this domain's received mail references
+ * and does not hold, exchange the newest assertion at the domain's own AS for an access token to the
+ * origin mailbox, POST the envelope to the origin's fetch endpoint, and stream the answer into a partial
+ * blob, resuming with Range after an interruption. The bytes are published only if their digest is the
+ * Content-ID; a mismatch is discarded and retried. One fetch serves every local recipient.
+ */
+import { randomUUID } from 'node:crypto';
+import { Readable } from 'node:stream';
+import type { HttpClient, Logger } from '@federizer/common';
+import {
+  createDpopProof,
+  generateDpopKey,
+  headerValue,
+  isHeadersBlock,
+  parseSingleMailbox,
+  type Block,
+  type MailboxMetadata,
+} from '@federizer/protocol';
+import { BlobStoreError, type DiskBlobStore } from '../blobs/index.js';
+import type { AccountStore, Job, JobQueue, MessageStore } from '../storage/index.js';
+import { ExchangeFailure, type AsClient } from './as-client.js';
+
+/** What the transfer endpoint queues: one fetch per Content-ID, with the envelope of a message referencing it. */
+export interface FetchJob {
+  readonly messageId: string;
+  /** The envelope as transferred (without the receiving mailbox's own block). */
+  readonly envelope: readonly Block[];
+  readonly contentId: string;
+  readonly size: number;
+}
+
+export interface FetcherDeps {
+  readonly domain: string;
+  readonly jobs: JobQueue;
+  readonly blobs: DiskBlobStore;
+  readonly messages: MessageStore;
+  readonly accounts: AccountStore;
+  readonly as: AsClient;
+  readonly mailboxOf: (domain: string) => Promise<MailboxMetadata>;
+  readonly http: HttpClient;
+  readonly logger: Logger;
+  readonly now: () => number;
+  readonly maxResourceSize: number;
+  readonly onFetched?: (bytes: number, seconds: number) => void;
+  /** Called with the accounts whose messages changed, for long polls. */
+  readonly onChanged?: (addresses: readonly string[]) => void;
+  readonly concurrency?: number;
+  readonly pollMs?: number;
+}
+
+class Permanent extends Error {}
+class Temporary extends Error {}
+
+/** The domain of the newest signed block's sender: whose AS issued the newest assertion. */
+function newestSenderDomain(envelope: readonly Block[]): string {
+  const block = envelope.find(isHeadersBlock)!;
+  const sender = headerValue(block.headers, 'Forwarded-From') ?? headerValue(block.headers, 'From')!;
+  return parseSingleMailbox(sender).domain;
+}
+
+/** The domain of the origin block's From: the mailbox that holds the resources. */
+function originDomain(envelope: readonly Block[]): string {
+  const origin = envelope.at(-1)!;
+  return parseSingleMailbox(headerValue((origin as { headers: Parameters<typeof headerValue>[0] }).headers, 'From')!)
+    .domain;
+}
+
+export class Fetcher {
+  readonly owner = `fetcher-${randomUUID()}`;
+  #timer: NodeJS.Timeout | undefined;
+  #running = new Set<Promise<void>>();
+  #stopped = false;
+
+  constructor(private readonly deps: FetcherDeps) {}
+
+  start(): void {
+    const tick = () => {
+      if (this.#stopped) return;
+      this.poll()
+        .catch((err: unknown) => this.deps.logger.error({ err }, 'fetch poll failed'))
+        .finally(() => {
+          if (!this.#stopped) this.#timer = setTimeout(tick, this.deps.pollMs ?? 1000).unref();
+        });
+    };
+    tick();
+  }
+
+  async poll(): Promise<void> {
+    const free = (this.deps.concurrency ?? 4) - this.#running.size;
+    if (free <= 0) return;
+    const jobs = await this.deps.jobs.claim<FetchJob>({
+      kinds: ['fetch'],
+      owner: this.owner,
+      limit: free,
+      leaseMs: 10 * 60_000,
+      perDestinationLimit: 2,
+    });
+    await Promise.all(
+      jobs.map((job) => {
+        const run = this.#run(job).finally(() => this.#running.delete(run));
+        this.#running.add(run);
+        return run;
+      }),
+    );
+  }
+
+  async #run(job: Job<FetchJob>): Promise<void> {
+    const started = this.deps.now();
+    try {
+      const bytes = await this.#fetch(job.payload);
+      const changed = await this.deps.messages.markResources(job.payload.contentId, 'held');
+      for (const address of new Set(changed.map((c) => c.address))) {
+        await this.deps.accounts.addResource(address, { contentId: job.payload.contentId, size: job.payload.size });
+      }
+      await this.deps.jobs.complete(job.id, this.owner);
+      this.deps.onFetched?.(bytes, (this.deps.now() - started) / 1000);
+      this.deps.onChanged?.([...new Set(changed.map((c) => c.address))]);
+    } catch (e) {
+      const reason = (e as Error).message;
+      if (e instanceof Permanent) {
+        await this.deps.jobs.fail(job.id, this.owner, reason);
+      } else {
+        const retried = await this.deps.jobs.retry(job.id, this.owner, reason);
+        if (!retried.gaveUp) {
+          this.deps.logger.info({ contentId: job.payload.contentId, reason }, 'fetch will be retried');
+          return;
+        }
+      }
+      this.deps.logger.warn({ contentId: job.payload.contentId, reason }, 'fetch failed');
+      const changed = await this.deps.messages.markResources(job.payload.contentId, 'failed');
+      this.deps.onChanged?.([...new Set(changed.map((c) => c.address))]);
+    }
+  }
+
+  /** Returns the bytes transferred in this attempt. */
+  async #fetch(job: FetchJob): Promise<number> {
+    const { contentId, envelope, messageId } = job;
+    if (await this.deps.blobs.has(contentId)) return 0; // §6.4: a Content-ID already held is never fetched again
+    let origin: MailboxMetadata;
+    try {
+      origin = await this.deps.mailboxOf(originDomain(envelope));
+    } catch (e) {
+      throw new Temporary(`discovering ${originDomain(envelope)}: ${(e as Error).message}`);
+    }
+    const assertion = (envelope[0] as { 'jwt-assertion': string })['jwt-assertion'];
+    const key = await generateDpopKey();
+    let token: string;
+    try {
+      token = (await this.deps.as.fetch(assertion, origin.resource, messageId, newestSenderDomain(envelope), key))
+        .token;
+    } catch (e) {
+      if (e instanceof ExchangeFailure && !e.retryable)
+        throw new Permanent(`the AS refused the fetch exchange: ${e.message}`);
+      throw new Temporary((e as Error).message);
+    }
+    const partial = await this.deps.blobs.openPartial(contentId);
+    try {
+      const headers: Record<string, string> = {
+        'content-type': 'application/json',
+        authorization: `DPoP ${token}`,
+        dpop: await createDpopProof(key, { htm: 'POST', htu: origin.fetch_endpoint, accessToken: token }),
+      };
+      if (partial.size > 0) headers.range = `bytes=${partial.size}-`;
+      let res;
+      try {
+        res = await this.deps.http.fetch(origin.fetch_endpoint, {
+          method: 'POST',
+          headers,
+          body: JSON.stringify({ envelope, content_id: contentId, domain: this.deps.domain }),
+        });
+      } catch (e) {
+        throw new Temporary(`${origin.fetch_endpoint} did not answer: ${(e as Error).message}`);
+      }
+      if (res.status !== 200 && res.status !== 206) {
+        const text = await res.text();
+        const why = `${origin.fetch_endpoint} answered ${res.status}: ${text.slice(0, 300)}`;
+        if (res.status === 429 || res.status >= 500) throw new Temporary(why);
+        if (res.status === 416) {
+          await partial.discard(); // our partial is longer than the resource: start over
+          throw new Temporary(why);
+        }
+        throw new Permanent(why);
+      }
+      if (res.status === 200 && partial.size > 0) {
+        // The origin ignored the Range: the whole representation follows; start the partial over.
+        await partial.discard();
+        return this.#fetch(job);
+      }
+      if (!res.body) throw new Temporary('the answer had no body');
+      const before = partial.size;
+      const { size } = await partial.append(Readable.fromWeb(res.body as never), {
+        maxSize: this.deps.maxResourceSize,
+      });
+      try {
+        await partial.commit(job.size);
+      } catch (e) {
+        if (e instanceof BlobStoreError && e.code === 'digest_mismatch')
+          throw new Temporary(`the bytes from ${origin.fetch_endpoint} do not hash to ${contentId}; discarded`);
+        throw e;
+      }
+      return size - before;
+    } finally {
+      await partial.close().catch(() => undefined);
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    await Promise.allSettled([...this.#running]);
+    await this.deps.jobs.release(this.owner);
+  }
+}
