@@ -56,6 +56,8 @@ export interface FederationOptions {
   readonly database: () => Promise<{ config: DatabaseConfig; destroy(): Promise<void> }>;
   readonly config?: Partial<AuthConfig>;
   readonly now?: () => number;
+  /** The mailbox resource of each domain, when real mailboxes will stand behind the `_rs` records. */
+  readonly mailboxResourceFor?: (domain: string) => string;
 }
 
 export async function startFederation(domainNames: readonly string[], options: FederationOptions): Promise<Federation> {
@@ -72,7 +74,7 @@ export async function startFederation(domainNames: readonly string[], options: F
       );
       const port = await freePort();
       const issuer = `http://${hostOf('as', name)}:${port}`;
-      const mailboxResource = `http://${hostOf('mail', name)}/api`;
+      const mailboxResource = options.mailboxResourceFor?.(name) ?? `http://${hostOf('mail', name)}/api`;
       const { privateKey, publicKey } = await generateKeyPair('ES256');
       const jwk = { ...(await exportJWK(publicKey)), alg: 'ES256', kid: `mta-${name}` };
       const webmailRedirectUri = `http://${hostOf('mail', name)}/callback`;

@@ -8,7 +8,7 @@ import { Readable } from 'node:stream';
 import cors from 'cors';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Knex } from 'knex';
-import { Counter } from 'prom-client';
+import { Counter, Gauge } from 'prom-client';
 import {
   DnsClient,
   KnexReplayStore,
@@ -33,7 +33,10 @@ import {
   type SrvResolver,
   type TrustResolver,
 } from '@federizer/protocol';
+import { messagesRouter } from './api/messages.js';
+import { ChangeNotifier } from './api/notifier.js';
 import { resourcesRouter } from './api/resources.js';
+import { syncRouter } from './api/sync.js';
 import { sendRouter } from './api/send.js';
 import { IssuerKeys, requireUser } from './api/user-auth.js';
 import { DiskBlobStore } from './blobs/index.js';
@@ -41,7 +44,7 @@ import type { MailboxConfig, MailboxSecrets } from './config.js';
 import { UserDirectory } from './directory.js';
 import { AsClient } from './mta/as-client.js';
 import { Outbox } from './mta/outbox.js';
-import { AccountStore, JobQueue, MessageStore, ShareStore } from './storage/index.js';
+import { AccountStore, ChangeLog, ForwardingStore, JobQueue, MessageStore, ShareStore } from './storage/index.js';
 import { MAILBOX_MIGRATIONS_TABLE, mailboxMigrations } from './storage/migrations.js';
 
 export interface MailboxOverrides {
@@ -95,6 +98,10 @@ export class MailboxService implements AsyncDisposable {
   readonly discovery: TrustResolver & Pick<Discovery, 'mailbox'>;
   readonly as: AsClient;
   readonly outbox: Outbox;
+  readonly changes: ChangeLog;
+  readonly forwarding: ForwardingStore;
+  /** Wakes long polls of /changes when an account changes (other replicas are noticed within a second). */
+  readonly notifier: ChangeNotifier;
   #server: RunningServer | undefined;
   #closed = false;
   #workers = false;
@@ -115,6 +122,12 @@ export class MailboxService implements AsyncDisposable {
     this.messages = new MessageStore(knex, clock);
     this.shares = new ShareStore(knex, clock);
     this.jobs = new JobQueue(knex, clock);
+    this.changes = new ChangeLog(knex, clock);
+    this.forwarding = new ForwardingStore(knex, clock);
+    this.notifier = new ChangeNotifier({
+      changes: this.changes,
+      onError: (err, address) => logger.warn({ err, address }, 'change check failed'),
+    });
     this.directory = new UserDirectory(config.authAdminUrl, secrets.authAdminToken ?? '', httpClient, now);
     this.discovery = overrides.trust ?? discoveryFor(config, httpClient, overrides.resolveSrv, now);
     this.as = new AsClient({
@@ -304,10 +317,29 @@ export class MailboxService implements AsyncDisposable {
         recipientExists: (address) => this.directory.exists(address),
         now,
         // A new transfer need not wait for the next poll; when tests drive the outbox, they poll themselves.
-        onSent: () => {
+        onSent: (addresses) => {
+          for (const address of addresses) this.notifier.notify(address);
           if (this.#workers)
             void this.outbox.poll().catch((err: unknown) => this.logger.error({ err }, 'outbox poll failed'));
         },
+      }),
+    );
+    const notifier = this.notifier;
+    new Gauge({
+      name: 'federizer_mailbox_open_polls',
+      help: 'Long polls of /api/v1/changes waiting now.',
+      registers: [registry],
+      collect() {
+        this.set(notifier.openPolls());
+      },
+    });
+    api.use(syncRouter({ changes: this.changes, notifier: this.notifier, maxWaitSeconds: 50 }));
+    api.use(
+      messagesRouter({
+        messages: this.messages,
+        shares: this.shares,
+        forwarding: this.forwarding,
+        notifier: this.notifier,
       }),
     );
     api.use(
@@ -334,6 +366,7 @@ export class MailboxService implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.notifier.close();
     await this.#server?.close();
     await this.outbox.stop();
     await this.httpClient.close();
