@@ -9,3 +9,6 @@ export * from './mta/as-client.js';
 export * from './api/send.js';
 export * from './directory.js';
 export * from './mta/outbox.js';
+export * from './federation/index.js';
+export * from './federation/fetch-endpoint.js';
+export * from './mta/fetcher.js';

@@ -44,7 +44,18 @@ import type { MailboxConfig, MailboxSecrets } from './config.js';
 import { UserDirectory } from './directory.js';
 import { AsClient } from './mta/as-client.js';
 import { Outbox } from './mta/outbox.js';
-import { AccountStore, ChangeLog, ForwardingStore, JobQueue, MessageStore, ShareStore } from './storage/index.js';
+import { Fetcher } from './mta/fetcher.js';
+import { fetchRouter } from './federation/fetch-endpoint.js';
+import { TRANSFER_PATH, transferRouter } from './federation/transfer.js';
+import {
+  AccountStore,
+  ChangeLog,
+  ForwardingStore,
+  JobQueue,
+  MessageStore,
+  ShareStore,
+  TransferLog,
+} from './storage/index.js';
 import { MAILBOX_MIGRATIONS_TABLE, mailboxMigrations } from './storage/migrations.js';
 
 export interface MailboxOverrides {
@@ -98,6 +109,8 @@ export class MailboxService implements AsyncDisposable {
   readonly discovery: TrustResolver & Pick<Discovery, 'mailbox'>;
   readonly as: AsClient;
   readonly outbox: Outbox;
+  readonly fetcher: Fetcher;
+  readonly transfers: TransferLog;
   readonly changes: ChangeLog;
   readonly forwarding: ForwardingStore;
   /** Wakes long polls of /changes when an account changes (other replicas are noticed within a second). */
@@ -123,6 +136,7 @@ export class MailboxService implements AsyncDisposable {
     this.shares = new ShareStore(knex, clock);
     this.jobs = new JobQueue(knex, clock);
     this.changes = new ChangeLog(knex, clock);
+    this.transfers = new TransferLog(knex, clock);
     this.forwarding = new ForwardingStore(knex, clock);
     this.notifier = new ChangeNotifier({
       changes: this.changes,
@@ -148,6 +162,20 @@ export class MailboxService implements AsyncDisposable {
       logger,
       now,
       notifyFailure: (share, failed) => this.#failureNotice(share, failed),
+    });
+    this.fetcher = new Fetcher({
+      domain: config.domain,
+      jobs: this.jobs,
+      blobs,
+      messages: this.messages,
+      accounts,
+      as: this.as,
+      mailboxOf: (domain) => this.discovery.mailbox(domain),
+      http: httpClient,
+      logger,
+      now,
+      maxResourceSize: config.maxResourceSize,
+      onChanged: (addresses) => addresses.forEach((a) => this.notifier.notify(a)),
     });
   }
 
@@ -180,6 +208,7 @@ export class MailboxService implements AsyncDisposable {
     if (overrides.startWorkers ?? true) {
       service.#workers = true;
       service.outbox.start();
+      service.fetcher.start();
     }
     logger.info({ url: service.#server.url, publicUrl: config.publicUrl }, 'mailbox listening');
     return service;
@@ -279,6 +308,48 @@ export class MailboxService implements AsyncDisposable {
       (_req, res) => void res.set('Cache-Control', 'public, max-age=300').json(wellKnown(config)),
     );
 
+    const replay = new KnexReplayStore(this.knex, { table: 'mail_replay', now: () => Math.floor(now() / 1000) });
+    // Federation (PROTOCOL §5, §6): the transfer endpoint reads its body itself, so it comes before any parser.
+    app.use(
+      TRANSFER_PATH,
+      transferRouter({
+        config: {
+          domain: config.domain,
+          publicUrl: config.publicUrl,
+          maxMessageBytes: config.maxMessageBytes,
+          maxResourceSize: config.maxResourceSize,
+          quotaBytes: config.quotaBytes,
+        },
+        trust: this.discovery,
+        replay,
+        messages: this.messages,
+        transfers: this.transfers,
+        jobs: this.jobs,
+        accounts: this.accounts,
+        recipientExists: (address) => this.directory.exists(address),
+        onAccepted: (result) => {
+          for (const address of result.accepted) this.notifier.notify(address);
+          if (this.#workers)
+            void this.fetcher.poll().catch((err: unknown) => this.logger.error({ err }, 'fetch poll failed'));
+        },
+        now,
+        rateLimit: { perDomainPerMinute: 600 },
+      }),
+    );
+    app.use(
+      '/federation/v1/fetch',
+      fetchRouter({
+        publicUrl: config.publicUrl,
+        resource: `${config.publicUrl}/api/v1`,
+        trust: this.discovery,
+        replay,
+        shares: this.shares,
+        messages: this.messages,
+        blobs: this.blobs,
+        now,
+      }),
+    );
+
     const api = express.Router();
     // The webmail's origin only; DPoP and the headers the API reads.
     api.use(
@@ -369,6 +440,7 @@ export class MailboxService implements AsyncDisposable {
     this.notifier.close();
     await this.#server?.close();
     await this.outbox.stop();
+    await this.fetcher.stop();
     await this.httpClient.close();
     if (this.ownsKnex) await this.knex.destroy();
     this.logger.info('mailbox stopped');

@@ -71,6 +71,7 @@ export class Fetcher {
   #timer: NodeJS.Timeout | undefined;
   #running = new Set<Promise<void>>();
   #stopped = false;
+  #paused = false;
 
   constructor(private readonly deps: FetcherDeps) {}
 
@@ -86,7 +87,17 @@ export class Fetcher {
     tick();
   }
 
+  /** Holds new claims (work in flight finishes); `resume` lets them go on. For maintenance and tests. */
+  pause(): void {
+    this.#paused = true;
+  }
+
+  resume(): void {
+    this.#paused = false;
+  }
+
   async poll(): Promise<void> {
+    if (this.#stopped || this.#paused) return;
     const free = (this.deps.concurrency ?? 4) - this.#running.size;
     if (free <= 0) return;
     const jobs = await this.deps.jobs.claim<FetchJob>({

@@ -46,6 +46,7 @@ export class Outbox {
   #timer: NodeJS.Timeout | undefined;
   #running = new Set<Promise<void>>();
   #stopped = false;
+  #paused = false;
 
   constructor(private readonly deps: OutboxDeps) {}
 
@@ -62,7 +63,17 @@ export class Outbox {
   }
 
   /** Claims and runs due transfers; resolves when this batch is done. Exposed for tests and `kick`. */
+  /** Holds new claims (work in flight finishes); `resume` lets them go on. For maintenance and tests. */
+  pause(): void {
+    this.#paused = true;
+  }
+
+  resume(): void {
+    this.#paused = false;
+  }
+
   async poll(): Promise<void> {
+    if (this.#stopped || this.#paused) return;
     const free = (this.deps.concurrency ?? 8) - this.#running.size;
     if (free <= 0) return;
     const jobs = await this.deps.jobs.claim<TransferJob>({
