@@ -6,6 +6,7 @@ const HELP = `federizer — Internet mail as signed Placeholder Messages
 Commands:
   federizer protocol digest FILE|-   print the digests of a Placeholder Message
   federizer auth                     run a domain's Authorization Server (configured by the environment)
+  federizer mailbox                  run a domain's mailbox and mail agent (configured by the environment)
   federizer user add|list|show|set|password|delete ...
                                      manage a domain's users through the AS admin API
   federizer up                       run a local federation (not yet: see the README)
@@ -21,6 +22,7 @@ const COMMANDS: Record<string, Command> = {
   protocol: async (args, io) => (await import('./commands/protocol.js')).protocolCommand(args, io),
   auth: async (args, io) => (await import('./commands/auth.js')).authCommand(args, io),
   user: async (args, io) => (await import('./commands/user.js')).userCommand(args, io),
+  mailbox: async (args, io) => (await import('./commands/mailbox.js')).mailboxCommand(args, io),
   up: async (_args, io) => {
     io.stderr.write('federizer up: the local federation is not built yet (see the README for what works today).\n');
     return 1;

@@ -97,3 +97,54 @@ export function mailboxConfig(
   };
   return { config, secrets };
 }
+
+/** Reads FEDERIZER_* variables. The one function that touches the environment. */
+export function readMailboxEnv(
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): ReturnType<typeof mailboxConfig> {
+  const need = (name: string): string => {
+    const value = env[name];
+    if (value === undefined || value === '') throw new TypeError(`${name} is required`);
+    return value;
+  };
+  const list = (value: string | undefined) =>
+    (value ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => s !== '');
+  const bytes = (name: string): number | undefined => {
+    const value = env[name];
+    if (value === undefined || value === '') return undefined;
+    const m = /^(\d+)\s*([kmgt]i?b?)?$/i.exec(value.trim());
+    if (!m) throw new TypeError(`${name} must be a size like 5GiB or 1048576, not ${JSON.stringify(value)}`);
+    const unit = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[
+      (m[2] ?? '').charAt(0).toLowerCase() as '' | 'k' | 'm' | 'g' | 't'
+    ];
+    return Number(m[1]) * unit;
+  };
+  const jwk = env.FEDERIZER_MTA_PRIVATE_JWK;
+  return mailboxConfig(
+    {
+      domain: need('FEDERIZER_DOMAIN'),
+      publicUrl: need('FEDERIZER_MAILBOX_PUBLIC_URL'),
+      issuer: need('FEDERIZER_AUTH_ISSUER'),
+      blobDir: need('FEDERIZER_MAILBOX_BLOB_DIR'),
+      host: env.FEDERIZER_MAILBOX_HOST,
+      port: env.FEDERIZER_MAILBOX_PORT === undefined ? undefined : Number(env.FEDERIZER_MAILBOX_PORT),
+      databaseUrl: env.FEDERIZER_MAILBOX_DATABASE,
+      dev: env.FEDERIZER_DEV === '1' || env.FEDERIZER_DEV === 'true',
+      mtaClientId: env.FEDERIZER_MTA_CLIENT_ID,
+      maxResourceSize: bytes('FEDERIZER_MAX_RESOURCE_SIZE'),
+      quotaBytes: bytes('FEDERIZER_MAILBOX_QUOTA'),
+      corsOrigins: list(env.FEDERIZER_MAILBOX_CORS_ORIGINS),
+      webmailUrl: env.FEDERIZER_WEBMAIL_URL,
+      dnsServer: env.FEDERIZER_DNS,
+      authAdminUrl: env.FEDERIZER_AUTH_ADMIN_URL,
+    },
+    {
+      mtaPrivateJwk: jwk ? (JSON.parse(jwk) as JWK) : undefined,
+      mtaClientSecret: env.FEDERIZER_MTA_CLIENT_SECRET,
+      authAdminToken: env.FEDERIZER_AUTH_ADMIN_TOKEN,
+    },
+  );
+}
