@@ -5,7 +5,6 @@
  * blob, resuming with Range after an interruption. The bytes are published only if their digest is the
  * Content-ID; a mismatch is discarded and retried. One fetch serves every local recipient.
  */
-import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { HttpClient, Logger } from '@federizer/common';
 import {
@@ -18,6 +17,7 @@ import {
   type MailboxMetadata,
 } from '@federizer/protocol';
 import { BlobStoreError, type DiskBlobStore } from '../blobs/index.js';
+import { LeasedWorker } from './worker.js';
 import type { AccountStore, Job, JobQueue, MessageStore } from '../storage/index.js';
 import { ExchangeFailure, type AsClient } from './as-client.js';
 
@@ -66,57 +66,20 @@ function originDomain(envelope: readonly Block[]): string {
     .domain;
 }
 
-export class Fetcher {
-  readonly owner = `fetcher-${randomUUID()}`;
-  #timer: NodeJS.Timeout | undefined;
-  #running = new Set<Promise<void>>();
-  #stopped = false;
-  #paused = false;
-
-  constructor(private readonly deps: FetcherDeps) {}
-
-  start(): void {
-    const tick = () => {
-      if (this.#stopped) return;
-      this.poll()
-        .catch((err: unknown) => this.deps.logger.error({ err }, 'fetch poll failed'))
-        .finally(() => {
-          if (!this.#stopped) this.#timer = setTimeout(tick, this.deps.pollMs ?? 1000).unref();
-        });
-    };
-    tick();
-  }
-
-  /** Holds new claims (work in flight finishes); `resume` lets them go on. For maintenance and tests. */
-  pause(): void {
-    this.#paused = true;
-  }
-
-  resume(): void {
-    this.#paused = false;
-  }
-
-  async poll(): Promise<void> {
-    if (this.#stopped || this.#paused) return;
-    const free = (this.deps.concurrency ?? 4) - this.#running.size;
-    if (free <= 0) return;
-    const jobs = await this.deps.jobs.claim<FetchJob>({
-      kinds: ['fetch'],
-      owner: this.owner,
-      limit: free,
+export class Fetcher extends LeasedWorker<FetchJob> {
+  constructor(private readonly deps: FetcherDeps) {
+    super({
+      kind: 'fetch',
+      jobs: deps.jobs,
+      logger: deps.logger,
+      concurrency: deps.concurrency ?? 4,
+      perDestination: 2,
       leaseMs: 10 * 60_000,
-      perDestinationLimit: 2,
+      pollMs: deps.pollMs,
     });
-    await Promise.all(
-      jobs.map((job) => {
-        const run = this.#run(job).finally(() => this.#running.delete(run));
-        this.#running.add(run);
-        return run;
-      }),
-    );
   }
 
-  async #run(job: Job<FetchJob>): Promise<void> {
+  protected async run(job: Job<FetchJob>): Promise<void> {
     const started = this.deps.now();
     try {
       const bytes = await this.#fetch(job.payload);
@@ -214,12 +177,5 @@ export class Fetcher {
     } finally {
       await partial.close().catch(() => undefined);
     }
-  }
-
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    clearTimeout(this.#timer);
-    await Promise.allSettled([...this.#running]);
-    await this.deps.jobs.release(this.owner);
   }
 }

@@ -5,10 +5,10 @@
  * (a peer down, 429, 5xx) back off with jitter from a minute up to an hour and give up after five days;
  * permanent refusals fail at once. Either way the sender gets a delivery-failure notice.
  */
-import { randomUUID } from 'node:crypto';
 import type { HttpClient, Logger } from '@federizer/common';
 import { createDpopProof, importDpopKey, type JwsAlg, type MailboxMetadata } from '@federizer/protocol';
 import type { JWK } from 'jose';
+import { LeasedWorker } from './worker.js';
 import type { Job, JobQueue, MessageStore, ShareStore } from '../storage/index.js';
 import type { TransferJob } from '../api/send.js';
 
@@ -41,58 +41,20 @@ class Temporary extends Error {
   }
 }
 
-export class Outbox {
-  readonly owner = `outbox-${randomUUID()}`;
-  #timer: NodeJS.Timeout | undefined;
-  #running = new Set<Promise<void>>();
-  #stopped = false;
-  #paused = false;
-
-  constructor(private readonly deps: OutboxDeps) {}
-
-  start(): void {
-    const tick = () => {
-      if (this.#stopped) return;
-      this.poll()
-        .catch((err: unknown) => this.deps.logger.error({ err }, 'outbox poll failed'))
-        .finally(() => {
-          if (!this.#stopped) this.#timer = setTimeout(tick, this.deps.pollMs ?? 1000).unref();
-        });
-    };
-    tick();
-  }
-
-  /** Claims and runs due transfers; resolves when this batch is done. Exposed for tests and `kick`. */
-  /** Holds new claims (work in flight finishes); `resume` lets them go on. For maintenance and tests. */
-  pause(): void {
-    this.#paused = true;
-  }
-
-  resume(): void {
-    this.#paused = false;
-  }
-
-  async poll(): Promise<void> {
-    if (this.#stopped || this.#paused) return;
-    const free = (this.deps.concurrency ?? 8) - this.#running.size;
-    if (free <= 0) return;
-    const jobs = await this.deps.jobs.claim<TransferJob>({
-      kinds: ['transfer'],
-      owner: this.owner,
-      limit: free,
+export class Outbox extends LeasedWorker<TransferJob> {
+  constructor(private readonly deps: OutboxDeps) {
+    super({
+      kind: 'transfer',
+      jobs: deps.jobs,
+      logger: deps.logger,
+      concurrency: deps.concurrency ?? 8,
+      perDestination: deps.perDestination ?? 4,
       leaseMs: 120_000,
-      perDestinationLimit: this.deps.perDestination ?? 4,
+      pollMs: deps.pollMs,
     });
-    await Promise.all(
-      jobs.map((job) => {
-        const run = this.#run(job).finally(() => this.#running.delete(run));
-        this.#running.add(run);
-        return run;
-      }),
-    );
   }
 
-  async #run(job: Job<TransferJob>): Promise<void> {
+  protected async run(job: Job<TransferJob>): Promise<void> {
     const started = this.deps.now();
     const seconds = () => (this.deps.now() - started) / 1000;
     try {
@@ -192,10 +154,4 @@ export class Outbox {
   }
 
   /** Stops claiming, waits for transfers in flight, and hands back any lease still held. */
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    clearTimeout(this.#timer);
-    await Promise.allSettled([...this.#running]);
-    await this.deps.jobs.release(this.owner);
-  }
 }

@@ -1,0 +1,81 @@
+/**
+ * The mailbox's Prometheus series (on the service's own registry): deliveries by outcome, bytes fetched,
+ * transfer and fetch durations, the work queues' depth and oldest age, and open long polls.
+ */
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { JobQueue } from './storage/index.js';
+
+const KINDS = ['transfer', 'fetch'] as const;
+
+export interface MailboxMetrics {
+  readonly deliveries: Counter<'outcome'>;
+  readonly fetchedBytes: Counter;
+  readonly uploadedBytes: Counter;
+  readonly transferDuration: Histogram;
+  readonly fetchDuration: Histogram;
+}
+
+export function mailboxMetrics(
+  registry: Registry,
+  sources: { jobs: JobQueue; openPolls: () => number },
+): MailboxMetrics {
+  const durations = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
+  new Gauge({
+    name: 'federizer_mailbox_queue_depth',
+    help: 'Pending jobs in the durable queues, by kind (transfer, fetch).',
+    labelNames: ['kind'],
+    registers: [registry],
+    async collect() {
+      const depth = await sources.jobs.depth();
+      for (const kind of KINDS) this.set({ kind }, depth[kind] ?? 0);
+    },
+  });
+  new Gauge({
+    name: 'federizer_mailbox_queue_oldest_age_seconds',
+    help: 'Age of the oldest pending job, by kind; 0 when none is pending.',
+    labelNames: ['kind'],
+    registers: [registry],
+    async collect() {
+      const oldest = await sources.jobs.oldestAgeMs();
+      for (const kind of KINDS) this.set({ kind }, (oldest[kind] ?? 0) / 1000);
+    },
+  });
+  new Gauge({
+    name: 'federizer_mailbox_open_polls',
+    help: 'Long polls of /api/v1/changes waiting now.',
+    registers: [registry],
+    collect() {
+      this.set(sources.openPolls());
+    },
+  });
+  return {
+    deliveries: new Counter({
+      name: 'federizer_mailbox_deliveries_total',
+      help: 'Transfer attempts to other domains, by outcome (transferred, retried, failed).',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    fetchedBytes: new Counter({
+      name: 'federizer_mailbox_fetched_bytes_total',
+      help: 'Bytes of resources fetched from other domains.',
+      registers: [registry],
+    }),
+    uploadedBytes: new Counter({
+      name: 'federizer_mailbox_uploaded_bytes_total',
+      help: 'Bytes of resources uploaded by users.',
+      registers: [registry],
+    }),
+    transferDuration: new Histogram({
+      name: 'federizer_mailbox_transfer_duration_seconds',
+      help: 'Duration of transfer attempts to other domains.',
+      buckets: durations,
+      registers: [registry],
+    }),
+    fetchDuration: new Histogram({
+      name: 'federizer_mailbox_fetch_duration_seconds',
+      help: 'Duration of successful resource fetches from other domains.',
+      buckets: durations,
+      registers: [registry],
+    }),
+  };
+}
