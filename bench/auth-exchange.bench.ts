@@ -47,7 +47,9 @@ export async function run(): Promise<void> {
   const profile = process.env.BENCH_PROFILE_DIR
     ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}`]
     : [];
-  const child = spawn(process.execPath, [...profile, bin, 'auth'], {
+  // AUTH_WORKERS=n runs the AS as n processes on one port (federizer auth --workers n), to use n cores.
+  const workers = process.env.AUTH_WORKERS ?? '1';
+  const child = spawn(process.execPath, [...profile, bin, 'auth', '--workers', workers], {
     env: {
       ...process.env,
       FEDERIZER_LOG_LEVEL: 'warn',
@@ -156,7 +158,7 @@ export async function run(): Promise<void> {
     const all = rounds.flatMap((r) => r.latencies).sort((a, b) => a - b);
     const median = rates[1]!;
     console.log(
-      `${TOTAL} send exchanges, ${CONCURRENCY} in flight, fresh ES256 DPoP key and private_key_jwt assertion each, AS on SQLite in its own process`,
+      `${TOTAL} send exchanges, ${CONCURRENCY} in flight, fresh ES256 DPoP key and private_key_jwt assertion each, AS on SQLite, ${workers} worker process(es) (federizer auth --workers ${workers})`,
     );
     console.log(
       `token exchange (send)  median ${Math.round(median).toLocaleString('en-US')} exchanges/s (rounds ${rates.map((x) => Math.round(x)).join(', ')})  ` +
