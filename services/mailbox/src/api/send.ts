@@ -52,7 +52,8 @@ export interface TransferJob {
   readonly domain: string;
 }
 
-class SendError extends Error {
+/** A refusal of the draft: the HTTP status and the `error` code of the answer. */
+export class SendError extends Error {
   constructor(
     readonly status: number,
     readonly error: string,
@@ -63,8 +64,8 @@ class SendError extends Error {
 }
 
 /** Each leaf part's Content-ID and declared size (the resources the copy shares). */
-export function leaves(body: Body): { contentId: string; size: number }[] {
-  const out: { contentId: string; size: number }[] = [];
+export function leaves(body: Body): { contentId: string; size: number; mediaType: string }[] {
+  const out: { contentId: string; size: number; mediaType: string }[] = [];
   const walk = (parts: readonly Part[]) => {
     for (const part of parts) {
       if (part.parts) {
@@ -73,7 +74,7 @@ export function leaves(body: Body): { contentId: string; size: number }[] {
       }
       const cid = headerValue(part.headers, 'Content-ID')!;
       const type = part.headers.find((h) => Object.hasOwn(h, 'Content-Type'))!['Content-Type'] as readonly string[];
-      out.push({ contentId: cid, size: Number(/size="?(\d+)"?/.exec(type[0]!)![1]) });
+      out.push({ contentId: cid, size: Number(/size="?(\d+)"?/.exec(type[0]!)![1]), mediaType: type[1]! });
     }
   };
   walk(body.parts);
@@ -110,8 +111,130 @@ async function checkDraft(
   return { messageId, resources };
 }
 
-function userToken(req: Request): string {
+/** The signed-in user's access token (requireUser has checked `Authorization: DPoP <token>`). */
+export function userToken(req: Request): string {
   return /^DPoP\s+(\S+)$/i.exec(req.get('authorization') ?? '')![1]!;
+}
+
+/** What a send answers: the sent copy's id, and per recipient whether it was delivered or queued. */
+export interface SendResult {
+  readonly id: string;
+  readonly messageId: string;
+  readonly copies: number;
+  readonly deliveries: { address: string; domain: string; status: string }[];
+}
+
+/**
+ * Sends a draft (already read with `validateMessage`) for `user`, whose access token is the subject of the
+ * send exchanges: the checks of §4.1, one signed copy per view, the copy in Sent, a share per copy, local
+ * deliveries, one transfer per other domain. Refusals throw `SendError`, `ProtocolError` or the AS's
+ * `ExchangeFailure`; `answerSendError` turns them into the answer. Used by `POST /messages/send` and by
+ * `POST /drafts/:id/send`.
+ */
+export async function sendDraft(
+  user: string,
+  accessToken: string,
+  draft: Message,
+  deps: SendDeps,
+): Promise<SendResult> {
+  const { messageId, resources } = await checkDraft(draft, user, deps);
+  const now = deps.now();
+  const copies = prepareSend(draft, { date: new Date(now) });
+  // Every copy is signed before anything is stored: a refusal (quota, policy) leaves no half-sent message.
+  const signed = [];
+  for (const copy of copies) {
+    const key = await generateDpopKey();
+    const assertion = await deps.as.send(accessToken, copy.exchangeHeaders, key);
+    signed.push({ copy, key, assertion: assertion.token });
+  }
+  const headers = draftHeaders(draft);
+  const stampedDate = (copies[0]!.message.envelope[0] as { headers: readonly Record<string, string>[] }).headers[0]!;
+  const sentId = await deps.messages.create({
+    address: user,
+    mailbox: 'sent',
+    messageId,
+    threadId: headerValue(headers, 'X-Thread-ID') ?? messageId,
+    envelope: [{ headers: [stampedDate, ...headers] }],
+    body: draft.body,
+    subject: headerValue(headers, 'Subject') ?? '',
+    from: headerValue(headers, 'From') ?? '',
+    date: now,
+    seen: true,
+    resources: resources.map((r) => ({ ...r, status: 'held' as const })),
+  });
+  const touched = new Set<string>([user]);
+  const deliveries: { address: string; domain: string; status: string }[] = [];
+  for (const { copy, key, assertion } of signed) {
+    const envelope = withAssertion(copy.message, assertion).envelope;
+    const shareId = await deps.shares.create({
+      message: sentId,
+      address: user,
+      messageId,
+      assertionDigest: assertionDigest(assertion),
+      envelope,
+      recipients: copy.recipients,
+      dpopKey: (await exportDpopKey(key)) as Record<string, unknown>,
+      expiresAt: now + deps.shareWindowSeconds * 1000,
+    });
+    const byDomain = new Map<string, string[]>();
+    for (const r of copy.recipients) byDomain.set(domainOf(r), [...(byDomain.get(domainOf(r)) ?? []), r]);
+    for (const [domain, recipients] of byDomain) {
+      if (domain === deps.domain) {
+        for (const r of recipients) {
+          const ok = await deliverLocally(
+            r,
+            { envelope, body: draft.body, messageId, assertion, resources, now },
+            deps,
+          );
+          await deps.shares.setDelivery(
+            shareId,
+            { recipient: r },
+            ok ? 'fetched' : 'failed',
+            ok ? { fetchedBy: domain } : { detail: 'no such recipient' },
+          );
+          deliveries.push({ address: r, domain, status: ok ? 'delivered' : 'failed' });
+          if (ok) touched.add(r);
+        }
+      } else {
+        await deps.jobs.enqueue<TransferJob>('transfer', `${shareId}:${domain}`, domain, {
+          share: shareId,
+          domain,
+        });
+        for (const r of recipients) deliveries.push({ address: r, domain, status: 'queued' });
+      }
+    }
+  }
+  deps.onSent?.([...touched]);
+  return { id: sentId, messageId, copies: signed.length, deliveries };
+}
+
+/**
+ * Answers a refusal of `sendDraft` (or of reading the request body) as `POST /messages/send` does; false
+ * when `e` is none of those (an internal error, for the error handler).
+ */
+export function answerSendError(res: Response, e: unknown, maxMessageBytes: number): boolean {
+  if (e instanceof SendError) {
+    res.status(e.status).json({ error: e.error, error_description: e.message });
+    return true;
+  }
+  if (e instanceof ProtocolError) {
+    res.status(400).json({ error: 'invalid_message', error_description: e.message });
+    return true;
+  }
+  if (e instanceof ExchangeFailure) {
+    // The AS's refusal is the user's answer (quota, From); its outage is ours to report as 503.
+    if (e.retryAfterSeconds !== undefined) res.set('Retry-After', String(e.retryAfterSeconds));
+    const status = e.status === 429 ? 429 : e.retryable ? 503 : 403;
+    res
+      .status(status)
+      .json({ error: e.error, error_description: `the Authorization Server refused to sign: ${e.description}` });
+    return true;
+  }
+  if ((e as { type?: string }).type === 'entity.too.large') {
+    res.status(413).json({ error: 'too_large', error_description: `a message is at most ${maxMessageBytes} bytes` });
+    return true;
+  }
+  return false;
 }
 
 export function sendRouter(deps: SendDeps): Router {
@@ -121,101 +244,15 @@ export function sendRouter(deps: SendDeps): Router {
     express.json({ limit: deps.maxMessageBytes }),
     async (req: Request, res: Response, next: NextFunction) => {
       try {
-        const user = req.user!.address;
         let draft: Message;
         try {
           draft = validateMessage((req.body as { message?: unknown } | undefined)?.message);
         } catch (e) {
           throw new SendError(400, 'invalid_message', (e as Error).message);
         }
-        const { messageId, resources } = await checkDraft(draft, user, deps);
-        const now = deps.now();
-        const copies = prepareSend(draft, { date: new Date(now) });
-        // Every copy is signed before anything is stored: a refusal (quota, policy) leaves no half-sent message.
-        const signed = [];
-        for (const copy of copies) {
-          const key = await generateDpopKey();
-          const assertion = await deps.as.send(userToken(req), copy.exchangeHeaders, key);
-          signed.push({ copy, key, assertion: assertion.token });
-        }
-        const headers = draftHeaders(draft);
-        const stampedDate = (copies[0]!.message.envelope[0] as { headers: readonly Record<string, string>[] })
-          .headers[0]!;
-        const sentId = await deps.messages.create({
-          address: user,
-          mailbox: 'sent',
-          messageId,
-          threadId: headerValue(headers, 'X-Thread-ID') ?? messageId,
-          envelope: [{ headers: [stampedDate, ...headers] }],
-          body: draft.body,
-          subject: headerValue(headers, 'Subject') ?? '',
-          from: headerValue(headers, 'From') ?? '',
-          date: now,
-          seen: true,
-          resources: resources.map((r) => ({ ...r, status: 'held' as const })),
-        });
-        const touched = new Set<string>([user]);
-        const deliveries: { address: string; domain: string; status: string }[] = [];
-        for (const { copy, key, assertion } of signed) {
-          const envelope = withAssertion(copy.message, assertion).envelope;
-          const shareId = await deps.shares.create({
-            message: sentId,
-            address: user,
-            messageId,
-            assertionDigest: assertionDigest(assertion),
-            envelope,
-            recipients: copy.recipients,
-            dpopKey: (await exportDpopKey(key)) as Record<string, unknown>,
-            expiresAt: now + deps.shareWindowSeconds * 1000,
-          });
-          const byDomain = new Map<string, string[]>();
-          for (const r of copy.recipients) byDomain.set(domainOf(r), [...(byDomain.get(domainOf(r)) ?? []), r]);
-          for (const [domain, recipients] of byDomain) {
-            if (domain === deps.domain) {
-              for (const r of recipients) {
-                const ok = await deliverLocally(
-                  r,
-                  { envelope, body: draft.body, messageId, assertion, resources, now },
-                  deps,
-                );
-                await deps.shares.setDelivery(
-                  shareId,
-                  { recipient: r },
-                  ok ? 'fetched' : 'failed',
-                  ok ? { fetchedBy: domain } : { detail: 'no such recipient' },
-                );
-                deliveries.push({ address: r, domain, status: ok ? 'delivered' : 'failed' });
-                if (ok) touched.add(r);
-              }
-            } else {
-              await deps.jobs.enqueue<TransferJob>('transfer', `${shareId}:${domain}`, domain, {
-                share: shareId,
-                domain,
-              });
-              for (const r of recipients) deliveries.push({ address: r, domain, status: 'queued' });
-            }
-          }
-        }
-        deps.onSent?.([...touched]);
-        res.status(202).json({ id: sentId, messageId, copies: signed.length, deliveries });
+        res.status(202).json(await sendDraft(req.user!.address, userToken(req), draft, deps));
       } catch (e) {
-        if (e instanceof SendError)
-          return void res.status(e.status).json({ error: e.error, error_description: e.message });
-        if (e instanceof ProtocolError)
-          return void res.status(400).json({ error: 'invalid_message', error_description: e.message });
-        if (e instanceof ExchangeFailure) {
-          // The AS's refusal is the user's answer (quota, From); its outage is ours to report as 503.
-          if (e.retryAfterSeconds !== undefined) res.set('Retry-After', String(e.retryAfterSeconds));
-          const status = e.status === 429 ? 429 : e.retryable ? 503 : 403;
-          return void res
-            .status(status)
-            .json({ error: e.error, error_description: `the Authorization Server refused to sign: ${e.description}` });
-        }
-        if ((e as { type?: string }).type === 'entity.too.large')
-          return void res
-            .status(413)
-            .json({ error: 'too_large', error_description: `a message is at most ${deps.maxMessageBytes} bytes` });
-        next(e);
+        if (!answerSendError(res, e, deps.maxMessageBytes)) next(e);
       }
     },
   );

@@ -128,13 +128,18 @@ export async function checkAccessToken(
   } catch (e) {
     throw new FetchError(401, 'invalid_dpop_proof', `DPoP proof: ${(e as Error).message}`);
   }
+  // §6.3 check 3: azp (and client_id) are the DNS-bound client identity of the fetching domain.
   const expectedAzp = await deps.trust.mtaClientIdFor(fetch.domain);
-  if (payload.azp !== expectedAzp)
-    throw new FetchError(
-      403,
-      'unauthorized_client',
-      `azp ${String(payload.azp)} is not ${expectedAzp}, the MTA of ${fetch.domain}`,
-    );
+  for (const claim of ['azp', 'client_id'] as const) {
+    if (payload[claim] !== undefined && payload[claim] !== expectedAzp) {
+      throw new FetchError(
+        401,
+        'invalid_token',
+        `${claim} ${String(payload[claim])} is not ${expectedAzp}, the MTA of ${fetch.domain}`,
+      );
+    }
+  }
+  if (payload.azp === undefined) throw new FetchError(401, 'invalid_token', 'the access token names no azp');
   return payload;
 }
 
@@ -193,7 +198,7 @@ export async function checkAccess(
   fetch: FetchRequest,
   share: Share,
   deps: FetchEndpointDeps,
-): Promise<{ size: number; sharedWith: string }> {
+): Promise<{ size: number; mediaType: string; sharedWith: string }> {
   const now = deps.now();
   let sharedWith = fetch.domain;
   if (fetch.envelope.length > 2) {
@@ -223,7 +228,7 @@ export async function checkAccess(
     throw new FetchError(404, 'unknown_resource', `${fetch.contentId} is not referenced by this message`);
   if (!(await deps.blobs.has(fetch.contentId)))
     throw new FetchError(404, 'unknown_resource', `${fetch.contentId} is no longer held here`);
-  return { size: leaf.size, sharedWith };
+  return { size: leaf.size, mediaType: leaf.mediaType, sharedWith };
 }
 
 export function fetchRouter(deps: FetchEndpointDeps): Router {
@@ -233,7 +238,7 @@ export function fetchRouter(deps: FetchEndpointDeps): Router {
       const fetch = readRequest(req.body);
       const payload = await checkAccessToken(req, fetch, deps);
       const share = await findShare(fetch, payload, deps);
-      const { size, sharedWith } = await checkAccess(fetch, share, deps);
+      const { size, mediaType, sharedWith } = await checkAccess(fetch, share, deps);
       const digest = fetch.contentId.slice(1, -1);
       const range = parseRange(req.get('range'), size);
       if (range.kind === 'unsatisfiable') {
@@ -246,7 +251,7 @@ export function fetchRouter(deps: FetchEndpointDeps): Router {
       const slice = range.kind === 'range' ? range : undefined;
       const stream = await deps.blobs.read(fetch.contentId, slice);
       res.status(slice ? 206 : 200).set({
-        'Content-Type': 'application/octet-stream',
+        'Content-Type': mediaType,
         'Content-Length': String(slice ? slice.end - slice.start + 1 : size),
         'Accept-Ranges': 'bytes',
         'Repr-Digest': `sha-256=:${Buffer.from(digest, 'base64url').toString('base64')}:`,

@@ -164,7 +164,8 @@ export class Fetcher extends LeasedWorker<FetchJob> {
       if (!res.body) throw new Temporary('the answer had no body');
       const before = partial.size;
       const { size } = await partial.append(Readable.fromWeb(res.body as never), {
-        maxSize: this.deps.maxResourceSize,
+        // §6.5: stop reading once more bytes arrive than the message declares.
+        maxSize: Math.min(job.size, this.deps.maxResourceSize),
       });
       try {
         await partial.commit(job.size);
