@@ -12,3 +12,7 @@ export * from './mta/outbox.js';
 export * from './federation/index.js';
 export * from './federation/fetch-endpoint.js';
 export * from './mta/fetcher.js';
+export * from './api/drafts.js';
+export * from './api/forward.js';
+export * from './mta/forwarding.js';
+export * from './openapi.js';

@@ -38,6 +38,8 @@ import { ChangeNotifier } from './api/notifier.js';
 import { resourcesRouter } from './api/resources.js';
 import { syncRouter } from './api/sync.js';
 import { sendRouter } from './api/send.js';
+import { draftsRouter } from './api/drafts.js';
+import { forwardRouter } from './api/forward.js';
 import { IssuerKeys, requireUser } from './api/user-auth.js';
 import { DiskBlobStore } from './blobs/index.js';
 import type { MailboxConfig, MailboxSecrets } from './config.js';
@@ -45,6 +47,7 @@ import { UserDirectory } from './directory.js';
 import { AsClient } from './mta/as-client.js';
 import { Outbox } from './mta/outbox.js';
 import { Fetcher } from './mta/fetcher.js';
+import { Forwarder } from './mta/forwarding.js';
 import { fetchRouter } from './federation/fetch-endpoint.js';
 import { TRANSFER_PATH, transferRouter } from './federation/transfer.js';
 import {
@@ -56,6 +59,7 @@ import {
   ShareStore,
   TransferLog,
 } from './storage/index.js';
+import { mailboxOpenApi } from './openapi.js';
 import { MAILBOX_MIGRATIONS_TABLE, mailboxMigrations } from './storage/migrations.js';
 
 export interface MailboxOverrides {
@@ -303,12 +307,39 @@ export class MailboxService implements AsyncDisposable {
       }
     });
     app.get('/metrics', metricsHandler(registry));
+    app.get('/openapi.json', (_req, res) => void res.json(mailboxOpenApi(config)));
     app.get(
       '/.well-known/federizer',
       (_req, res) => void res.set('Cache-Control', 'public, max-age=300').json(wellKnown(config)),
     );
 
     const replay = new KnexReplayStore(this.knex, { table: 'mail_replay', now: () => Math.floor(now() / 1000) });
+    // Forwarding (PROTOCOL §7): by hand through the API, and by the users' rules as transfers arrive.
+    const forwarder = new Forwarder({
+      domain: config.domain,
+      shareWindowSeconds: config.shareWindowSeconds,
+      maxResourceSize: config.maxResourceSize,
+      quotaBytes: config.quotaBytes,
+      as: this.as,
+      accounts: this.accounts,
+      messages: this.messages,
+      shares: this.shares,
+      jobs: this.jobs,
+      forwarding: this.forwarding,
+      blobs: this.blobs,
+      recipientExists: (address) => this.directory.exists(address),
+      trust: this.discovery,
+      logger: this.logger,
+      now,
+      onChanged: (addresses, queued) => {
+        for (const address of addresses) this.notifier.notify(address);
+        if (!this.#workers) return;
+        if (queued.transfers)
+          void this.outbox.poll().catch((err: unknown) => this.logger.error({ err }, 'outbox poll failed'));
+        if (queued.fetches)
+          void this.fetcher.poll().catch((err: unknown) => this.logger.error({ err }, 'fetch poll failed'));
+      },
+    });
     // Federation (PROTOCOL §5, §6): the transfer endpoint reads its body itself, so it comes before any parser.
     app.use(
       TRANSFER_PATH,
@@ -327,6 +358,8 @@ export class MailboxService implements AsyncDisposable {
         jobs: this.jobs,
         accounts: this.accounts,
         recipientExists: (address) => this.directory.exists(address),
+        onReceived: (address, messageId, envelope, stored) =>
+          forwarder.onReceived(address, messageId, envelope, stored),
         onAccepted: (result) => {
           for (const address of result.accepted) this.notifier.notify(address);
           if (this.#workers)
@@ -395,6 +428,26 @@ export class MailboxService implements AsyncDisposable {
         },
       }),
     );
+    api.use(
+      draftsRouter({
+        domain: config.domain,
+        shareWindowSeconds: config.shareWindowSeconds,
+        maxMessageBytes: config.maxMessageBytes,
+        as: this.as,
+        accounts: this.accounts,
+        messages: this.messages,
+        shares: this.shares,
+        jobs: this.jobs,
+        recipientExists: (address) => this.directory.exists(address),
+        now,
+        onSent: (addresses) => {
+          for (const address of addresses) this.notifier.notify(address);
+          if (this.#workers)
+            void this.outbox.poll().catch((err: unknown) => this.logger.error({ err }, 'outbox poll failed'));
+        },
+      }),
+    );
+    api.use(forwardRouter({ forwarder, messages: this.messages }));
     const notifier = this.notifier;
     new Gauge({
       name: 'federizer_mailbox_open_polls',

@@ -107,6 +107,8 @@ export function resourcesRouter(deps: ResourcesDeps): Router {
         return void res.status(304).end();
       const range = parseRange(req.get('range'), resource.size);
       if (range.kind === 'unsatisfiable') {
+        // The error is JSON, not the resource's type set above.
+        res.removeHeader('Content-Type');
         res.set('Content-Range', `bytes */${resource.size}`);
         return problem(res, 416, 'range_not_satisfiable', `the resource has ${resource.size} bytes`);
       }

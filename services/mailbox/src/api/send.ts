@@ -256,6 +256,14 @@ export function sendRouter(deps: SendDeps): Router {
       }
     },
   );
+  // The JSON parser's own failures (malformed, too large) skip the handler above: answer them here.
+  router.use((err: unknown, _req: Request, res: Response, next: NextFunction) => {
+    if (answerSendError(res, err, deps.maxMessageBytes)) return;
+    if ((err as { type?: string }).type === 'entity.parse.failed') {
+      return void res.status(400).json({ error: 'invalid_message', error_description: 'the body is not JSON' });
+    }
+    next(err);
+  });
   return router;
 }
 

@@ -280,5 +280,13 @@ export function fetchRouter(deps: FetchEndpointDeps): Router {
       next(e);
     }
   });
+  // The JSON parser's own failures skip the handler above: answer them with the protocol's errors.
+  router.use((err: { type?: string }, _req: Request, res: Response, next: NextFunction) => {
+    if (err?.type === 'entity.parse.failed')
+      return void res.status(400).json({ error: 'invalid_request', error_description: 'the body is not JSON' });
+    if (err?.type === 'entity.too.large')
+      return void res.status(413).json({ error: 'too_large', error_description: 'a fetch request is at most 4 MiB' });
+    next(err);
+  });
   return router;
 }

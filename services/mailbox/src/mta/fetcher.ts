@@ -163,10 +163,18 @@ export class Fetcher extends LeasedWorker<FetchJob> {
       }
       if (!res.body) throw new Temporary('the answer had no body');
       const before = partial.size;
-      const { size } = await partial.append(Readable.fromWeb(res.body as never), {
-        // §6.5: stop reading once more bytes arrive than the message declares.
-        maxSize: Math.min(job.size, this.deps.maxResourceSize),
-      });
+      // The blob store stops reading but never destroys a stream it is given; on any early stop the
+      // answer is destroyed here, or its connection would stay busy for good.
+      const body = Readable.fromWeb(res.body as never);
+      let size: number;
+      try {
+        ({ size } = await partial.append(body, {
+          // §6.5: stop reading once more bytes arrive than the message declares.
+          maxSize: Math.min(job.size, this.deps.maxResourceSize),
+        }));
+      } finally {
+        body.destroy();
+      }
       try {
         await partial.commit(job.size);
       } catch (e) {
