@@ -15,7 +15,8 @@ export interface Mailbox {
 }
 
 // atext plus every non-ASCII code point (RFC 6532 §3.2).
-const ATEXT = /[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\u{10FFFF}]/u;
+// A run of atext, matched from a position (sticky): one regex call per atom, not one per character.
+const ATEXT_RUN = /[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\u{10FFFF}]+/uy;
 const WSP = /[ \t]/;
 
 class Scanner {
@@ -60,15 +61,11 @@ class Scanner {
   }
 
   atom(): string {
-    const start = this.pos;
-    for (;;) {
-      const cp = this.text.codePointAt(this.pos);
-      if (cp === undefined) break;
-      const ch = String.fromCodePoint(cp);
-      if (!ATEXT.test(ch)) break;
-      this.pos += ch.length;
-    }
-    return this.text.slice(start, this.pos);
+    ATEXT_RUN.lastIndex = this.pos;
+    const m = ATEXT_RUN.exec(this.text);
+    if (m === null) return '';
+    this.pos += m[0].length;
+    return m[0];
   }
 
   quotedString(): string {

@@ -89,7 +89,8 @@ export function digestHeaderValue(bytes: Uint8Array | string): string {
 
 /** `Body-Digest = <B64U(H(JCS(body)))>` over the whole body object. */
 export function bodyDigest(body: Body): string {
-  return digestHeaderValue(jcs(body));
+  // The hash reads the canonical text as UTF-8 itself: no intermediate Buffer copy of the body.
+  return digestHeaderValue(jcsText(body));
 }
 
 const ORIGIN_RECIPIENTS = ['To', 'Cc', 'Bcc'] as const;
