@@ -61,7 +61,8 @@ export async function run(): Promise<void> {
       FEDERIZER_AUTH_COOKIE_KEYS: 'bench-cookie-key-0123456789abcdef',
       FEDERIZER_MTA_JWKS: JSON.stringify({ keys: [mtaJwk] }),
       FEDERIZER_DEV: '1',
-      FEDERIZER_AUTH_DATABASE: `sqlite:${join(dir, 'auth.db')}`,
+      // AUTH_DATABASE=postgres://... runs the AS on PostgreSQL (several workers write concurrently there).
+      FEDERIZER_AUTH_DATABASE: process.env.AUTH_DATABASE ?? `sqlite:${join(dir, 'auth.db')}`,
       FEDERIZER_WEBMAIL_REDIRECT_URIS: redirect,
     },
     stdio: ['ignore', 'ignore', 'inherit'],
@@ -158,7 +159,7 @@ export async function run(): Promise<void> {
     const all = rounds.flatMap((r) => r.latencies).sort((a, b) => a - b);
     const median = rates[1]!;
     console.log(
-      `${TOTAL} send exchanges, ${CONCURRENCY} in flight, fresh ES256 DPoP key and private_key_jwt assertion each, AS on SQLite, ${workers} worker process(es) (federizer auth --workers ${workers})`,
+      `${TOTAL} send exchanges, ${CONCURRENCY} in flight, fresh ES256 DPoP key and private_key_jwt assertion each, AS on ${process.env.AUTH_DATABASE ? 'PostgreSQL' : 'SQLite'}, ${workers} worker process(es) (federizer auth --workers ${workers})`,
     );
     console.log(
       `token exchange (send)  median ${Math.round(median).toLocaleString('en-US')} exchanges/s (rounds ${rates.map((x) => Math.round(x)).join(', ')})  ` +
