@@ -8,7 +8,6 @@ import { Readable } from 'node:stream';
 import cors from 'cors';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Knex } from 'knex';
-import { Counter, Gauge } from 'prom-client';
 import {
   DnsClient,
   KnexReplayStore,
@@ -59,6 +58,7 @@ import {
   ShareStore,
   TransferLog,
 } from './storage/index.js';
+import { mailboxMetrics, type MailboxMetrics } from './metrics.js';
 import { mailboxOpenApi } from './openapi.js';
 import { MAILBOX_MIGRATIONS_TABLE, mailboxMigrations } from './storage/migrations.js';
 
@@ -121,6 +121,7 @@ export class MailboxService implements AsyncDisposable {
   readonly notifier: ChangeNotifier;
   #server: RunningServer | undefined;
   #closed = false;
+  #metrics: MailboxMetrics | undefined;
   #workers = false;
 
   private constructor(
@@ -166,6 +167,10 @@ export class MailboxService implements AsyncDisposable {
       logger,
       now,
       notifyFailure: (share, failed) => this.#failureNotice(share, failed),
+      onOutcome: (outcome, seconds) => {
+        this.#metrics?.deliveries.inc({ outcome });
+        this.#metrics?.transferDuration.observe(seconds);
+      },
     });
     this.fetcher = new Fetcher({
       domain: config.domain,
@@ -180,6 +185,10 @@ export class MailboxService implements AsyncDisposable {
       now,
       maxResourceSize: config.maxResourceSize,
       onChanged: (addresses) => addresses.forEach((a) => this.notifier.notify(a)),
+      onFetched: (bytes, seconds) => {
+        this.#metrics?.fetchedBytes.inc(bytes);
+        this.#metrics?.fetchDuration.observe(seconds);
+      },
     });
   }
 
@@ -278,11 +287,8 @@ export class MailboxService implements AsyncDisposable {
   #app() {
     const { config, now } = this;
     const registry = createRegistry('mailbox');
-    const uploaded = new Counter({
-      name: 'federizer_mailbox_uploaded_bytes_total',
-      help: 'Bytes of resources uploaded by users.',
-      registers: [registry],
-    });
+    const metrics = mailboxMetrics(registry, { jobs: this.jobs, openPolls: () => this.notifier.openPolls() });
+    this.#metrics = metrics;
     const httpGet: HttpGet = (url, init) =>
       this.httpClient.fetch(url, init) as unknown as Promise<Response & globalThis.Response>;
     const requireUserToken = requireUser({
@@ -448,15 +454,6 @@ export class MailboxService implements AsyncDisposable {
       }),
     );
     api.use(forwardRouter({ forwarder, messages: this.messages }));
-    const notifier = this.notifier;
-    new Gauge({
-      name: 'federizer_mailbox_open_polls',
-      help: 'Long polls of /api/v1/changes waiting now.',
-      registers: [registry],
-      collect() {
-        this.set(notifier.openPolls());
-      },
-    });
     api.use(syncRouter({ changes: this.changes, notifier: this.notifier, maxWaitSeconds: 50 }));
     api.use(
       messagesRouter({
@@ -473,7 +470,7 @@ export class MailboxService implements AsyncDisposable {
         accounts: this.accounts,
         maxResourceSize: config.maxResourceSize,
         quotaBytes: config.quotaBytes,
-        onUploaded: (n) => uploaded.inc(n),
+        onUploaded: (n) => metrics.uploadedBytes.inc(n),
       }),
     );
     app.use('/api/v1', api);

@@ -5,11 +5,15 @@
  * fetches both resources from example.com, which records them as fetched. Bob's client then rebuilds the
  * message from the Placeholder and downloads the photo. Everything over HTTP, DNS included.
  */
+import { spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { contentId, externalContentType, type Message } from '@federizer/protocol';
 import { testDatabases } from '../../common/src/testing/databases.js';
 import { startMailFederation, type MailFederation, type UserClient } from './mail-federation.js';
+
+// promtool comes from Debian's prometheus package, which .ci/run installs.
+const promtool = spawnSync('sh', ['-c', 'command -v promtool'], { encoding: 'utf8' }).stdout.trim() || undefined;
 
 async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -117,6 +121,21 @@ describe.each(testDatabases())('delivery between two domains ($name)', (database
       return d.deliveries.find((x) => x.status === 'fetched');
     });
     expect(deliveries).toMatchObject({ recipient: 'bob@example.net', fetchedBy: 'example.net' });
+
+    // The operators' view: the transfer and the fetched bytes are counted, and the exposition is valid.
+    const origin = await (await fetch(`${fed.domains['example.com']!.mailbox.url}/metrics`)).text();
+    const receiver = await (await fetch(`${fed.domains['example.net']!.mailbox.url}/metrics`)).text();
+    expect(origin).toMatch(/federizer_mailbox_deliveries_total\{outcome="transferred",service="mailbox"\} [1-9]/);
+    expect(
+      Number(/federizer_mailbox_fetched_bytes_total\{service="mailbox"\} (\d+)/.exec(receiver)?.[1]),
+    ).toBeGreaterThanOrEqual(photo.length);
+    expect(receiver).toMatch(/federizer_mailbox_queue_depth\{kind="fetch",service="mailbox"\} 0/);
+    if (promtool) {
+      for (const exposition of [origin, receiver]) {
+        const result = spawnSync(promtool, ['check', 'metrics'], { input: exposition, encoding: 'utf8' });
+        expect(result.status, result.stdout + result.stderr).toBe(0);
+      }
+    }
   });
 
   it('unsend before the fetch: the origin answers 410 and the resource is never delivered', async () => {
