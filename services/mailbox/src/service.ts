@@ -36,7 +36,7 @@ import { messagesRouter } from './api/messages.js';
 import { ChangeNotifier } from './api/notifier.js';
 import { resourcesRouter } from './api/resources.js';
 import { syncRouter } from './api/sync.js';
-import { sendRouter } from './api/send.js';
+import { sendRouter, type SendDeps } from './api/send.js';
 import { draftsRouter } from './api/drafts.js';
 import { forwardRouter } from './api/forward.js';
 import { IssuerKeys, requireUser } from './api/user-auth.js';
@@ -414,45 +414,27 @@ export class MailboxService implements AsyncDisposable {
         storageUsed: await this.accounts.storageUsed(address),
       });
     });
-    api.use(
-      sendRouter({
-        domain: config.domain,
-        shareWindowSeconds: config.shareWindowSeconds,
-        maxMessageBytes: config.maxMessageBytes,
-        as: this.as,
-        accounts: this.accounts,
-        messages: this.messages,
-        shares: this.shares,
-        jobs: this.jobs,
-        recipientExists: (address) => this.directory.exists(address),
-        now,
-        // A new transfer need not wait for the next poll; when tests drive the outbox, they poll themselves.
-        onSent: (addresses) => {
-          for (const address of addresses) this.notifier.notify(address);
-          if (this.#workers)
-            void this.outbox.poll().catch((err: unknown) => this.logger.error({ err }, 'outbox poll failed'));
-        },
-      }),
-    );
-    api.use(
-      draftsRouter({
-        domain: config.domain,
-        shareWindowSeconds: config.shareWindowSeconds,
-        maxMessageBytes: config.maxMessageBytes,
-        as: this.as,
-        accounts: this.accounts,
-        messages: this.messages,
-        shares: this.shares,
-        jobs: this.jobs,
-        recipientExists: (address) => this.directory.exists(address),
-        now,
-        onSent: (addresses) => {
-          for (const address of addresses) this.notifier.notify(address);
-          if (this.#workers)
-            void this.outbox.poll().catch((err: unknown) => this.logger.error({ err }, 'outbox poll failed'));
-        },
-      }),
-    );
+    // Sending a message and sending a draft share one path, and so one set of dependencies.
+    const sending: SendDeps = {
+      domain: config.domain,
+      shareWindowSeconds: config.shareWindowSeconds,
+      maxMessageBytes: config.maxMessageBytes,
+      as: this.as,
+      accounts: this.accounts,
+      messages: this.messages,
+      shares: this.shares,
+      jobs: this.jobs,
+      recipientExists: (address) => this.directory.exists(address),
+      now,
+      // A new transfer need not wait for the next poll; when tests drive the outbox, they poll themselves.
+      onSent: (addresses) => {
+        for (const address of addresses) this.notifier.notify(address);
+        if (this.#workers)
+          void this.outbox.poll().catch((err: unknown) => this.logger.error({ err }, 'outbox poll failed'));
+      },
+    };
+    api.use(sendRouter(sending));
+    api.use(draftsRouter(sending));
     api.use(forwardRouter({ forwarder, messages: this.messages }));
     api.use(syncRouter({ changes: this.changes, notifier: this.notifier, maxWaitSeconds: 50 }));
     api.use(

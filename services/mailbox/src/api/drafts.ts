@@ -28,7 +28,8 @@ import {
   type Message,
 } from '@federizer/protocol';
 import { ID_PATTERN, type StoredMessage } from '../storage/index.js';
-import { SendError, answerSendError, leaves, sendDraft, userToken, type SendDeps } from './send.js';
+import type { leaves } from './send.js';
+import { SendError, answerSendError, checkResourcesHeld, sendDraft, userToken, type SendDeps } from './send.js';
 
 export type DraftsDeps = SendDeps;
 
@@ -90,18 +91,7 @@ async function checkDraft(
   }
   if (!/^<[^<>\s]+@[^<>\s]+>$/.test(messageId) || domainOf(messageId.slice(1, -1)) !== deps.domain)
     throw new SendError(400, 'invalid_message', `the Message-ID must be <...@${deps.domain}>`);
-  const resources = leaves(draft.body);
-  for (const { contentId, size } of resources) {
-    const held = await deps.accounts.resource(user, contentId);
-    if (held === undefined)
-      throw new SendError(400, 'resource_not_held', `${contentId} is not among your resources: upload it first`);
-    if (held.size !== size)
-      throw new SendError(
-        400,
-        'resource_size_mismatch',
-        `${contentId} has ${held.size} bytes, the message declares ${size}`,
-      );
-  }
+  const resources = await checkResourcesHeld(user, draft.body, deps);
   return { message: { envelope: [{ headers }], body: draft.body }, headers, messageId, resources };
 }
 

@@ -81,6 +81,27 @@ export function leaves(body: Body): { contentId: string; size: number; mediaType
   return out;
 }
 
+/** §4.1: every resource the body references is held by the user, with the size the body declares. */
+export async function checkResourcesHeld(
+  user: string,
+  body: Body,
+  deps: Pick<SendDeps, 'accounts'>,
+): Promise<ReturnType<typeof leaves>> {
+  const resources = leaves(body);
+  for (const { contentId, size } of resources) {
+    const held = await deps.accounts.resource(user, contentId);
+    if (held === undefined)
+      throw new SendError(400, 'resource_not_held', `${contentId} is not among your resources: upload it first`);
+    if (held.size !== size)
+      throw new SendError(
+        400,
+        'resource_size_mismatch',
+        `${contentId} has ${held.size} bytes, the message declares ${size}`,
+      );
+  }
+  return resources;
+}
+
 /** §4.1: From is the signed-in user, the Message-ID is of this domain, every resource is held with its size. */
 async function checkDraft(
   draft: Message,
@@ -96,18 +117,7 @@ async function checkDraft(
   if (messageId === undefined) throw new SendError(400, 'invalid_message', 'the message has no Message-ID');
   if (domainOf(messageId.slice(1, -1)) !== deps.domain)
     throw new SendError(400, 'invalid_message', `the Message-ID must end in @${deps.domain}`);
-  const resources = leaves(draft.body);
-  for (const { contentId, size } of resources) {
-    const held = await deps.accounts.resource(user, contentId);
-    if (held === undefined)
-      throw new SendError(400, 'resource_not_held', `${contentId} is not among your resources: upload it first`);
-    if (held.size !== size)
-      throw new SendError(
-        400,
-        'resource_size_mismatch',
-        `${contentId} has ${held.size} bytes, the message declares ${size}`,
-      );
-  }
+  const resources = await checkResourcesHeld(user, draft.body, deps);
   return { messageId, resources };
 }
 
