@@ -107,7 +107,8 @@ export function createProvider(deps: ProviderDeps): Provider {
     features: {
       devInteractions: { enabled: false },
       dPoP: { enabled: true },
-      revocation: { enabled: true },
+      // RFC 7009 §2.1: a client revokes only the tokens issued to it.
+      revocation: { enabled: true, allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId },
       introspection: { enabled: false },
       userinfo: { enabled: true },
       rpInitiatedLogout: {
