@@ -7,7 +7,7 @@ import type { Knex } from 'knex';
 import type Provider from 'oidc-provider';
 import { Counter } from 'prom-client';
 import {
-  DnsClient,
+  createDiscovery,
   createHttpClient,
   createKnex,
   createLogger,
@@ -21,7 +21,7 @@ import {
   type Logger,
   type RunningServer,
 } from '@federizer/common';
-import { Discovery, type HttpGet, type SrvResolver, type TrustResolver } from '@federizer/protocol';
+import type { SrvResolver, TrustResolver } from '@federizer/protocol';
 import { adminRouter } from './admin.js';
 import type { AuthConfig, AuthSecrets } from './config.js';
 import { TOKEN_EXCHANGE, type ExchangeKind } from './exchange.js';
@@ -83,7 +83,15 @@ export class AuthService implements AsyncDisposable {
       now(),
     );
     const httpClient = overrides.httpClient ?? createHttpClient({ dev: config.dev });
-    const trust = overrides.trust ?? discovery(config, httpClient, overrides.resolveSrv, now);
+    const trust =
+      overrides.trust ??
+      createDiscovery({
+        http: httpClient,
+        dnsServer: config.dnsServer,
+        resolveSrv: overrides.resolveSrv,
+        dev: config.dev,
+        now,
+      });
     const adapter = adapterFactory(knex);
     const registry = createRegistry('auth');
     const tokensIssued = new Counter({
@@ -299,25 +307,4 @@ export class AuthService implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
-}
-
-function discovery(
-  config: AuthConfig,
-  http: HttpClient,
-  resolveSrv: SrvResolver | undefined,
-  now: () => number,
-): Discovery {
-  let resolver = resolveSrv;
-  if (resolver === undefined) {
-    const servers = config.dnsServer ? [parseHostPort(config.dnsServer)] : undefined;
-    resolver = new DnsClient({ servers }).resolveSrv;
-  }
-  const httpGet: HttpGet = (url, init) => http.fetch(url, init) as unknown as Promise<Response & globalThis.Response>;
-  return new Discovery({ resolveSrv: resolver, httpGet, allowHttp: config.dev, now });
-}
-
-export function parseHostPort(value: string): { host: string; port: number } {
-  const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(value);
-  if (!m) return { host: value, port: 53 };
-  return { host: m[1]!, port: Number(m[2]) };
 }

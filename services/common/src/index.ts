@@ -6,3 +6,4 @@ export * from './http-client.js';
 export * from './dns-server.js';
 export * from './dns-client.js';
 export * from './replay-store.js';
+export * from './discovery.js';

@@ -9,7 +9,8 @@ import cors from 'cors';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Knex } from 'knex';
 import {
-  DnsClient,
+  createDiscovery,
+  httpGetOf,
   KnexReplayStore,
   createHttpClient,
   createKnex,
@@ -24,14 +25,8 @@ import {
   type Logger,
   type RunningServer,
 } from '@federizer/common';
-import {
-  Discovery,
-  externalContentType,
-  formatDate,
-  type HttpGet,
-  type SrvResolver,
-  type TrustResolver,
-} from '@federizer/protocol';
+import type { Discovery } from '@federizer/protocol';
+import { externalContentType, formatDate, type SrvResolver, type TrustResolver } from '@federizer/protocol';
 import { messagesRouter } from './api/messages.js';
 import { ChangeNotifier } from './api/notifier.js';
 import { resourcesRouter } from './api/resources.js';
@@ -90,21 +85,6 @@ export function wellKnown(config: MailboxConfig) {
   };
 }
 
-function discoveryFor(
-  config: MailboxConfig,
-  http: HttpClient,
-  resolveSrv: SrvResolver | undefined,
-  now: () => number,
-): Discovery {
-  let resolver = resolveSrv;
-  if (resolver === undefined) {
-    const m = config.dnsServer ? /^\[?([^\]]+?)\]?:(\d+)$/.exec(config.dnsServer) : null;
-    resolver = new DnsClient({ servers: m ? [{ host: m[1]!, port: Number(m[2]) }] : undefined }).resolveSrv;
-  }
-  const httpGet: HttpGet = (url, init) => http.fetch(url, init) as unknown as Promise<Response & globalThis.Response>;
-  return new Discovery({ resolveSrv: resolver, httpGet, allowHttp: config.dev, now });
-}
-
 export class MailboxService implements AsyncDisposable {
   readonly messages: MessageStore;
   readonly shares: ShareStore;
@@ -148,7 +128,15 @@ export class MailboxService implements AsyncDisposable {
       onError: (err, address) => logger.warn({ err, address }, 'change check failed'),
     });
     this.directory = new UserDirectory(config.authAdminUrl, secrets.authAdminToken ?? '', httpClient, now);
-    this.discovery = overrides.trust ?? discoveryFor(config, httpClient, overrides.resolveSrv, now);
+    this.discovery =
+      overrides.trust ??
+      createDiscovery({
+        http: httpClient,
+        dnsServer: config.dnsServer,
+        resolveSrv: overrides.resolveSrv,
+        dev: config.dev,
+        now,
+      });
     this.as = new AsClient({
       issuer: config.issuer,
       clientId: config.mtaClientId,
@@ -289,8 +277,7 @@ export class MailboxService implements AsyncDisposable {
     const registry = createRegistry('mailbox');
     const metrics = mailboxMetrics(registry, { jobs: this.jobs, openPolls: () => this.notifier.openPolls() });
     this.#metrics = metrics;
-    const httpGet: HttpGet = (url, init) =>
-      this.httpClient.fetch(url, init) as unknown as Promise<Response & globalThis.Response>;
+    const httpGet = httpGetOf(this.httpClient);
     const requireUserToken = requireUser({
       issuer: config.issuer,
       resource: `${config.publicUrl}/api/v1`,
