@@ -1,1 +1,39 @@
-export {};
+// Model and builders (the static half: what the operator applies). Named, not `export *`: where the
+// runtime's exports share a name, these win instead of both becoming ambiguous.
+export {
+  API_VERSION,
+  DEFAULT_IMAGE,
+  GROUP,
+  InvalidResourceError,
+  mailDomainIssues,
+  mailUserIssues,
+  validateMailDomain,
+  validateMailUser,
+  withDefaults,
+  type Condition,
+  type DomainUrls,
+  type MailDomain,
+  type MailDomainSpec,
+  type MailDomainStatus,
+  type MailUser,
+  type MailUserSpec,
+  type MailUserStatus,
+  type ResolvedMailDomain,
+  type SrvRecord,
+  type ValidationIssue,
+} from './model.js';
+export {
+  CONFIG_HASH_ANNOTATION,
+  CREATE_ONLY_ANNOTATION,
+  SECRET_KEYS,
+  buildMailDomain,
+  buildMailUser,
+  belongsTo,
+  manifestYaml,
+  parseDocuments,
+  type AdminCall,
+  type BuildContext,
+  type BuildResult,
+  type Manifest,
+  type MailUserPlan,
+} from './builders/index.js';

@@ -9,7 +9,12 @@ Commands:
   federizer mailbox                  run a domain's mailbox and mail agent (configured by the environment)
   federizer user add|list|show|set|password|delete ...
                                      manage a domain's users through the AS admin API
-  federizer up                       run a local federation (not yet: see the README)
+  federizer mail send|list|get|forward ...
+                                     a user's mail: send, list, download resources, forward
+  federizer up                       run a local federation of several domains (npm start)
+  federizer webmail                  serve a domain's webmail (configured by the environment)
+  federizer operator render -f FILE  print the Kubernetes objects of a MailDomain (no cluster needed)
+  federizer operator run             run the Kubernetes operator (configured by the environment)
 
 Every command answers --help.
 
@@ -23,10 +28,10 @@ const COMMANDS: Record<string, Command> = {
   auth: async (args, io) => (await import('./commands/auth.js')).authCommand(args, io),
   user: async (args, io) => (await import('./commands/user.js')).userCommand(args, io),
   mailbox: async (args, io) => (await import('./commands/mailbox.js')).mailboxCommand(args, io),
-  up: async (_args, io) => {
-    io.stderr.write('federizer up: the local federation is not built yet (see the README for what works today).\n');
-    return 1;
-  },
+  operator: async (args, io) => (await import('./commands/operator.js')).operatorCommand(args, io),
+  mail: async (args, io) => (await import('./commands/mail.js')).mailCommand(args, io),
+  up: async (args, io) => (await import('./commands/up.js')).upCommand(args, io),
+  webmail: async (args, io) => (await import('./commands/webmail.js')).webmailCommand(args, io),
 };
 
 /** Runs one command line; returns the exit code. Never calls process.exit, so tests can call it. */

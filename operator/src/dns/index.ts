@@ -1,0 +1,2 @@
+export * from './tsig.js';
+export * from './rfc2136.js';

@@ -1,0 +1,144 @@
+/**
+ * `federizer up` as a person runs it (`npm start` is `federizer up`): the banner, federation.json, a clean
+ * exit on Ctrl-C (SIGINT to the command), and a second start that prints the same users and passwords.
+ * Usage mistakes exit with 2 and say what is wrong; a taken port exits with 1 and names it.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FederationFile } from '../src/federation/local-federation.js';
+
+const BIN = new URL('../../../node_modules/.bin/federizer', import.meta.url).pathname;
+
+interface Running {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exited: Promise<number | null>;
+}
+
+function start(args: string[]): Running {
+  const child = spawn(BIN, args, { env: { ...process.env, FEDERIZER_LOG_LEVEL: '' } });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d) => (stdout += d));
+  child.stderr!.on('data', (d) => (stderr += d));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return { child, stdout: () => stdout, stderr: () => stderr, exited };
+}
+
+async function bannerOf(run: Running): Promise<string> {
+  const deadline = Date.now() + 90_000;
+  while (!run.stdout().includes('Ctrl-C to stop.')) {
+    if (run.child.exitCode !== null) throw new Error(`federizer up exited with ${run.child.exitCode}: ${run.stderr()}`);
+    if (Date.now() > deadline) throw new Error(`no banner: ${run.stderr()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return run.stdout();
+}
+
+async function refused(port: number): Promise<boolean> {
+  try {
+    await fetch(`http://127.0.0.1:${port}/healthz`);
+    return false;
+  } catch {
+    return true;
+  }
+}
+
+describe('federizer up', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'federizer-up-cmd-'));
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  const args = () => [
+    'up',
+    '--port-base',
+    '0',
+    '--data-dir',
+    join(dir, 'data'),
+    '--domains',
+    'example.com,example.net',
+    '--no-webmail-build',
+  ];
+
+  it('prints the URLs, users, passwords and DNS server, writes federation.json, and stops on Ctrl-C', async () => {
+    const run = start(args());
+    const banner = await bannerOf(run);
+    const file = JSON.parse(await readFile(join(dir, 'data', 'federation.json'), 'utf8')) as FederationFile;
+    expect(file.pid).toBe(run.child.pid);
+    for (const [name, d] of Object.entries(file.domains)) {
+      expect(banner).toContain(`  ${name}\n`);
+      expect(banner).toContain(`webmail  ${d.webmailUrl}/`);
+      expect(banner).toContain(`AS       ${d.issuer}`);
+      expect(banner).toContain(`mailbox  ${d.mailboxUrl}`);
+    }
+    for (const user of file.users) expect(banner).toContain(`${user.address}   password ${user.password}`);
+    expect(banner).toContain(`DNS server 127.0.0.1:${file.dns.port}`);
+    expect(banner).toContain(join(dir, 'data', 'federation.json'));
+    // The known oidc-provider runtime warning of every child is kept off the screen (without --verbose).
+    expect(run.stderr()).not.toMatch(/Unsupported runtime/);
+
+    const ports = Object.values(file.domains).map((d) => Number(new URL(d.issuer).port));
+    expect(await refused(ports[0]!)).toBe(false);
+    run.child.kill('SIGINT');
+    expect(await run.exited).toBe(0);
+    expect(run.stderr()).toMatch(/SIGINT: stopping the domains…\nfederizer up: stopped\n$/);
+    for (const port of ports) expect(await refused(port)).toBe(true);
+  });
+
+  it('a second start prints the same users with the same passwords, and SIGTERM stops it too', async () => {
+    const first = JSON.parse(await readFile(join(dir, 'data', 'federation.json'), 'utf8')) as FederationFile;
+    const run = start(args());
+    const banner = await bannerOf(run);
+    for (const user of first.users) expect(banner).toContain(`${user.address}   password ${user.password}`);
+    const again = JSON.parse(await readFile(join(dir, 'data', 'federation.json'), 'utf8')) as FederationFile;
+    expect(again.domains).toEqual(first.domains);
+    run.child.kill('SIGTERM');
+    expect(await run.exited).toBe(0);
+  });
+
+  it('exits with 2 on usage mistakes, saying what is wrong', async () => {
+    const cases: [string[], RegExp][] = [
+      [['--port-base', 'abc'], /--port-base is a port number \(or 0 for free ports\), not "abc"/],
+      [['--port-base', '80'], /the port base is 0 \(random ports\) or a port from 1024, not 80/],
+      [['--domains', 'example_com'], /"example_com" is not a domain name/],
+      [['--frobnicate'], /Unknown option '--frobnicate'/],
+    ];
+    for (const [extra, message] of cases) {
+      const run = start(['up', '--data-dir', join(dir, 'never'), '--no-webmail-build', ...extra]);
+      expect(await run.exited, extra.join(' ')).toBe(2);
+      expect(run.stderr()).toMatch(message);
+    }
+    const help = start(['up', '--help']);
+    expect(await help.exited).toBe(0);
+    expect(help.stdout()).toMatch(/--port-base N/);
+  });
+
+  it('exits with 1 when a port of the layout is taken, naming the port and its service', async () => {
+    let blocker: Server | undefined;
+    let base = 0;
+    for (let attempt = 0; attempt < 20 && blocker === undefined; attempt++) {
+      base = 20_000 + Math.floor(Math.random() * 40_000);
+      const candidate = createServer();
+      blocker = await new Promise<Server | undefined>((resolve) => {
+        candidate.once('error', () => resolve(undefined));
+        candidate.listen(base + 10, '127.0.0.1', () => resolve(candidate));
+      });
+    }
+    try {
+      const run = start(['up', '--port-base', String(base), '--data-dir', join(dir, 'taken'), '--no-webmail-build']);
+      expect(await run.exited).toBe(1);
+      expect(run.stderr()).toContain(
+        `federizer: port ${base + 10} (the Authorization Server of example.com) is already in use: is another local federation running?`,
+      );
+    } finally {
+      await new Promise((r) => blocker!.close(r));
+    }
+  });
+});
