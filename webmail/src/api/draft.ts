@@ -1,0 +1,99 @@
+/**
+ * The other direction of message-view.ts: a draft Placeholder (PROTOCOL.md §2, one headers block) built
+ * from what the user wrote. The text is an uploaded resource like any attachment; the mailbox stamps
+ * Date and the digests when it sends (§4.2).
+ */
+import { externalContentType, parseAddressList, ProtocolError, type Header, type Part } from './protocol.js';
+import type { Draft, UploadedResource } from './types.js';
+
+export interface DraftAttachment {
+  readonly resource: UploadedResource;
+  readonly filename: string;
+  /** Shown in the text (an image pasted in place) rather than offered as a file. */
+  readonly inline?: boolean;
+}
+
+export interface DraftInput {
+  readonly from: string;
+  readonly to: string;
+  readonly cc: string;
+  readonly bcc: string;
+  readonly subject: string;
+  readonly messageId?: string;
+  /** The conversation: the `X-Thread-ID` of the message replied to, or absent for a new one. */
+  readonly threadId?: string;
+  readonly inReplyTo?: string;
+  readonly references?: string;
+  readonly text: UploadedResource | undefined;
+  readonly attachments: readonly DraftAttachment[];
+}
+
+export type RecipientField = 'to' | 'cc' | 'bcc';
+
+/** A new Message-ID of the user's domain (PROTOCOL.md §4.1: it must end in `@<domain>`). */
+export function newMessageId(domain: string): string {
+  return `<${crypto.randomUUID()}@${domain}>`;
+}
+
+/** RFC 2045 quoted-string for a filename parameter; a line break would end the header, so none survives. */
+function quoted(value: string): string {
+  return `"${value.replace(/[\r\n]+/g, ' ').replace(/(["\\])/g, '\\$1')}"`;
+}
+
+function leaf(resource: UploadedResource, disposition: string): Part {
+  return {
+    headers: [
+      { 'Content-Disposition': disposition },
+      { 'Content-ID': resource.contentId },
+      { 'Content-Type': externalContentType(resource.size, resource.mediaType) },
+    ],
+  };
+}
+
+export function buildDraft(input: DraftInput): Draft {
+  const headers: Header[] = [{ From: input.from }];
+  for (const [name, value] of [
+    ['To', input.to],
+    ['Cc', input.cc],
+    ['Bcc', input.bcc],
+  ] as const) {
+    if (value.trim() !== '') headers.push({ [name]: value.trim() });
+  }
+  if (input.subject.trim() !== '') headers.push({ Subject: input.subject.replace(/[\r\n]+/g, ' ').trim() });
+  if (input.messageId) headers.push({ 'Message-ID': input.messageId });
+  if (input.threadId) headers.push({ 'X-Thread-ID': input.threadId });
+  if (input.inReplyTo) headers.push({ 'In-Reply-To': input.inReplyTo });
+  if (input.references) headers.push({ References: input.references });
+  headers.push({ 'Content-Type': 'multipart/mixed' });
+  const parts: Part[] = [];
+  if (input.text) parts.push(leaf(input.text, 'inline'));
+  for (const a of input.attachments)
+    parts.push(leaf(a.resource, a.inline ? 'inline' : `attachment; filename=${quoted(a.filename)}`));
+  return { envelope: [{ headers }], body: { parts } };
+}
+
+/**
+ * Checks one recipient field with the parser the mailbox uses (RFC 5322 address list), and that each
+ * domain has a dot, as every mail domain found through DNS does (a bare `bob@example` is a typo that
+ * would only fail at delivery). Undefined when valid, else the reason, e.g.
+ * `expected "," between addresses at offset 9 ("bob")`.
+ */
+export function recipientError(value: string): string | undefined {
+  if (value.trim() === '') return undefined;
+  if (value.length > 998) return 'a header line is at most 998 characters (RFC 5322 §2.1.1)';
+  try {
+    const boxes = parseAddressList(value);
+    const bad = boxes.find((b) => !b.domain.includes('.') && !b.domain.startsWith('['));
+    if (bad) return `${bad.address}: the domain needs a dot, like example.com`;
+    return undefined;
+  } catch (e) {
+    if (e instanceof ProtocolError) return e.message;
+    throw e;
+  }
+}
+
+/** The addr-specs of a field, lower-cased (for "nobody to send to" and reply-all's de-duplication). */
+export function recipientsOf(value: string): string[] {
+  if (recipientError(value) !== undefined || value.trim() === '') return [];
+  return parseAddressList(value).map((m) => m.address.toLowerCase());
+}

@@ -1,0 +1,126 @@
+/**
+ * The typed errors of the mailbox client API. The API client maps every HTTP failure to one of these,
+ * once; stores and scenes test `instanceof`, never status codes, and show `message` (the mailbox's own
+ * `error_description`, which says what was wrong).
+ */
+
+export class ApiError extends Error {
+  override readonly name: string = 'ApiError';
+  constructor(
+    /** The HTTP status, or 0 when no answer came. */
+    readonly status: number,
+    /** The mailbox's stable error code (`invalid_request`, `not_found`, ...). */
+    readonly code: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** 400: the request was malformed (the description says which member and why). */
+export class BadRequestError extends ApiError {
+  override readonly name = 'BadRequestError';
+}
+/** 401: the access token or the DPoP proof was refused. */
+export class UnauthorizedError extends ApiError {
+  override readonly name = 'UnauthorizedError';
+}
+/** 403: not allowed, e.g. a forward the user's forwarding policy forbids. */
+export class ForbiddenError extends ApiError {
+  override readonly name = 'ForbiddenError';
+}
+export class NotFoundError extends ApiError {
+  override readonly name = 'NotFoundError';
+}
+/** 409: the message is in a state that does not allow this (`not_received`, `not_sent`, ...). */
+export class ConflictError extends ApiError {
+  override readonly name = 'ConflictError';
+}
+/** 410: the sync state is older than the change log: resynchronize from scratch (PROTOCOL.md §9). */
+export class StateExpiredError extends ApiError {
+  override readonly name = 'StateExpiredError';
+}
+/** 413: a resource or a message is too large. */
+export class TooLargeError extends ApiError {
+  override readonly name = 'TooLargeError';
+}
+/** 429 and 507: a send quota or the storage quota is used up. */
+export class QuotaError extends ApiError {
+  override readonly name = 'QuotaError';
+  constructor(
+    status: number,
+    code: string,
+    message: string,
+    readonly retryAfterSeconds: number | undefined,
+  ) {
+    super(status, code, message);
+  }
+}
+/** 5xx: try again later. */
+export class ServerError extends ApiError {
+  override readonly name = 'ServerError';
+  constructor(
+    status: number,
+    code: string,
+    message: string,
+    readonly retryAfterSeconds: number | undefined,
+  ) {
+    super(status, code, message);
+  }
+}
+/** No answer at all: offline, DNS, CORS, or the connection dropped. */
+export class NetworkError extends ApiError {
+  override readonly name = 'NetworkError';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(0, 'network_error', message, options);
+  }
+}
+/** The user (or the app) cancelled the request. */
+export class AbortedError extends ApiError {
+  override readonly name = 'AbortedError';
+  constructor(message = 'cancelled') {
+    super(0, 'aborted', message);
+  }
+}
+
+function retryAfter(value: string | null): number | undefined {
+  if (value === null) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds) && seconds >= 0) return seconds;
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? undefined : Math.max(0, Math.round((at - Date.now()) / 1000));
+}
+
+/** One place that turns a failed answer into its typed error. */
+export function errorFromResponse(
+  status: number,
+  body: unknown,
+  headers: { get(name: string): string | null },
+): ApiError {
+  const b = (typeof body === 'object' && body !== null ? body : {}) as { error?: unknown; error_description?: unknown };
+  const code = typeof b.error === 'string' ? b.error : `http_${status}`;
+  const message = typeof b.error_description === 'string' ? b.error_description : `the mailbox answered HTTP ${status}`;
+  switch (status) {
+    case 400:
+      return new BadRequestError(status, code, message);
+    case 401:
+      return new UnauthorizedError(status, code, message);
+    case 403:
+      return new ForbiddenError(status, code, message);
+    case 404:
+      return new NotFoundError(status, code, message);
+    case 409:
+      return new ConflictError(status, code, message);
+    case 410:
+      return new StateExpiredError(status, code, message);
+    case 413:
+      return new TooLargeError(status, code, message);
+    case 429:
+    case 507:
+      return new QuotaError(status, code, message, retryAfter(headers.get('retry-after')));
+    default:
+      if (status >= 500) return new ServerError(status, code, message, retryAfter(headers.get('retry-after')));
+      return new ApiError(status, code, message);
+  }
+}

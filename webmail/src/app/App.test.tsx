@@ -1,0 +1,145 @@
+/**
+ * The whole app in jsdom against two real domains (AS and mailbox each): signed out it offers the
+ * sign-in; signed in as Bob it shows Alice's message arrive without a reload, with the unread count in
+ * the title and a sentence for screen readers; it opens, reads, and answers it from the keyboard and
+ * the mouse, with the compose form's validation tied to its fields.
+ */
+import { act, render, screen, waitFor, within } from '@testing-library/react';
+import userEvent from '@testing-library/user-event';
+import { IDBFactory } from 'fake-indexeddb';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildDraft, newMessageId } from '../api/draft.js';
+import { rebuildMessage } from '../api/message-view.js';
+import { installListboxLayout, uninstallListboxLayout } from '../testing/layout.js';
+import { localFetch, startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
+import { AppStore } from './app-store.js';
+import { App } from './App.js';
+import type { WebmailConfig } from './config.js';
+
+let fed: WebmailFederation;
+let alice: SignedIn;
+let bob: SignedIn;
+
+beforeAll(async () => {
+  installListboxLayout();
+  fed = await startWebmailFederation(['example.com', 'example.net']);
+  alice = await fed.signIn('alice@example.com');
+  bob = await fed.signIn('bob@example.net');
+});
+afterAll(async () => {
+  uninstallListboxLayout();
+  await fed?.close();
+});
+
+/** The page's network: config.json from the webmail's origin, everything else to the real services. */
+function pageFetch(config: WebmailConfig): typeof fetch {
+  return (async (input: RequestInfo | URL, init?: RequestInit) => {
+    const url = String(input instanceof Request ? input.url : input);
+    if (url === '/config.json')
+      return new Response(JSON.stringify(config), { headers: { 'content-type': 'application/json' } });
+    return localFetch(url, init);
+  }) as typeof fetch;
+}
+
+function start(config: WebmailConfig, indexedDB: IDBFactory) {
+  const assigned: string[] = [];
+  const store = new AppStore({
+    location: {
+      href: 'http://webmail.test/',
+      pathname: '/',
+      assign: (u: string | URL) => assigned.push(String(u)),
+      replace: () => undefined,
+    },
+    history: { replaceState: () => undefined },
+    fetch: pageFetch(config),
+    indexedDB,
+  });
+  void store.start();
+  render(<App store={store} />);
+  return { store, assigned };
+}
+
+describe('the webmail', () => {
+  it('offers the sign-in and goes to the AS with PKCE and a DPoP key thumbprint', async () => {
+    const { assigned } = start(fed.config('example.net'), new IDBFactory());
+    const button = await screen.findByRole('button', { name: 'Sign in' });
+    expect(screen.getByText('example.net')).toBeTruthy();
+    await userEvent.click(button);
+    await waitFor(() => expect(assigned).toHaveLength(1));
+    const url = new URL(assigned[0]!);
+    expect(url.origin).toBe(new URL(fed.config('example.net').issuer).origin);
+    expect(url.searchParams.get('code_challenge_method')).toBe('S256');
+    expect(url.searchParams.get('dpop_jkt')).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(url.searchParams.get('scope')).toBe('openid offline_access email mailbox');
+  });
+
+  it('shows new mail without a reload, reads it, and answers it', async () => {
+    window.location.hash = '';
+    const { store } = start(bob.config, bob.indexedDB);
+    const user = userEvent.setup();
+    await screen.findByRole('heading', { name: 'Inbox' });
+    await screen.findByText('No conversations here.');
+    expect(document.title).toBe('Federizer — bob@example.net');
+
+    const text = await alice.api.upload(new Blob(['See you at noon?']), { mediaType: 'text/plain; charset=UTF-8' });
+    await alice.api.send(
+      buildDraft({
+        from: 'Alice <alice@example.com>',
+        to: 'bob@example.net',
+        cc: '',
+        bcc: '',
+        subject: 'Lunch',
+        messageId: newMessageId('example.com'),
+        text,
+        attachments: [],
+      }),
+    );
+    const row = await screen.findByRole('option', { name: /^Unread\. Alice: Lunch/ }, { timeout: 20_000 });
+    expect(document.title).toBe('(1) Federizer — bob@example.net');
+    expect(screen.getByTestId('announcement').textContent).toBe('New message from Alice: Lunch');
+    expect(screen.getByRole('link', { name: 'Inbox, 1 unread' }).getAttribute('aria-current')).toBe('page');
+
+    await user.click(row);
+    const article = await screen.findByRole('article', { name: /Message from Alice/ });
+    await waitFor(() => expect(within(article).getByTestId('text-body').textContent).toBe('See you at noon?'), {
+      timeout: 20_000,
+    });
+    await waitFor(() => expect(document.title).toBe('Federizer — bob@example.net'));
+
+    // r answers the open conversation.
+    await act(async () => {
+      await user.keyboard('r');
+    });
+    const to = (await screen.findByLabelText('To')) as HTMLInputElement;
+    expect(to.value).toBe('Alice <alice@example.com>');
+    expect((screen.getByLabelText('Subject') as HTMLInputElement).value).toBe('Re: Lunch');
+    const cc = screen.getByLabelText('Cc');
+    await user.type(cc, 'carol@example');
+    await user.tab();
+    expect(cc.getAttribute('aria-invalid')).toBe('true');
+    const error = document.getElementById(cc.getAttribute('aria-describedby')!)!;
+    expect(error.textContent).toBe('carol@example: the domain needs a dot, like example.com');
+    await user.clear(cc);
+    expect(cc.getAttribute('aria-invalid')).toBeNull();
+    await user.click(screen.getByLabelText('Message'));
+    await user.keyboard('{Control>}{Home}{/Control}Noon is fine.');
+    await user.click(screen.getByRole('button', { name: /^Send/ }));
+
+    await screen.findByRole('heading', { name: 'Sent' }, { timeout: 20_000 });
+    let replyId = '';
+    await waitFor(
+      async () => {
+        const inbox = await alice.api.listMessages('inbox');
+        replyId = inbox.messages.find((m) => m.subject === 'Re: Lunch')?.id ?? '';
+        expect(replyId).not.toBe('');
+      },
+      { timeout: 20_000 },
+    );
+    const reply = rebuildMessage(await alice.api.getMessage(replyId));
+    await waitFor(async () => {
+      const body = await (await alice.api.resource(reply.content[0]!.part.contentId)).text();
+      expect(body).toMatch(/^Noon is fine\.\n\nOn .*, Alice <alice@example\.com> wrote:\n> See you at noon\?$/);
+    });
+    store.state.services?.sync.stop();
+  });
+});

@@ -1,0 +1,93 @@
+/** The forward form, in a modal dialog; it keeps focus inside and closes with Escape. */
+import { useEffect, useRef, useState, type FormEvent } from 'react';
+import styled from 'styled-components';
+import { useServices, useStore } from '../app/use-store.js';
+import { ForwardStore } from '../stores/forward-store.js';
+import { Button } from './Button.js';
+import { Field } from './Field.js';
+
+const Dialog = styled.dialog`
+  width: min(30rem, calc(100vw - 2rem));
+  border: 1px solid ${(p) => p.theme.color.border};
+  border-radius: ${(p) => p.theme.radius};
+  background: ${(p) => p.theme.color.surfaceRaised};
+  color: ${(p) => p.theme.color.text};
+  padding: 1.25rem;
+  &::backdrop {
+    background: rgb(0 0 0 / 0.4);
+  }
+  h2 {
+    margin: 0 0 0.25rem;
+    font-size: 1.1rem;
+  }
+  p {
+    margin: 0 0 1rem;
+    color: ${(p) => p.theme.color.textMuted};
+    font-size: 0.9rem;
+  }
+`;
+
+const Actions = styled.div`
+  display: flex;
+  justify-content: flex-end;
+  gap: 0.5rem;
+  margin-top: 1rem;
+`;
+
+export function ForwardDialog({
+  messageId,
+  subject,
+  onClose,
+}: {
+  messageId: string;
+  subject: string;
+  onClose: () => void;
+}) {
+  const { api, account } = useServices();
+  const [store] = useState(() => new ForwardStore(api, account.address));
+  const state = useStore(store);
+  const dialog = useRef<HTMLDialogElement>(null);
+
+  useEffect(() => {
+    const el = dialog.current;
+    if (el && !el.open) el.showModal?.();
+    return () => el?.close?.();
+  }, []);
+
+  const submit = async (e: FormEvent) => {
+    e.preventDefault();
+    await store.forward(messageId);
+  };
+
+  return (
+    <Dialog ref={dialog} aria-labelledby="forward-title" onCancel={onClose} onClose={onClose}>
+      <form onSubmit={(e) => void submit(e)}>
+        <h2 id="forward-title">Forward “{subject || '(no subject)'}”</h2>
+        <p>It is forwarded as it is, attachments included: the recipients fetch them from the sender.</p>
+        {state.result ? (
+          <div role="status">Forwarded to {state.result.recipients.join(', ')}.</div>
+        ) : (
+          <Field
+            label="Forward to"
+            name="forward-to"
+            value={state.to}
+            error={state.error}
+            onChange={(v) => store.setTo(v)}
+            autoFocus
+            placeholder="name@example.org"
+          />
+        )}
+        <Actions>
+          <Button type="button" onClick={onClose}>
+            {state.result ? 'Close' : 'Cancel'}
+          </Button>
+          {!state.result && (
+            <Button type="submit" $variant="primary" disabled={state.sending}>
+              {state.sending ? 'Forwarding…' : 'Forward'}
+            </Button>
+          )}
+        </Actions>
+      </form>
+    </Dialog>
+  );
+}

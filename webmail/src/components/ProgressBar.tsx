@@ -1,0 +1,23 @@
+import styled from 'styled-components';
+
+const Track = styled.div`
+  height: 6px;
+  border-radius: 3px;
+  background: ${(p) => p.theme.color.border};
+  overflow: hidden;
+`;
+
+const Fill = styled.div`
+  height: 100%;
+  background: ${(p) => p.theme.color.accent};
+  transition: width 0.15s linear;
+`;
+
+export function ProgressBar({ value, max, label }: { value: number; max: number; label: string }) {
+  const percent = max > 0 ? Math.min(100, Math.round((value / max) * 100)) : 0;
+  return (
+    <Track role="progressbar" aria-label={label} aria-valuemin={0} aria-valuemax={100} aria-valuenow={percent}>
+      <Fill style={{ width: `${percent}%` }} />
+    </Track>
+  );
+}

@@ -1,0 +1,249 @@
+/**
+ * Writing: a new message, a reply, a reply to all, or a saved draft. The draft saves itself; leaving
+ * the page saves it too. Ctrl+Enter (⌘+Enter) sends.
+ */
+import { useEffect, useRef, useState, type KeyboardEvent } from 'react';
+import styled from 'styled-components';
+import { rebuildMessage } from '../api/message-view.js';
+import type { ComposeIntent } from '../app/router.js';
+import { useServices, useStore } from '../app/use-store.js';
+import { Button, IconButton } from '../components/Button.js';
+import { Field } from '../components/Field.js';
+import { Icon } from '../components/Icon.js';
+import { ProgressBar } from '../components/ProgressBar.js';
+import { draftSeed, replySeed } from '../stores/compose-seeds.js';
+import { ComposeStore, formatBytes, type ComposeSeed } from '../stores/compose-store.js';
+
+const Form = styled.form`
+  height: 100%;
+  overflow-y: auto;
+  padding: 1rem;
+  max-width: 900px;
+  h2 {
+    margin: 0 0 0.75rem;
+    font-size: 1.2rem;
+  }
+`;
+
+const Attachments = styled.ul`
+  list-style: none;
+  margin: 0 0 0.75rem;
+  padding: 0;
+  li {
+    display: grid;
+    grid-template-columns: minmax(0, 1fr) auto auto;
+    align-items: center;
+    gap: 0.25rem 0.75rem;
+    padding: 0.4rem 0;
+    border-bottom: 1px solid ${(p) => p.theme.color.border};
+  }
+  li > div:last-child {
+    grid-column: 1 / -1;
+  }
+`;
+
+const Name = styled.span`
+  overflow: hidden;
+  text-overflow: ellipsis;
+  white-space: nowrap;
+`;
+
+const Muted = styled.span`
+  color: ${(p) => p.theme.color.textMuted};
+  font-size: 0.85rem;
+`;
+
+const Bar = styled.div`
+  display: flex;
+  flex-wrap: wrap;
+  align-items: center;
+  gap: 0.5rem;
+`;
+
+const Alert = styled.p`
+  color: ${(p) => p.theme.color.danger};
+`;
+
+const FileLabel = styled.label`
+  display: inline-flex;
+  align-items: center;
+  gap: 0.4rem;
+  min-height: 36px;
+  padding: 0.4rem 0.9rem;
+  border: 1px solid ${(p) => p.theme.color.border};
+  border-radius: ${(p) => p.theme.radius};
+  cursor: pointer;
+  &:focus-within {
+    outline: 2px solid ${(p) => p.theme.color.focus};
+  }
+  input {
+    position: absolute;
+    opacity: 0;
+    width: 1px;
+    height: 1px;
+  }
+`;
+
+function ComposeForm({ store, title }: { store: ComposeStore; title: string }) {
+  const { router } = useServices();
+  const s = useStore(store);
+  const form = useRef<HTMLFormElement>(null);
+
+  useEffect(() => {
+    if (!s.sent) return;
+    router.go({ name: 'mailbox', mailbox: 'sent', threadId: undefined });
+  }, [s.sent, router]);
+
+  const send = () => void store.send();
+  const onKeyDown = (e: KeyboardEvent) => {
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      send();
+    }
+  };
+  const saveLabel =
+    s.save === 'saving'
+      ? 'Saving draft…'
+      : s.save === 'saved'
+        ? 'Draft saved'
+        : s.save === 'failed'
+          ? `Draft not saved: ${s.saveError ?? ''}`
+          : '';
+
+  return (
+    <Form
+      ref={form}
+      aria-labelledby="compose-title"
+      onKeyDown={onKeyDown}
+      onSubmit={(e) => {
+        e.preventDefault();
+        send();
+      }}
+      noValidate
+    >
+      <h2 id="compose-title">{title}</h2>
+      {(['to', 'cc', 'bcc'] as const).map((f) => (
+        <Field
+          key={f}
+          label={f === 'to' ? 'To' : f === 'cc' ? 'Cc' : 'Bcc'}
+          name={f}
+          value={s[f]}
+          error={s.errors[f]}
+          onChange={(v) => store.set(f, v)}
+          onBlur={() => store.validate(f)}
+          autoFocus={f === 'to' && s.to === ''}
+          placeholder={f === 'to' ? 'Name <name@example.org>, …' : undefined}
+        />
+      ))}
+      <Field label="Subject" name="subject" value={s.subject} onChange={(v) => store.set('subject', v)} />
+      <Field label="Message" name="text" value={s.text} onChange={(v) => store.set('text', v)} multiline rows={12} />
+      {s.attachments.length > 0 && (
+        <Attachments aria-label="Attachments">
+          {s.attachments.map((a) => (
+            <li key={a.key} data-testid="compose-attachment" data-status={a.status}>
+              <Name title={a.name}>{a.name}</Name>
+              <Muted>
+                {a.status === 'uploading' ? `${formatBytes(a.loaded)} of ${formatBytes(a.size)}` : formatBytes(a.size)}
+              </Muted>
+              <IconButton
+                type="button"
+                aria-label={a.status === 'uploading' ? `Cancel the upload of ${a.name}` : `Remove ${a.name}`}
+                onClick={() => store.removeAttachment(a.key)}
+              >
+                <Icon name="close" size={18} />
+              </IconButton>
+              <div>
+                {a.status === 'uploading' && (
+                  <ProgressBar value={a.loaded} max={a.size} label={`Uploading ${a.name}`} />
+                )}
+                {a.status === 'failed' && <Alert role="alert">{a.error}</Alert>}
+              </div>
+            </li>
+          ))}
+        </Attachments>
+      )}
+      {s.errors.form && <Alert role="alert">{s.errors.form}</Alert>}
+      <Bar>
+        <Button type="submit" $variant="primary" disabled={s.sending}>
+          <Icon name="sent" size={18} /> {s.sending ? 'Sending…' : 'Send'}
+        </Button>
+        <FileLabel>
+          <Icon name="attach" size={18} /> Attach files
+          <input
+            type="file"
+            multiple
+            onChange={(e) => {
+              store.addFiles([...(e.target.files ?? [])]);
+              e.target.value = '';
+            }}
+          />
+        </FileLabel>
+        <Button
+          type="button"
+          $variant="ghost"
+          onClick={() => {
+            void store.discard().finally(() => router.go({ name: 'mailbox', mailbox: 'inbox', threadId: undefined }));
+          }}
+        >
+          Discard
+        </Button>
+        <Muted role="status" aria-live="polite">
+          {saveLabel}
+        </Muted>
+      </Bar>
+    </Form>
+  );
+}
+
+const TITLES: Record<ComposeIntent['kind'], string> = {
+  new: 'New message',
+  reply: 'Reply',
+  'reply-all': 'Reply to all',
+  draft: 'Draft',
+};
+
+/** Reads what the compose starts from (the message replied to, or the draft) and makes its store. */
+export function ComposeScene({ intent }: { intent: ComposeIntent }) {
+  const { api, account, cache } = useServices();
+  const [store, setStore] = useState<ComposeStore>();
+  const [error, setError] = useState<string>();
+
+  const kind = intent.kind;
+  const id = intent.kind === 'new' ? undefined : intent.id;
+  useEffect(() => {
+    let made: ComposeStore | undefined;
+    let live = true;
+    (async () => {
+      let seed: ComposeSeed | undefined;
+      if (id !== undefined) {
+        const view = rebuildMessage(await cache.message(id));
+        const first = view.content[0];
+        const textRef = first?.kind === 'html' ? (first.plain ?? first.part) : first?.part;
+        let text = textRef && textRef.status === 'held' ? await cache.text(textRef) : undefined;
+        // A reply quotes text: an HTML-only message is quoted by its words.
+        if (text !== undefined && textRef?.baseType === 'text/html')
+          text = new DOMParser().parseFromString(text, 'text/html').body.textContent ?? '';
+        seed =
+          kind === 'draft' ? draftSeed(view, text, id) : replySeed(view, text, account.address, kind === 'reply-all');
+      }
+      if (!live) return;
+      made = new ComposeStore({
+        api,
+        from: account.address,
+        domain: account.domain,
+        maxResourceSize: account.limits.maxResourceSize,
+        seed,
+      });
+      setStore(made);
+    })().catch((e: unknown) => live && setError((e as Error).message));
+    return () => {
+      live = false;
+      // Leaving keeps what was written: the draft is saved, then the store stops.
+      if (made) void made.saveNow().finally(() => made?.dispose());
+    };
+  }, [api, account, cache, kind, id]);
+
+  if (error) return <Alert role="alert">This message cannot be answered: {error}</Alert>;
+  if (!store) return <p style={{ padding: '1rem' }}>Loading…</p>;
+  return <ComposeForm store={store} title={TITLES[intent.kind]} />;
+}

@@ -1,0 +1,172 @@
+/** Writing against real domains: validation, uploads, drafts saved on their own, sending, replying, forwarding. */
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { rebuildMessage } from '../api/message-view.js';
+import type { MessageSummary } from '../api/types.js';
+import { startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
+import { replySeed } from './compose-seeds.js';
+import { ComposeStore, type ComposeSeed } from './compose-store.js';
+import { ForwardStore } from './forward-store.js';
+
+let fed: WebmailFederation;
+let alice: SignedIn;
+let bob: SignedIn;
+
+beforeAll(async () => {
+  fed = await startWebmailFederation(['example.com', 'example.net', 'example.org']);
+  alice = await fed.signIn('alice@example.com');
+  bob = await fed.signIn('bob@example.net');
+  await fed.fed.auth.domains['example.org']!.createUser('bobby@example.org', 'a long enough password');
+});
+afterAll(() => fed?.close());
+
+function compose(user: SignedIn, seed?: ComposeSeed, maxResourceSize = 5 * 1024 ** 3) {
+  return new ComposeStore({
+    api: user.api,
+    from: user.address,
+    domain: user.config.domain,
+    maxResourceSize,
+    autosaveMs: 20,
+    seed,
+  });
+}
+
+async function mailbox(user: SignedIn, name: 'inbox' | 'sent' | 'drafts'): Promise<MessageSummary[]> {
+  return [...(await user.api.listMessages(name)).messages];
+}
+
+describe('ComposeStore', () => {
+  it('validates each recipient field with the mailbox’s address rules, and needs one recipient to send', async () => {
+    const c = compose(alice);
+    c.set('to', 'Bob <bob@example.net> carol@example.net');
+    expect(c.validate('to')).toBe(false);
+    expect(c.state.errors.to).toMatch(/expected "," between addresses/);
+    c.set('to', 'Bob <bob@example.net>'); // corrected: checked again as it is typed
+    expect(c.state.errors.to).toBeUndefined();
+    c.set('to', '');
+    c.set('bcc', 'dave@example');
+    expect(await c.send()).toBe(false);
+    expect(c.state.errors.bcc).toBe('dave@example: the domain needs a dot, like example.com');
+    c.set('bcc', '');
+    expect(await c.send()).toBe(false);
+    expect(c.state.errors.form).toBe('Add at least one recipient.');
+    c.dispose();
+  });
+
+  it('refuses a file larger than the mailbox takes before uploading it', () => {
+    const c = compose(alice, undefined, 10);
+    c.addFiles([new File([new Uint8Array(11)], 'big.bin')]);
+    expect(c.state.attachments[0]).toMatchObject({ status: 'failed', error: 'larger than the 10 B a file may be' });
+    c.dispose();
+  });
+
+  it('saves the draft on its own, replaces it as it changes, and sends it: the recipient has it, Drafts is empty', async () => {
+    const c = compose(alice);
+    c.set('to', 'Bob <bob@example.net>');
+    c.set('subject', 'Draft then send');
+    c.set('text', 'first version');
+    await vi.waitFor(() => expect(c.state.save).toBe('saved'), { timeout: 10_000 });
+    const first = c.state.draftId!;
+    expect((await mailbox(alice, 'drafts')).map((m) => m.id)).toEqual([first]);
+
+    c.set('text', 'second version');
+    await vi.waitFor(() => expect(c.state.draftId).not.toBe(first), { timeout: 10_000 });
+    const drafts = await mailbox(alice, 'drafts');
+    expect(drafts.map((m) => m.id)).toEqual([c.state.draftId]);
+    const saved = rebuildMessage(await alice.api.getMessage(c.state.draftId!));
+    expect(saved.to).toBe('Bob <bob@example.net>');
+
+    c.addFiles([new File([new Uint8Array(3000).fill(1)], 'notes.bin', { type: 'application/octet-stream' })]);
+    await vi.waitFor(() => expect(c.state.attachments[0]?.status).toBe('done'), { timeout: 10_000 });
+    expect(c.state.attachments[0]!.loaded).toBe(3000);
+
+    expect(await c.send()).toBe(true);
+    expect(c.state.sent?.deliveries).toEqual([
+      expect.objectContaining({ recipient: 'bob@example.net', domain: 'example.net', status: 'queued' }),
+    ]);
+    expect(await mailbox(alice, 'drafts')).toEqual([]);
+    expect((await mailbox(alice, 'sent')).map((m) => m.messageId)).toContain(c.messageId);
+    await vi.waitFor(async () => expect((await mailbox(bob, 'inbox')).map((m) => m.messageId)).toContain(c.messageId), {
+      timeout: 20_000,
+    });
+    const received = (await mailbox(bob, 'inbox')).find((m) => m.messageId === c.messageId)!;
+    const view = rebuildMessage(await bob.api.getMessage(received.id));
+    expect(view.attachments.map((a) => [a.filename, a.size])).toEqual([['notes.bin', 3000]]);
+  });
+
+  it('cancels an upload: the row goes, nothing fails, and the draft does not reference it', async () => {
+    const c = compose(alice);
+    c.set('to', 'bob@example.net');
+    c.addFiles([new File([new Uint8Array(8 * 1024 * 1024)], 'large.bin')]);
+    const key = c.state.attachments[0]!.key;
+    expect(c.state.attachments[0]!.status).toBe('uploading');
+    c.removeAttachment(key);
+    expect(c.state.attachments).toEqual([]);
+    await c.saveNow();
+    const draft = rebuildMessage(await alice.api.getMessage(c.state.draftId!));
+    expect(draft.attachments).toEqual([]);
+    await c.discard();
+    expect(await mailbox(alice, 'drafts')).toEqual([]);
+  });
+
+  it('replies in the same conversation, to everyone but oneself for reply-all, quoting the text', async () => {
+    const c = compose(alice);
+    c.set('to', 'Bob <bob@example.net>');
+    c.set('cc', 'Bobby <bobby@example.org>, alice@example.com');
+    c.set('subject', 'Plans');
+    c.set('text', 'Shall we?\nSaturday.');
+    expect(await c.send()).toBe(true);
+    const messageId = c.messageId;
+    await vi.waitFor(async () => expect((await mailbox(bob, 'inbox')).map((m) => m.messageId)).toContain(messageId), {
+      timeout: 20_000,
+    });
+    const original = (await mailbox(bob, 'inbox')).find((m) => m.messageId === messageId)!;
+    const view = rebuildMessage(await bob.api.getMessage(original.id));
+
+    const seed = replySeed(view, 'Shall we?\nSaturday.', 'bob@example.net', true);
+    expect(seed).toMatchObject({
+      to: 'alice@example.com',
+      cc: 'Bobby <bobby@example.org>',
+      subject: 'Re: Plans',
+      threadId: original.threadId,
+      inReplyTo: messageId,
+    });
+    expect(seed.text).toMatch(/wrote:\n> Shall we\?\n> Saturday\.$/);
+    expect(replySeed(view, undefined, 'bob@example.net', false).cc).toBe('');
+
+    const reply = compose(bob, seed);
+    expect(await reply.send()).toBe(true);
+    await vi.waitFor(
+      async () => {
+        const inbox = await mailbox(alice, 'inbox');
+        expect(inbox.find((m) => m.subject === 'Re: Plans')?.threadId).toBe(original.threadId);
+      },
+      { timeout: 20_000 },
+    );
+  });
+
+  it('forwards a received message through the chain, refusing oneself first', async () => {
+    const c = compose(alice);
+    c.set('to', 'bob@example.net');
+    c.set('subject', 'Pass it on');
+    c.set('text', 'for Bobby too');
+    expect(await c.send()).toBe(true);
+    await vi.waitFor(async () => expect((await mailbox(bob, 'inbox')).map((m) => m.messageId)).toContain(c.messageId), {
+      timeout: 20_000,
+    });
+    const received = (await mailbox(bob, 'inbox')).find((m) => m.messageId === c.messageId)!;
+    const f = new ForwardStore(bob.api, bob.address);
+    f.setTo('Bob <BOB@example.net>');
+    expect(await f.forward(received.id)).toBe(false);
+    expect(f.state.error).toBe('a message cannot be forwarded to yourself');
+    f.setTo('Bobby <bobby@example.org>');
+    expect(await f.forward(received.id)).toBe(true);
+    expect(f.state.result).toMatchObject({ recipients: ['bobby@example.org'] });
+    const bobby = await fed.signIn('bobby@example.org', { create: false });
+    await vi.waitFor(
+      async () => expect((await mailbox(bobby, 'inbox')).map((m) => m.messageId)).toContain(c.messageId),
+      {
+        timeout: 20_000,
+      },
+    );
+  });
+});

@@ -1,0 +1,127 @@
+/**
+ * The sync between two real domains: Alice of example.com sends, Bob of example.net sees the message
+ * arrive through the long poll without starting anything again, then its text and attachment once his
+ * mailbox fetched them; what was synced stays readable with the network gone.
+ */
+import { IDBFactory } from 'fake-indexeddb';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { MailboxClient } from '../api/client.js';
+import { buildDraft, newMessageId } from '../api/draft.js';
+import { rebuildMessage } from '../api/message-view.js';
+import type { Message, MessageSummary } from '../api/types.js';
+import { localFetch, startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
+import { LocalDb } from './local-db.js';
+import { MailStore } from './mail-store.js';
+import { MessageCache } from './message-cache.js';
+import { SyncEngine } from './sync-engine.js';
+
+let fed: WebmailFederation;
+let alice: SignedIn;
+let bob: SignedIn;
+
+beforeAll(async () => {
+  fed = await startWebmailFederation(['example.com', 'example.net']);
+  alice = await fed.signIn('alice@example.com');
+  bob = await fed.signIn('bob@example.net');
+});
+afterAll(() => fed?.close());
+
+function replica(user: SignedIn, db: LocalDb = user.db, api: MailboxClient = user.api) {
+  const mail = new MailStore();
+  const cache = new MessageCache(api, db);
+  const arrived: MessageSummary[] = [];
+  const sync = new SyncEngine({ api, db, mail, cache, waitSeconds: 5, onNewMail: (m) => arrived.push(...m) });
+  return { mail, cache, sync, arrived };
+}
+
+async function send(from: SignedIn, to: string, subject: string, text: string): Promise<string> {
+  const body = await from.api.upload(new Blob([text]), { mediaType: 'text/plain; charset=UTF-8' });
+  const photo = await from.api.upload(new Blob([new Uint8Array(2048).fill(7)]), { mediaType: 'image/png' });
+  const draft = buildDraft({
+    from: from.address,
+    to,
+    cc: '',
+    bcc: '',
+    subject,
+    messageId: newMessageId(from.config.domain),
+    text: body,
+    attachments: [{ resource: photo, filename: 'photo.png' }],
+  });
+  return (await from.api.send(draft)).messageId;
+}
+
+/** The network is gone: nothing answers where the mailbox was (port 9, discard, is closed here). */
+const offline = () => new MailboxClient({ apiBase: 'http://127.0.0.1:9/api/v1', tokens: bob.auth, fetch: localFetch });
+
+describe('SyncEngine', () => {
+  it('shows new mail from another domain without a restart, then its resources once fetched', async () => {
+    const bobs = replica(bob);
+    await bobs.sync.start();
+    await vi.waitFor(() => expect(bobs.sync.state.status).toBe('live'), { timeout: 10_000 });
+    expect(bobs.mail.conversations('inbox')).toEqual([]);
+
+    const messageId = await send(alice, 'Bob <bob@example.net>', 'Vacation photo', 'Look at this!');
+    await vi.waitFor(() => expect(bobs.mail.conversations('inbox')).toHaveLength(1), { timeout: 20_000 });
+    const [conversation] = bobs.mail.conversations('inbox');
+    expect(conversation).toMatchObject({ subject: 'Vacation photo', unread: 1, senders: ['alice@example.com'] });
+    expect(conversation!.latest.messageId).toBe(messageId);
+    expect(bobs.mail.unreadCounts().inbox).toBe(1);
+    expect(bobs.arrived.map((m) => m.messageId)).toEqual([messageId]);
+
+    // The fetch of the resources shows as an update of the same message.
+    const id = conversation!.latest.id;
+    await vi.waitFor(
+      async () => {
+        const kept = await bob.db.get<Message>('messages', id);
+        expect(kept?.resources.map((r) => r.status)).toEqual(['held', 'held']);
+      },
+      { timeout: 20_000 },
+    );
+    const view = rebuildMessage((await bob.db.get<Message>('messages', id))!);
+    await expect(bobs.cache.text(view.content[0]!.part)).resolves.toBe('Look at this!');
+    bobs.sync.stop();
+
+    // Offline: a new page on the same IndexedDB shows the mailbox and the text without any request.
+    const later = replica(bob, await LocalDb.open(bob.indexedDB), offline());
+    await later.sync.loadLocal();
+    expect(later.mail.conversations('inbox').map((c) => c.latest.messageId)).toEqual([messageId]);
+    const again = rebuildMessage(await later.cache.message(id));
+    await expect(later.cache.text(again.content[0]!.part)).resolves.toBe('Look at this!');
+    expect(again.attachments.map((a) => a.filename)).toEqual(['photo.png']);
+  });
+
+  it.each([
+    ['a state this account never reached (410 cannot_calculate_changes)', '999999'],
+    ['a state the server never issues (400 invalid_state)', 'not-a-state'],
+  ])('starts over from GET /state when it holds %s', async (_what, state) => {
+    await send(alice, 'bob@example.net', `Resync ${state}`, 'text');
+    const alices = replica(alice);
+    await alice.db.setKv('sync', { state });
+    await alice.db.write(['summaries'], (t) => t.objectStore('summaries').clear());
+    await alices.sync.start();
+    await vi.waitFor(
+      () => expect(alices.mail.conversations('sent').map((c) => c.subject)).toContain(`Resync ${state}`),
+      {
+        timeout: 10_000,
+      },
+    );
+    // A state the mailbox issued (it may have moved on since, as Bob fetches).
+    const kept = (await alice.db.kv<{ state: string }>('sync'))!.state;
+    expect(kept).not.toBe(state);
+    await expect(alice.api.changes(kept)).resolves.toMatchObject({ hasMore: false });
+    alices.sync.stop();
+  });
+
+  it('reports being offline and keeps what it has', async () => {
+    const db = await LocalDb.open(new IDBFactory());
+    await replica(bob, db).sync.syncOnce();
+    const synced = new MailStore();
+    synced.replaceAll(await db.getAll<MessageSummary>('summaries'));
+    const r = replica(bob, db, offline());
+    await r.sync.start();
+    await vi.waitFor(() => expect(r.sync.state.status).toBe('offline'), { timeout: 10_000 });
+    expect(r.sync.state.error).toMatch(/could not be reached/);
+    expect(r.mail.conversations('inbox')).toEqual(synced.conversations('inbox'));
+    r.sync.stop();
+  });
+});

@@ -1,0 +1,124 @@
+/**
+ * The service worker's answer to `/r/<digest>`, run in Node against a real mailbox: Range passed
+ * through and signed, the headers a media element needs, downloads, and whole copies kept and sliced.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { digestOf } from '../api/client.js';
+import type { UploadedResource } from '../api/types.js';
+import { localFetch, startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
+import { parseByteRange, proxyResource, type ResourceProxyDeps } from './resource-proxy.js';
+import { parseResourceUrl, resourcePath } from './resource-route.js';
+
+let fed: WebmailFederation;
+let alice: SignedIn;
+let video: UploadedResource;
+const bytes = Uint8Array.from({ length: 100_000 }, (_, i) => i % 251);
+
+beforeAll(async () => {
+  fed = await startWebmailFederation(['example.com']);
+  alice = await fed.signIn('alice@example.com');
+  video = await alice.api.upload(new Blob([bytes]), { mediaType: 'video/webm' });
+});
+afterAll(() => fed?.close());
+
+/** Cache Storage's two calls, over a Map (Node has no Cache Storage; the browser test uses the real one). */
+class MemoryCache {
+  readonly entries = new Map<string, { body: ArrayBuffer; headers: Headers; status: number }>();
+  async match(key: RequestInfo | URL): Promise<Response | undefined> {
+    const e = this.entries.get(String(key));
+    return e && new Response(e.body.slice(0), { status: e.status, headers: e.headers });
+  }
+  async put(key: RequestInfo | URL, res: Response): Promise<void> {
+    this.entries.set(String(key), { body: await res.arrayBuffer(), headers: res.headers, status: res.status });
+  }
+}
+
+function request(path: string, headers: Record<string, string> = {}) {
+  const req = new Request(new URL(path, 'http://webmail.example-com.localhost'), { headers });
+  return { req, target: parseResourceUrl(new URL(req.url))! };
+}
+
+function deps(over: Partial<ResourceProxyDeps> = {}): ResourceProxyDeps {
+  return { apiBase: alice.api.apiBase, tokens: alice.auth, fetch: localFetch, ...over };
+}
+
+describe('proxyResource', () => {
+  it('passes a Range through with DPoP and answers 206 with what a media element needs', async () => {
+    const { req, target } = request(resourcePath(digestOf(video.contentId), { type: 'video/webm' }), {
+      range: 'bytes=1000-1999',
+    });
+    const res = await proxyResource(req, target, deps());
+    expect(res.status).toBe(206);
+    expect(Object.fromEntries(res.headers)).toMatchObject({
+      'content-range': 'bytes 1000-1999/100000',
+      'content-length': '1000',
+      'content-type': 'video/webm',
+      'accept-ranges': 'bytes',
+    });
+    expect(new Uint8Array(await res.arrayBuffer())).toEqual(bytes.slice(1000, 2000));
+  });
+
+  it('keeps a whole resource, then serves ranges of it without the mailbox', async () => {
+    const cache = new MemoryCache();
+    const waits: Promise<unknown>[] = [];
+    const { req, target } = request(resourcePath(digestOf(video.contentId)));
+    const whole = await proxyResource(req, target, deps({ cache, waitUntil: (w) => waits.push(w) }));
+    expect(whole.status).toBe(200);
+    expect((await whole.arrayBuffer()).byteLength).toBe(100_000);
+    await Promise.all(waits);
+    expect([...cache.entries.keys()]).toEqual([`/r/${digestOf(video.contentId)}`]);
+
+    const gone = {
+      token: () => Promise.reject(new Error('no network')),
+      tokenRejected: () => Promise.reject(new Error('x')),
+    };
+    const tail = request(resourcePath(digestOf(video.contentId)), { range: 'bytes=-10' });
+    const res = await proxyResource(tail.req, tail.target, deps({ cache, tokens: gone }));
+    expect(res.status).toBe(206);
+    expect(res.headers.get('content-range')).toBe('bytes 99990-99999/100000');
+    expect(new Uint8Array(await res.arrayBuffer())).toEqual(bytes.slice(99_990));
+    const beyond = request(resourcePath(digestOf(video.contentId)), { range: 'bytes=100000-' });
+    const refused = await proxyResource(beyond.req, beyond.target, deps({ cache, tokens: gone }));
+    expect(refused.status).toBe(416);
+    expect(refused.headers.get('content-range')).toBe('bytes */100000');
+  });
+
+  it('answers a download as an attachment with its UTF-8 filename', async () => {
+    const { req, target } = request(
+      resourcePath(digestOf(video.contentId), { name: 'Fête "d’été".webm', download: true }),
+    );
+    const res = await proxyResource(req, target, deps());
+    expect(res.headers.get('content-disposition')).toBe(
+      `attachment; filename="F_te _d__t__.webm"; filename*=UTF-8''${encodeURIComponent('Fête "d’été".webm')}`,
+    );
+  });
+
+  it('passes the mailbox’s refusal on: a Content-ID the account does not hold is 404', async () => {
+    const { req, target } = request(`/r/${'A'.repeat(42)}E`);
+    const res = await proxyResource(req, target, deps());
+    expect(res.status).toBe(404);
+    expect(await res.text()).toMatch(/no such resource/);
+  });
+});
+
+describe('resource URLs', () => {
+  it('names a digest only: anything else is not a resource URL', () => {
+    expect(parseResourceUrl(new URL('http://x/r/../index.html'))).toBeUndefined();
+    expect(parseResourceUrl(new URL(`http://x/r/${'a'.repeat(42)}`))).toBeUndefined();
+    expect(parseResourceUrl(new URL(`http://x/r/${'a'.repeat(43)}?download=1&name=a.txt`))).toMatchObject({
+      download: true,
+      name: 'a.txt',
+    });
+  });
+
+  it('reads single byte ranges as RFC 9110 §14.1.2 writes them', () => {
+    expect(parseByteRange('bytes=0-', 10)).toEqual({ start: 0, end: 9 });
+    expect(parseByteRange('bytes=2-4', 10)).toEqual({ start: 2, end: 4 });
+    expect(parseByteRange('bytes=5-100', 10)).toEqual({ start: 5, end: 9 });
+    expect(parseByteRange('bytes=-3', 10)).toEqual({ start: 7, end: 9 });
+    expect(parseByteRange('bytes=10-', 10)).toBe('unsatisfiable');
+    expect(parseByteRange('bytes=-0', 10)).toBe('unsatisfiable');
+    expect(parseByteRange('bytes=0-1,4-5', 10)).toBeUndefined(); // several ranges: the whole resource
+    expect(parseByteRange(null, 10)).toBeUndefined();
+  });
+});
