@@ -31,12 +31,18 @@ describe('building the webmail before the federation starts', () => {
     await expect(stat(join(root, 'dist'))).rejects.toThrow(/ENOENT/);
   });
 
-  it('builds when dist/index.html is missing, with hashed assets', async () => {
-    await writeFile(join(root, 'vite.config.mjs'), 'export default { logLevel: "silent" };\n');
+  it('builds when dist/index.html is missing, with hashed assets, and leaves NODE_ENV as it was', async () => {
+    // Like the webmail's own config, this one makes every build a production build.
+    await writeFile(
+      join(root, 'vite.config.mjs'),
+      'process.env.NODE_ENV = "production";\nexport default { logLevel: "silent" };\n',
+    );
+    const nodeEnv = process.env.NODE_ENV;
     expect(await webmailBuildNeeded(root)).toBe('webmail/dist/index.html is missing');
     expect(await ensureWebmailBuilt(root)).toEqual({ status: 'built', reason: 'webmail/dist/index.html is missing' });
     const assets = await readdir(join(root, 'dist', 'assets'));
     expect(assets.some((f) => /^index-[\w-]+\.js$/.test(f))).toBe(true);
+    expect(process.env.NODE_ENV).toBe(nodeEnv);
   });
 
   it('leaves a fresh build alone', async () => {

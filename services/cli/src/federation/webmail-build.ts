@@ -8,7 +8,7 @@ import { join } from 'node:path';
 
 const CONFIG_FILES = ['vite.config.ts', 'vite.config.mts', 'vite.config.js', 'vite.config.mjs'];
 /** Inputs of the build: a change to any of them makes the build stale. */
-const INPUT_DIRS = ['src', 'public', 'build'];
+const INPUT_DIRS = ['src', 'public', 'build', '../services/protocol/src'];
 const ROOT_INPUTS = ['index.html', 'package.json', 'tsconfig.json', ...CONFIG_FILES];
 
 export type WebmailBuildOutcome =
@@ -58,11 +58,17 @@ export async function ensureWebmailBuilt(root: string): Promise<WebmailBuildOutc
     return { status: 'skipped', reason: `${root} has no vite.config yet, so the webmail cannot be built` };
   const reason = await webmailBuildNeeded(root);
   if (reason === undefined) return { status: 'fresh' };
+  // The webmail's Vite config makes every build a production build by setting NODE_ENV, which would
+  // otherwise stay set for the rest of this process (a test runner's NODE_ENV=test, say).
+  const nodeEnv = process.env.NODE_ENV;
   try {
     const { build } = await import('vite');
     await build({ root, logLevel: 'warn', clearScreen: false });
   } catch (e) {
     return { status: 'failed', reason: (e as Error)?.message ?? String(e) };
+  } finally {
+    if (nodeEnv === undefined) delete process.env.NODE_ENV;
+    else process.env.NODE_ENV = nodeEnv;
   }
   if ((await mtime(join(root, 'dist', 'index.html'))) === undefined)
     return { status: 'failed', reason: 'the build finished without writing dist/index.html' };
