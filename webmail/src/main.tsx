@@ -8,6 +8,8 @@ const store = new AppStore({
   location: window.location,
   history: window.history,
   serviceWorkerControls: () => navigator.serviceWorker?.controller != null,
+  serviceWorkerRegistration: async () =>
+    navigator.serviceWorker?.controller ? navigator.serviceWorker.ready : undefined,
 });
 
 async function registerServiceWorker(): Promise<void> {

@@ -15,7 +15,6 @@ import { ReaderStore } from '../stores/reader-store.js';
 import { ResourceUrls } from '../stores/resource-urls.js';
 import { Store } from '../stores/store.js';
 import { SyncEngine } from '../stores/sync-engine.js';
-import { RESOURCE_CACHE } from '../sw/resource-route.js';
 import { apiBase, loadConfig, type WebmailConfig } from './config.js';
 import { RouterStore } from './router.js';
 
@@ -56,6 +55,8 @@ export interface AppEnvironment {
   readonly indexedDB?: IDBFactory;
   /** Whether a service worker controls the page (media then stream through it). */
   readonly serviceWorkerControls?: () => boolean;
+  /** The active service worker's registration (notifications are shown through it). */
+  readonly serviceWorkerRegistration?: () => Promise<ServiceWorkerRegistration | undefined>;
   readonly router?: RouterStore;
 }
 
@@ -116,6 +117,7 @@ export class AppStore extends Store<AppState> {
       mail,
       title: `Federizer — ${account.address}`,
       open: (m) => router.go({ name: 'mailbox', mailbox: m.mailbox, threadId: m.threadId }),
+      registration: this.env.serviceWorkerRegistration,
     });
     const sync = new SyncEngine({ api, db, mail, cache, onNewMail: (m) => notifier.newMail(m) });
     const services: Services = {
@@ -149,8 +151,6 @@ export class AppStore extends Store<AppState> {
   async signOut(): Promise<void> {
     this.#teardown();
     const url = await this.#auth!.signOut();
-    // The resources the service worker kept are the user's mail too.
-    if (typeof caches !== 'undefined') await caches.delete(RESOURCE_CACHE).catch(() => false);
     if (url) this.env.location.assign(url);
     else this.setState({ phase: { name: 'signed-out' }, services: undefined });
   }

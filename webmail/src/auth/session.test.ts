@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalDb } from '../stores/local-db.js';
 import { startWebmailFederation, localFetch, type WebmailFederation } from '../testing/federation.js';
+import { RESOURCE_CACHE } from '../sw/resource-route.js';
 import { AuthSession, SignInError, SignedOutError, defaultLocks, type AuthRecord } from './session.js';
 
 let fed: WebmailFederation;
@@ -106,5 +107,51 @@ describe('AuthSession', () => {
     await u.db.setKv('auth', { ...record, tokens: { ...record.tokens, expiresAt: 0 } });
     await expect(u.auth.token()).rejects.toThrow(SignedOutError);
     expect(ended).toBe(true);
+  });
+
+  it('signs out under the refresh lock: a refresh in flight in another tab cannot sign the user back in', async () => {
+    const locks = defaultLocks();
+    const u = await fed.signIn('ivan@example.com', { locks });
+    let refreshSent!: () => void;
+    const sent = new Promise<void>((resolve) => (refreshSent = resolve));
+    // Tab 1's refresh is slow to come back: the sign-out in tab 2 starts while it is on its way.
+    const slowFetch: typeof fetch = async (input, init) => {
+      const isRefresh = String(init?.body ?? '').includes('grant_type=refresh_token');
+      if (isRefresh) refreshSent();
+      const res = await localFetch(input, init);
+      if (isRefresh) await new Promise((r) => setTimeout(r, 300));
+      return res;
+    };
+    const tab1 = new AuthSession({ config: u.config, db: u.db, fetch: slowFetch, locks });
+    const tab2 = new AuthSession({ config: u.config, db: await LocalDb.open(u.indexedDB), fetch: localFetch, locks });
+    await expire(u.db);
+    const refreshing = tab1.token();
+    await sent;
+    await tab2.signOut();
+    // The refresh finished first (the sign-out waited for it), and what it stored was then forgotten.
+    await expect(refreshing).resolves.toMatchObject({ accessToken: expect.any(String) });
+    expect(await u.db.kv('auth')).toBeUndefined();
+    await expect(tab1.token()).rejects.toThrow(SignedOutError);
+  });
+
+  it('a session the AS ends also empties the service worker’s kept resources, not only a sign-out', async () => {
+    const deleted: string[] = [];
+    const g = globalThis as { caches?: unknown };
+    // Node has no Cache Storage; the one member used at sign-out, recording what it is asked.
+    g.caches = { delete: async (name: string) => (deleted.push(name), true) };
+    try {
+      const u = await fed.signIn('judy@example.com');
+      await u.auth.signOut();
+      expect(deleted).toEqual([RESOURCE_CACHE]);
+      const v = await fed.signIn('mallory@example.com');
+      const record = (await v.db.kv<AuthRecord>('auth'))!;
+      // A refresh token the AS does not know: invalid_grant ends the session.
+      await v.db.setKv('auth', { ...record, tokens: { ...record.tokens, refreshToken: 'forged', expiresAt: 0 } });
+      await expect(v.auth.token()).rejects.toThrow(SignedOutError);
+      expect(deleted).toEqual([RESOURCE_CACHE, RESOURCE_CACHE]);
+      expect(await v.db.kv('auth')).toBeUndefined();
+    } finally {
+      delete g.caches;
+    }
   });
 });

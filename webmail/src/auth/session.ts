@@ -12,6 +12,7 @@
 import * as oauth from 'oauth4webapi';
 import { apiBase, type WebmailConfig } from '../app/config.js';
 import type { LocalDb } from '../stores/local-db.js';
+import { RESOURCE_CACHE } from '../sw/resource-route.js';
 import { generateDpopKeyPair } from './dpop.js';
 
 export interface AuthTokens {
@@ -286,8 +287,19 @@ export class AuthSession {
     });
   }
 
-  async #end(reason: string): Promise<never> {
+  /**
+   * Forgets the user: the session, the mail synced into IndexedDB, and the resources the service worker
+   * kept, whichever way the session ends (asked for, or refused by the AS), so the next user of this
+   * browser finds none of it.
+   */
+  async #forget(): Promise<void> {
     await this.#db.clear();
+    const storage = (globalThis as { caches?: CacheStorage }).caches;
+    await storage?.delete(RESOURCE_CACHE).catch(() => false);
+  }
+
+  async #end(reason: string): Promise<never> {
+    await this.#forget();
     for (const listener of this.#signedOut) listener();
     throw new SignedOutError(`signed out: ${reason}`);
   }
@@ -296,7 +308,13 @@ export class AuthSession {
    * Revokes the refresh token (RFC 7009), forgets everything stored locally, and returns the AS's
    * end-session URL (RP-initiated logout) so that the next sign-in asks for the password again.
    */
-  async signOut(): Promise<string | undefined> {
+  signOut(): Promise<string | undefined> {
+    // Under the refresh lock: a refresh running elsewhere would otherwise store its new tokens after the
+    // record is cleared, signing the user back in with a refresh token nobody revoked.
+    return this.#locks.request(TOKEN_LOCK, () => this.#signOut());
+  }
+
+  async #signOut(): Promise<string | undefined> {
     const record = await this.#db.kv<AuthRecord>('auth');
     let as: oauth.AuthorizationServer | undefined;
     try {
@@ -311,7 +329,7 @@ export class AuthSession {
     } catch {
       // Offline, or the AS is down: the local copy is still forgotten; the grant expires on its own.
     }
-    await this.#db.clear();
+    await this.#forget();
     if (!as?.end_session_endpoint) return undefined;
     const url = new URL(as.end_session_endpoint);
     url.searchParams.set('client_id', this.#client.client_id);

@@ -57,6 +57,30 @@ describe('sanitizeEmailHtml', () => {
     expect(blocked).toBe(5);
   });
 
+  it('blocks the remote fetches that hide outside src and url(): SVG href, image-set(), CSS escapes', () => {
+    const { html, blocked } = sanitizeEmailHtml(
+      `<svg><image href="https://tracker.example/svg.png"></image><filter><feImage href="https://tracker.example/fe.png"></feImage></filter></svg>
+       <div style="background-image:image-set('https://tracker.example/set.png' 1x)">set</div>
+       <div style="background:\\75 rl(https://tracker.example/esc.png)">escaped</div>
+       <p style='content:"\\2022"'>kept</p>
+       <map><area href="https://example.org/area" alt="area"></map>`,
+      () => undefined,
+    );
+    expect(html).not.toContain('tracker.example');
+    // Escapes that hide nothing are left as written.
+    expect(html).toContain('content:&quot;\\2022&quot;');
+    expect(html).toMatch(/<area href="https:\/\/example\.org\/area"[^>]* target="_blank" rel="noopener noreferrer"/);
+    // the two SVG hrefs, the image-set() and the escaped url()
+    expect(blocked).toBe(4);
+  });
+
+  it('shows a message whose cid: reference is malformed, with that reference blocked', () => {
+    const { html, blocked } = sanitizeEmailHtml('<p>Hi</p><img src="cid:%E0%A4%A" alt="x">', () => '/r/never');
+    expect(html).toContain('<p>Hi</p>');
+    expect(html).not.toContain('/r/never');
+    expect(blocked).toBe(1);
+  });
+
   it('shows the sanitized document in a sandboxed frame whose own CSP allows only this origin’s resources', () => {
     render(wrap(<HtmlBody html={'<p>Hello</p><img src="http://tracker.example/x.gif">'} streams />));
     const frame = screen.getByTitle('Message content') as HTMLIFrameElement;

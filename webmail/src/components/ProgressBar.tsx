@@ -13,10 +13,28 @@ const Fill = styled.div`
   transition: width 0.15s linear;
 `;
 
-export function ProgressBar({ value, max, label }: { value: number; max: number; label: string }) {
+export function ProgressBar({
+  value,
+  max,
+  label,
+  valueText,
+}: {
+  value: number;
+  max: number;
+  label: string;
+  /** What a screen reader says instead of the bare percentage ("12 MiB of 48 MiB"). */
+  valueText?: string;
+}) {
   const percent = max > 0 ? Math.min(100, Math.round((value / max) * 100)) : 0;
   return (
-    <Track role="progressbar" aria-label={label} aria-valuemin={0} aria-valuemax={100} aria-valuenow={percent}>
+    <Track
+      role="progressbar"
+      aria-label={label}
+      aria-valuemin={0}
+      aria-valuemax={100}
+      aria-valuenow={percent}
+      aria-valuetext={valueText}
+    >
       <Fill style={{ width: `${percent}%` }} />
     </Track>
   );

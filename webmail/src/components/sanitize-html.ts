@@ -13,7 +13,19 @@ export interface SanitizedHtml {
 }
 
 const URL_ATTRIBUTES = ['src', 'srcset', 'background', 'poster', 'data', 'action', 'formaction', 'xlink:href', 'ping'];
-const REMOTE_IN_CSS = /url\(\s*(?!['"]?(?:data:|cid:))[^)]*\)|@import[^;]*;?/gi;
+const REMOTE_IN_CSS =
+  /url\(\s*(?!['"]?(?:data:|cid:))[^)]*\)|(?:-webkit-)?image-set\((?:[^()]|\([^()]*\))*\)|@import[^;]*;?/gi;
+/** Elements whose `href` is a link the reader follows; on any other (SVG image, feImage, use) it is a fetch. */
+const LINKS = new Set(['A', 'AREA']);
+
+/** CSS escapes (`\75 rl(` is `url(`) spelled out, so that the patterns above see what the browser sees. */
+function unescapeCss(css: string): string {
+  return css.replace(
+    /\\([0-9a-f]{1,6})\s?|\\([^\n0-9a-f])/gi,
+    (_, hex: string | undefined, char: string | undefined) =>
+      hex ? String.fromCodePoint(Math.min(parseInt(hex, 16), 0x10ffff) || 0xfffd) : char!,
+  );
+}
 
 let purifier: DOMPurify | undefined;
 
@@ -22,11 +34,23 @@ export function sanitizeEmailHtml(html: string, resolveCid: (contentId: string) 
   purifier ??= createDOMPurify(window);
   const purify = purifier;
   let blocked = 0;
-  const cleanCss = (css: string) =>
-    css.replace(REMOTE_IN_CSS, (match) => {
+  const cleanCss = (css: string) => {
+    // Escaped text is only rewritten when escapes hide a fetch: legitimate escapes (content: "\2022") stay.
+    const plain = unescapeCss(css);
+    const source = plain !== css && new RegExp(REMOTE_IN_CSS.source, 'i').test(plain) ? plain : css;
+    return source.replace(REMOTE_IN_CSS, (match) => {
       blocked++;
       return match.startsWith('@') ? '' : 'none';
     });
+  };
+  const cidUrl = (value: string): string | undefined => {
+    try {
+      return resolveCid(`<${decodeURIComponent(value.slice(4))}>`);
+    } catch {
+      // A malformed %-escape names no resource; it must not stop the whole message from showing.
+      return undefined;
+    }
+  };
 
   purify.addHook('uponSanitizeElement', (node, data) => {
     if (data.tagName === 'style' && node.textContent) node.textContent = cleanCss(node.textContent);
@@ -38,7 +62,7 @@ export function sanitizeEmailHtml(html: string, resolveCid: (contentId: string) 
       if (value === null) continue;
       const v = value.trim();
       if (name === 'src' && /^cid:/i.test(v)) {
-        const url = resolveCid(`<${decodeURIComponent(v.slice(4))}>`);
+        const url = cidUrl(v);
         if (url) {
           el.setAttribute('src', url);
           continue;
@@ -49,9 +73,13 @@ export function sanitizeEmailHtml(html: string, resolveCid: (contentId: string) 
       el.removeAttribute(name);
       blocked++;
     }
+    if (el.hasAttribute('href') && !LINKS.has(el.tagName)) {
+      el.removeAttribute('href');
+      blocked++;
+    }
     const style = el.getAttribute('style');
-    if (style !== null && /url\(|@import/i.test(style)) el.setAttribute('style', cleanCss(style));
-    if (el.tagName === 'A' && el.hasAttribute('href')) {
+    if (style !== null && /url\(|image-set|@import|\\/i.test(style)) el.setAttribute('style', cleanCss(style));
+    if (LINKS.has(el.tagName) && el.hasAttribute('href')) {
       el.setAttribute('target', '_blank');
       el.setAttribute('rel', 'noopener noreferrer');
     }

@@ -2,7 +2,7 @@
  * Writing: a new message, a reply, a reply to all, or a saved draft. The draft saves itself; leaving
  * the page saves it too. Ctrl+Enter (⌘+Enter) sends.
  */
-import { useEffect, useRef, useState, type KeyboardEvent } from 'react';
+import { useEffect, useLayoutEffect, useRef, useState, type KeyboardEvent } from 'react';
 import styled from 'styled-components';
 import { rebuildMessage } from '../api/message-view.js';
 import type { ComposeIntent } from '../app/router.js';
@@ -88,6 +88,18 @@ function ComposeForm({ store, title }: { store: ComposeStore; title: string }) {
   const { router } = useServices();
   const s = useStore(store);
   const form = useRef<HTMLFormElement>(null);
+  const list = useRef<HTMLUListElement>(null);
+  const fileInput = useRef<HTMLInputElement>(null);
+  /** The row whose button was pressed to remove it: focus goes to its neighbour, not to the page's body. */
+  const removedAt = useRef<number | undefined>(undefined);
+
+  useLayoutEffect(() => {
+    const index = removedAt.current;
+    if (index === undefined) return;
+    removedAt.current = undefined;
+    const buttons = list.current?.querySelectorAll<HTMLButtonElement>('li > button') ?? [];
+    (buttons[Math.min(index, buttons.length - 1)] ?? fileInput.current)?.focus();
+  }, [s.attachments]);
 
   useEffect(() => {
     if (!s.sent) return;
@@ -138,8 +150,8 @@ function ComposeForm({ store, title }: { store: ComposeStore; title: string }) {
       <Field label="Subject" name="subject" value={s.subject} onChange={(v) => store.set('subject', v)} />
       <Field label="Message" name="text" value={s.text} onChange={(v) => store.set('text', v)} multiline rows={12} />
       {s.attachments.length > 0 && (
-        <Attachments aria-label="Attachments">
-          {s.attachments.map((a) => (
+        <Attachments aria-label="Attachments" ref={list}>
+          {s.attachments.map((a, index) => (
             <li key={a.key} data-testid="compose-attachment" data-status={a.status}>
               <Name title={a.name}>{a.name}</Name>
               <Muted>
@@ -148,13 +160,21 @@ function ComposeForm({ store, title }: { store: ComposeStore; title: string }) {
               <IconButton
                 type="button"
                 aria-label={a.status === 'uploading' ? `Cancel the upload of ${a.name}` : `Remove ${a.name}`}
-                onClick={() => store.removeAttachment(a.key)}
+                onClick={() => {
+                  removedAt.current = index;
+                  store.removeAttachment(a.key);
+                }}
               >
                 <Icon name="close" size={18} />
               </IconButton>
               <div>
                 {a.status === 'uploading' && (
-                  <ProgressBar value={a.loaded} max={a.size} label={`Uploading ${a.name}`} />
+                  <ProgressBar
+                    value={a.loaded}
+                    max={a.size}
+                    label={`Uploading ${a.name}`}
+                    valueText={`${formatBytes(a.loaded)} of ${formatBytes(a.size)}`}
+                  />
                 )}
                 {a.status === 'failed' && <Alert role="alert">{a.error}</Alert>}
               </div>
@@ -170,6 +190,7 @@ function ComposeForm({ store, title }: { store: ComposeStore; title: string }) {
         <FileLabel>
           <Icon name="attach" size={18} /> Attach files
           <input
+            ref={fileInput}
             type="file"
             multiple
             onChange={(e) => {

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { MessageSummary } from '../api/types.js';
 import { MailStore } from './mail-store.js';
 import { Notifier } from './notifier.js';
@@ -58,7 +58,7 @@ describe('Notifier', () => {
     n.stop();
   });
 
-  it('notifies only in the background and only when allowed, and a click opens the message', () => {
+  it('notifies only in the background and only when allowed, and a click opens the message', async () => {
     const mail = new MailStore();
     const doc = { title: '', visibilityState: 'visible' as DocumentVisibilityState };
     const granted = notifications('granted');
@@ -76,6 +76,7 @@ describe('Notifier', () => {
 
     doc.visibilityState = 'hidden';
     n.newMail([message('b'), message('c')]);
+    await vi.waitFor(() => expect(granted.shown).toHaveLength(2));
     expect(granted.shown.map((s) => [s.title, s.options?.body, s.options?.tag])).toEqual([
       ['Alice', 'Subject b', 'b'],
       ['Alice', 'Subject c', 'c'],
@@ -87,6 +88,56 @@ describe('Notifier', () => {
 
     const denied = notifications('denied');
     new Notifier({ mail, title: 't', document: doc, notifications: denied.api }).newMail([message('d')]);
+    await new Promise((r) => setTimeout(r, 10));
     expect(denied.shown).toEqual([]);
+  });
+
+  it('shows the notification through the service worker when one is active, with the URL of its conversation', async () => {
+    const granted = notifications('granted');
+    const shown: [string, NotificationOptions | undefined][] = [];
+    const registration = async () => ({
+      showNotification: async (title: string, options?: NotificationOptions) => void shown.push([title, options]),
+    });
+    const n = new Notifier({
+      mail: new MailStore(),
+      title: 't',
+      document: { title: '', visibilityState: 'hidden' },
+      notifications: granted.api,
+      registration,
+    });
+    n.newMail([{ ...message('e'), threadId: '<t/1@example.com>' }]);
+    await vi.waitFor(() => expect(shown).toHaveLength(1));
+    expect(shown[0]).toEqual([
+      'Alice',
+      { body: 'Subject e', tag: 'e', data: { url: '/#/inbox/thread/%3Ct%2F1%40example.com%3E' } },
+    ]);
+    // The page's constructor is not used: Chrome on Android has none.
+    expect(granted.shown).toEqual([]);
+  });
+
+  it('a browser without the Notification constructor (Chrome on Android) does not fail the sync that reported the mail', async () => {
+    class Illegal {
+      static permission = 'granted';
+      constructor() {
+        throw new TypeError("Failed to construct 'Notification': Illegal constructor.");
+      }
+    }
+    const n = new Notifier({
+      mail: new MailStore(),
+      title: 't',
+      document: { title: '', visibilityState: 'hidden' },
+      notifications: Illegal as unknown as typeof Notification,
+    });
+    const rejections: unknown[] = [];
+    const onRejection = (e: unknown) => rejections.push(e);
+    process.on('unhandledRejection', onRejection);
+    try {
+      expect(() => n.newMail([message('f')])).not.toThrow();
+      await new Promise((r) => setTimeout(r, 10));
+      expect(rejections).toEqual([]);
+      expect(n.state.announcement).toBe('New message from Alice: Subject f');
+    } finally {
+      process.off('unhandledRejection', onRejection);
+    }
   });
 });

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { digestOf } from '../api/client.js';
 import type { UploadedResource } from '../api/types.js';
 import { localFetch, startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
-import { parseByteRange, proxyResource, type ResourceProxyDeps } from './resource-proxy.js';
+import { RESOURCE_CSP, parseByteRange, proxyResource, type ResourceProxyDeps } from './resource-proxy.js';
 import { parseResourceUrl, resourcePath } from './resource-route.js';
 
 let fed: WebmailFederation;
@@ -91,6 +91,41 @@ describe('proxyResource', () => {
     expect(res.headers.get('content-disposition')).toBe(
       `attachment; filename="F_te _d__t__.webm"; filename*=UTF-8''${encodeURIComponent('Fête "d’été".webm')}`,
     );
+  });
+
+  it('serves the sender’s HTML or SVG only as a sandboxed download: never as a page of the webmail’s origin', async () => {
+    // Opened by a link at /r/<digest>, an HTML "attachment" would run the sender's script next to the session.
+    const page = await alice.api.upload(new Blob(['<script>steal()</script>']), { mediaType: 'text/html' });
+    const svg = await alice.api.upload(new Blob(['<svg onload="steal()"/>']), { mediaType: 'image/svg+xml' });
+    for (const r of [page, svg]) {
+      // The URL's own ?type= cannot make it inline either: the attacker writes the link.
+      const { req, target } = request(resourcePath(digestOf(r.contentId), { type: 'image/png' }));
+      const res = await proxyResource(req, target, deps());
+      expect(res.status).toBe(200);
+      expect(res.headers.get('content-type')).toContain(r.mediaType);
+      expect(res.headers.get('content-disposition')).toMatch(/^attachment; /);
+      expect(res.headers.get('content-security-policy')).toBe(RESOURCE_CSP);
+    }
+    // Media stay inline (a navigation to a video plays it), sandboxed all the same.
+    const { req, target } = request(resourcePath(digestOf(video.contentId)));
+    const res = await proxyResource(req, target, deps());
+    expect(res.headers.get('content-disposition')).toBeNull();
+    expect(res.headers.get('content-security-policy')).toMatch(/^sandbox; default-src 'none'/);
+  });
+
+  it('serves kept copies only while someone is signed in: the next user of the browser gets none', async () => {
+    const cache = new MemoryCache();
+    const waits: Promise<unknown>[] = [];
+    const path = resourcePath(digestOf(video.contentId));
+    const first = request(path);
+    await (
+      await proxyResource(first.req, first.target, deps({ cache, waitUntil: (w) => waits.push(w) }))
+    ).arrayBuffer();
+    await Promise.all(waits);
+    expect(cache.entries.size).toBe(1);
+    const again = request(path);
+    const res = await proxyResource(again.req, again.target, deps({ cache, signedIn: async () => false }));
+    expect(res.status).toBe(401);
   });
 
   it('passes the mailbox’s refusal on: a Content-ID the account does not hold is 404', async () => {

@@ -7,7 +7,13 @@
  * format the browser plays, with one code path.
  *
  * Whole resources up to a size are kept in Cache Storage: they are immutable (the URL is their
- * digest), so they never need revalidation, and they stay viewable offline, seeking included.
+ * digest), so they never need revalidation, and they stay viewable offline, seeking included. They are
+ * answered only while someone is signed in, and the cache is emptied whenever a session ends.
+ *
+ * The bytes are the sender's, and so is their media type, yet they are served on the webmail's origin,
+ * where the session lives: an HTML or SVG "attachment" opened at /r/<digest> would run the sender's
+ * script with the reader's tokens. So every answer carries a sandboxing CSP, and a type the browser
+ * could render as a document is only ever offered as a download.
  */
 import { MailboxClient, type TokenSource } from '../api/client.js';
 import { ApiError } from '../api/errors.js';
@@ -20,6 +26,8 @@ export interface ResourceProxyDeps {
   readonly tokens: TokenSource;
   readonly fetch?: typeof fetch;
   readonly cache?: Pick<Cache, 'match' | 'put'>;
+  /** Whether a session exists now: kept copies are the signed-in user's mail, for nobody else. */
+  readonly signedIn?: () => Promise<boolean>;
   /** Keeps the worker alive for work that outlasts the response (FetchEvent.waitUntil). */
   readonly waitUntil?: (work: Promise<unknown>) => void;
 }
@@ -51,6 +59,18 @@ function contentDisposition(name: string): string {
   return `attachment; filename="${ascii}"; filename*=UTF-8''${encodeURIComponent(name)}`;
 }
 
+/** No script, no plugin, no fetch: what a media or text document shown by itself needs, nothing more. */
+export const RESOURCE_CSP =
+  "sandbox; default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'";
+
+/** Types a browser shows inline without running anything of the sender's (SVG is a document: not here). */
+const INLINE_SAFE = /^(?:image\/(?:png|jpeg|gif|webp|avif|bmp)|audio\/[\w.+-]+|video\/[\w.+-]+|text\/plain)$/i;
+
+export function isInlineSafe(mediaType: string | undefined): boolean {
+  const base = (mediaType ?? '').split(';', 1)[0]!.trim();
+  return INLINE_SAFE.test(base);
+}
+
 function headersFor(target: ResourceRequest, upstream: Headers | undefined): Headers {
   const h = new Headers();
   const type = upstream?.get('content-type') ?? target.type;
@@ -58,8 +78,11 @@ function headersFor(target: ResourceRequest, upstream: Headers | undefined): Hea
   h.set('accept-ranges', 'bytes');
   h.set('cache-control', 'private, max-age=31536000, immutable');
   h.set('x-content-type-options', 'nosniff');
+  h.set('content-security-policy', RESOURCE_CSP);
   h.set('etag', `"${target.digest}"`);
-  if (target.download) h.set('content-disposition', contentDisposition(target.name ?? target.digest));
+  // An <img> or <video> ignores the disposition; a navigation to anything but plain media downloads it.
+  if (target.download || !isInlineSafe(type ?? undefined))
+    h.set('content-disposition', contentDisposition(target.name ?? target.digest));
   return h;
 }
 
@@ -87,6 +110,8 @@ export async function proxyResource(
 ): Promise<Response> {
   const key = `/r/${target.digest}`;
   const rangeHeader = request.headers.get('range');
+  if (deps.signedIn && !(await deps.signedIn()))
+    return new Response('not signed in', { status: 401, headers: { 'content-type': 'text/plain; charset=utf-8' } });
   const cached = await deps.cache?.match(key);
   if (cached) return fromCache(cached, target, rangeHeader);
 

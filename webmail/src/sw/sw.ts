@@ -7,6 +7,7 @@
 import { apiBase, loadConfig } from '../app/config.js';
 import { AuthSession } from '../auth/session.js';
 import { LocalDb } from '../stores/local-db.js';
+import type { NotificationData } from '../stores/notifier.js';
 import { proxyResource } from './resource-proxy.js';
 import { RESOURCE_CACHE, parseResourceUrl, type ResourceRequest } from './resource-route.js';
 
@@ -22,12 +23,25 @@ interface FetchEvent extends ExtendableEvent {
   readonly request: Request;
   respondWith(response: Promise<Response> | Response): void;
 }
+interface NotificationEvent extends ExtendableEvent {
+  readonly notification: Notification;
+}
+interface WindowClientLite {
+  readonly url: string;
+  focus(): Promise<unknown>;
+  navigate(url: string): Promise<unknown>;
+}
 interface ServiceWorkerScope {
   readonly location: Location;
   skipWaiting(): Promise<void>;
-  readonly clients: { claim(): Promise<void> };
+  readonly clients: {
+    claim(): Promise<void>;
+    matchAll(options: { type: 'window'; includeUncontrolled: boolean }): Promise<readonly WindowClientLite[]>;
+    openWindow(url: string): Promise<unknown>;
+  };
   addEventListener(type: 'install' | 'activate', listener: (event: ExtendableEvent) => void): void;
   addEventListener(type: 'fetch', listener: (event: FetchEvent) => void): void;
+  addEventListener(type: 'notificationclick', listener: (event: NotificationEvent) => void): void;
 }
 
 const scope = globalThis as unknown as ServiceWorkerScope;
@@ -78,6 +92,7 @@ async function resource(event: FetchEvent, target: ResourceRequest): Promise<Res
   return proxyResource(event.request, target, {
     apiBase: s.apiBase,
     tokens: s.auth,
+    signedIn: () => s.auth.isSignedIn(),
     cache: await caches.open(RESOURCE_CACHE),
     waitUntil: (work) => event.waitUntil(work),
   });
@@ -115,4 +130,21 @@ scope.addEventListener('fetch', (event) => {
   if (url.pathname.startsWith('/assets/')) return event.respondWith(cacheFirst(request));
   if (url.pathname === '/config.json') return event.respondWith(networkFirst(request, CONFIG_CACHE));
   if (__SHELL_FILES__.includes(url.pathname)) return event.respondWith(networkFirst(request, SHELL_CACHE));
+});
+
+// A new-mail notification (notifier.ts) opens its conversation: in an open tab of the app when there is
+// one, else in a new one. Only this origin's paths: the data is the app's, but a URL is checked anyway.
+scope.addEventListener('notificationclick', (event) => {
+  event.notification.close();
+  const data = event.notification.data as Partial<NotificationData> | null;
+  const target = new URL(typeof data?.url === 'string' ? data.url : '/', scope.location.origin);
+  if (target.origin !== scope.location.origin) return;
+  event.waitUntil(
+    (async () => {
+      const [client] = await scope.clients.matchAll({ type: 'window', includeUncontrolled: true });
+      if (!client) return scope.clients.openWindow(target.href);
+      await client.focus();
+      if (client.url !== target.href) await client.navigate(target.href);
+    })(),
+  );
 });

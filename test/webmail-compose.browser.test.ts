@@ -1,0 +1,225 @@
+/**
+ * The webmail's compose and notifications in a real browser (Debian's Chromium, driven by playwright-core)
+ * on the local federation (issue 6), the parts the first browser test leaves out: a large attachment's
+ * upload progress bar advances and the upload can be cancelled, after which neither the mailbox's blob
+ * store nor the saved draft holds any of it; and new mail shows a system notification when the page is
+ * in the background and notifications are allowed, not while it is in front.
+ *
+ * Chromium without a display cannot put a page in the background: `document.visibilityState` stays
+ * `visible` for a minimized window (CDP Browser.setWindowBounds), a tab opened behind it
+ * (Target.createTarget with background: true) and a tab opened over it (window.open). So the page is
+ * told it is hidden (visibilityState redefined, visibilitychange dispatched). The notification itself is
+ * real: Chromium shows it, and the service worker's registration lists it (getNotifications), so no
+ * stand-in for Notification is needed.
+ */
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  WEBMAIL_ROOT,
+  ensureWebmailBuilt,
+  startLocalFederation,
+  type LocalFederation,
+} from '../services/cli/src/federation/index.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+const MIB = 1024 * 1024;
+/** Large enough that its upload, slowed to UPLOAD_RATE, is seen advancing for several seconds. */
+const BIG_SIZE = 48 * MIB;
+/** Bytes per second: loopback would finish 48 MiB before a test could look at the bar twice. */
+const UPLOAD_RATE = 4 * MIB;
+
+let dir: string;
+let fed: LocalFederation;
+let browser: Browser;
+const contexts: BrowserContext[] = [];
+const report: string[] = [];
+
+function user(address: string): { address: string; password: string; webmailUrl: string; domain: string } {
+  const u = fed.users.find((x) => x.address === address);
+  if (!u) throw new Error(`${address} is not a demo user of the federation`);
+  return { address, password: u.password, webmailUrl: fed.domains[u.domain]!.webmailUrl, domain: u.domain };
+}
+
+async function newContext(): Promise<BrowserContext> {
+  const c = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  // The machine is shared: every wait may take a while, none is a measure.
+  c.setDefaultTimeout(60_000);
+  contexts.push(c);
+  return c;
+}
+
+/** Signs in through the AS's login form, then reloads once so that the service worker controls the page. */
+async function signIn(page: Page, address: string): Promise<void> {
+  const u = user(address);
+  await page.goto(u.webmailUrl);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByLabel('Email address').fill(u.address);
+  await page.getByLabel('Password').fill(u.password);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Inbox' }).waitFor();
+  await page.waitForFunction('navigator.serviceWorker.controller !== null');
+  await page.reload();
+  await page.getByRole('heading', { name: 'Inbox' }).waitFor();
+}
+
+async function send(page: Page, to: string, subject: string): Promise<void> {
+  await page.getByRole('link', { name: 'Compose' }).click();
+  await page.getByLabel('To', { exact: true }).fill(to);
+  await page.getByLabel('Subject', { exact: true }).fill(subject);
+  await page.getByLabel('Message', { exact: true }).fill(`About: ${subject}`);
+  await page.getByRole('button', { name: /^Send/ }).click();
+  await page.getByRole('heading', { name: 'Sent' }).waitFor();
+}
+
+/** Every file under `root`, with its size (the blob store's objects/, tmp/ and partial/). */
+async function filesUnder(root: string): Promise<{ path: string; size: number }[]> {
+  const out: { path: string; size: number }[] = [];
+  for (const entry of await readdir(root, { withFileTypes: true, recursive: true })) {
+    if (!entry.isFile()) continue;
+    const path = join(entry.parentPath, entry.name);
+    out.push({ path, size: (await stat(path)).size });
+  }
+  return out;
+}
+
+/** The notifications Chromium shows for this origin, as its service worker registration lists them. */
+function shownNotifications(page: Page): Promise<{ title: string; body: string; url: unknown }[]> {
+  return page.evaluate(`(async () => {
+    const registration = await navigator.serviceWorker.ready;
+    return (await registration.getNotifications()).map((n) => ({ title: n.title, body: n.body, url: n.data?.url }));
+  })()`);
+}
+
+// Debian's chromium is what .ci/run installs; no browser is ever downloaded, so without it there is none to drive.
+describe.skipIf(!existsSync(CHROMIUM))('composing and notifications in Chromium on the local federation', () => {
+  beforeAll(async () => {
+    const build = await ensureWebmailBuilt(WEBMAIL_ROOT);
+    if (build.status === 'failed' || build.status === 'skipped') throw new Error(`webmail build: ${build.reason}`);
+    dir = await mkdtemp(join(tmpdir(), 'federizer-webmail-compose-'));
+    fed = await startLocalFederation({ dataDir: join(dir, 'data'), portBase: 0, processes: false, logLevel: 'error' });
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  }, 180_000);
+
+  afterAll(async () => {
+    for (const c of contexts) await c.close().catch(() => undefined);
+    await browser?.close();
+    await fed?.close();
+    if (dir) await rm(dir, { recursive: true, force: true });
+    if (report.length > 0) process.stdout.write(`\nwebmail compose browser test:\n  ${report.join('\n  ')}\n`);
+  });
+
+  it('a large upload shows its progress, is cancelled, and leaves nothing in the mailbox or the draft', async () => {
+    const subject = 'The raw footage, maybe';
+    const blobs = join(dir, 'data', 'example.com', 'blobs');
+    const big = join(dir, 'lake-raw.bin');
+    // Random bytes: nothing on the way can make them smaller.
+    await writeFile(big, randomBytes(BIG_SIZE));
+
+    const context = await newContext();
+    const page = await context.newPage();
+    await signIn(page, 'alice@example.com');
+    await page.getByRole('link', { name: 'Compose' }).click();
+    await page.getByLabel('To', { exact: true }).fill('bob@example.net');
+    await page.getByLabel('Subject', { exact: true }).fill(subject);
+    await page.getByLabel('Message', { exact: true }).fill('Only the small note should go.');
+    const fileInput = page.locator('input[type=file]');
+    await fileInput.setInputFiles({ name: 'note.txt', mimeType: 'text/plain', buffer: Buffer.from('a small note') });
+    const rows = page.locator('[data-testid=compose-attachment]');
+    await expect.poll(() => page.locator('[data-testid=compose-attachment][data-status=done]').count()).toBe(1);
+    const before = await filesUnder(blobs);
+
+    const cdp = await context.newCDPSession(page);
+    await cdp.send('Network.enable');
+    await cdp.send('Network.emulateNetworkConditions', {
+      offline: false,
+      latency: 0,
+      downloadThroughput: -1,
+      uploadThroughput: UPLOAD_RATE,
+    });
+    // A path, not a buffer: playwright refuses buffers over 50 MB, and a file is what a person picks.
+    await fileInput.setInputFiles(big);
+    const bar = page.getByRole('progressbar', { name: 'Uploading lake-raw.bin' });
+    await bar.waitFor();
+    const valueNow = async () => Number(await bar.getAttribute('aria-valuenow'));
+    const seen = [await valueNow()];
+    await expect
+      .poll(
+        async () => {
+          seen.push(await valueNow());
+          return seen.at(-1)!;
+        },
+        { timeout: 60_000, interval: 100 },
+      )
+      // Five points at least: an advance, not a rounding.
+      .toBeGreaterThanOrEqual(seen[0]! + 5);
+    report.push(`upload progress seen (aria-valuenow): ${[...new Set(seen)].join(', ')}`);
+    // It advanced, and is not done: there is something to cancel.
+    expect(seen.at(-1)).toBeLessThan(100);
+    expect(await bar.getAttribute('aria-valuetext')).toMatch(/^[\d.]+ (B|KiB|MiB) of 48 MiB$/);
+    // The mailbox is receiving it: a put in progress in the blob store's tmp/.
+    await expect.poll(async () => (await filesUnder(join(blobs, 'tmp'))).length).toBe(1);
+
+    await page.getByRole('button', { name: 'Cancel the upload of lake-raw.bin' }).click();
+    await expect.poll(() => rows.count()).toBe(1);
+    expect(await rows.first().textContent()).toContain('note.txt');
+    // The cancelled row's button is gone: focus moves to its neighbour, not to the page's body.
+    expect(await page.evaluate('document.activeElement?.getAttribute("aria-label")')).toBe('Remove note.txt');
+    await cdp.send('Network.emulateNetworkConditions', {
+      offline: false,
+      latency: 0,
+      downloadThroughput: -1,
+      uploadThroughput: -1,
+    });
+
+    // The mailbox dropped the partial put and stored nothing of it.
+    await expect.poll(async () => (await filesUnder(join(blobs, 'tmp'))).length, { timeout: 30_000 }).toBe(0);
+    const after = await filesUnder(blobs);
+    expect(after.filter((f) => f.size >= MIB)).toEqual([]);
+    expect(after.filter((f) => !before.some((b) => b.path === f.path)).every((f) => f.size < MIB)).toBe(true);
+
+    // Leaving the compose saves the draft; it lists the note and nothing of the cancelled file.
+    await page.getByRole('link', { name: /^Drafts/ }).click();
+    const draft = page.getByRole('option', { name: new RegExp(subject) });
+    await draft.waitFor({ timeout: 60_000 });
+    await draft.click();
+    const message = page.getByRole('article', { name: /Message from alice@example\.com/ });
+    await message.getByText('Only the small note should go.').waitFor({ timeout: 60_000 });
+    await message.getByText('note.txt').first().waitFor();
+    expect(await message.getByText('lake-raw.bin').count()).toBe(0);
+  }, 300_000);
+
+  it('new mail shows a system notification while the page is in the background, and none while in front', async () => {
+    const bobContext = await newContext();
+    await bobContext.grantPermissions(['notifications'], { origin: user('bob@example.net').webmailUrl });
+    const bob = await bobContext.newPage();
+    await signIn(bob, 'bob@example.net');
+    expect(await bob.evaluate('Notification.permission')).toBe('granted');
+    const alice = await (await newContext()).newPage();
+    await signIn(alice, 'alice@example.com');
+
+    // In front: the mail shows, the title counts it, and no notification is shown.
+    await send(alice, 'bob@example.net', 'Seen at once');
+    await bob.getByRole('option', { name: /Seen at once/ }).waitFor({ timeout: 60_000 });
+    expect(await shownNotifications(bob)).toEqual([]);
+
+    await bob.evaluate(`(() => {
+      Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' });
+      Object.defineProperty(document, 'hidden', { configurable: true, get: () => true });
+      document.dispatchEvent(new Event('visibilitychange'));
+    })()`);
+    await send(alice, 'bob@example.net', 'Seen in the background');
+    await bob.getByRole('option', { name: /Seen in the background/ }).waitFor({ timeout: 60_000 });
+    await expect.poll(() => shownNotifications(bob), { timeout: 30_000 }).toHaveLength(1);
+    const [shown] = await shownNotifications(bob);
+    expect(shown).toEqual({
+      title: 'alice@example.com',
+      body: 'Seen in the background',
+      url: expect.stringMatching(/^\/#\/inbox\/thread\/\S+$/),
+    });
+  }, 300_000);
+});
