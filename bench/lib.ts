@@ -2,6 +2,8 @@
  * A tiny benchmark harness: `measure` times a function over several rounds, `report` prints one line per
  * benchmark. Plain console output, no assertions: a missed target is reported, never thrown.
  */
+import { readFile, writeFile } from 'node:fs/promises';
+import { loadavg } from 'node:os';
 
 export interface MeasureOptions {
   /** Calls per timed round. */
@@ -101,5 +103,83 @@ export function report(results: readonly BenchResult[]): void {
       line += `  (target ≥ ${integer.format(r.target)}: ${ratio >= 1 ? 'met' : 'NOT met'}, ${twoDecimals.format(ratio)}×)`;
     }
     console.log(line);
+  }
+}
+
+/** The median of a non-empty list (the figure every benchmark quotes). */
+export function medianOf(values: readonly number[]): number {
+  if (values.length === 0) throw new RangeError('the median of no values');
+  return median(values);
+}
+
+/** The 1, 5 and 15 minute load averages, for the lines that frame a benchmark's figures. */
+export function loadAverageText(): string {
+  return `load average ${loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ')} (1, 5, 15 min)`;
+}
+
+/**
+ * The peak resident set size of a process (Linux `VmHWM` of /proc/<pid>/status), in bytes; undefined where
+ * /proc is not there. Since `resetPeakRss`, when that was called.
+ */
+export async function peakRss(pid: number): Promise<number | undefined> {
+  try {
+    const status = await readFile(`/proc/${pid}/status`, 'utf8');
+    const kib = /^VmHWM:\s+(\d+) kB$/m.exec(status)?.[1];
+    return kib === undefined ? undefined : Number(kib) * 1024;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Lowers a process's peak resident set size to its current one (writing 5 to /proc/<pid>/clear_refs), so
+ * that `peakRss` afterwards is the peak of what follows: one phase of a benchmark, not the whole run.
+ * False when this is not possible (another system, or not permitted): the peak then covers the whole life.
+ */
+export async function resetPeakRss(pid: number): Promise<boolean> {
+  try {
+    await writeFile(`/proc/${pid}/clear_refs`, '5');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Bytes as MiB with one decimal, e.g. `97.3 MiB`. */
+export function mibText(bytes: number | undefined): string {
+  return bytes === undefined ? 'n/a' : `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+/** A measured figure against its target: `met, 1.52×` or `NOT met, 0.80×`; `lowerIsBetter` for times. */
+export function versusTarget(value: number, target: number, lowerIsBetter = false): string {
+  const ratio = lowerIsBetter ? target / value : value / target;
+  return `${ratio >= 1 ? 'met' : 'NOT met'}, ${twoDecimals.format(ratio)}×`;
+}
+
+/** The current resident set size of a process (Linux `VmRSS`), in bytes; undefined where /proc is not there. */
+export async function currentRss(pid: number): Promise<number | undefined> {
+  try {
+    const kib = /^VmRSS:\s+(\d+) kB$/m.exec(await readFile(`/proc/${pid}/status`, 'utf8'))?.[1];
+    return kib === undefined ? undefined : Number(kib) * 1024;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The CPU time a process has used so far, in user and system mode, in seconds (Linux /proc/<pid>/stat, in the
+ * kernel's 100 ticks per second); undefined where /proc is not there. Unlike a rate, it hardly depends on
+ * how busy the rest of a shared machine is.
+ */
+export async function cpuSeconds(pid: number): Promise<{ user: number; system: number } | undefined> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces: count the fields after its closing parenthesis.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { user: Number(fields[11]) / 100, system: Number(fields[12]) / 100 };
+  } catch {
+    return undefined;
   }
 }

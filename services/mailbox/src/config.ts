@@ -34,6 +34,13 @@ export interface MailboxConfig {
   readonly maxMessageBytes: number;
   /** The AS admin API, asked which users exist (defaults to the issuer). */
   readonly authAdminUrl: string;
+  /** Time between runs of the blob collector (one run at a time across the replicas of a database). */
+  readonly blobGcIntervalSeconds: number;
+  /**
+   * A blob file touched more recently than this is never deleted: an upload of the same bytes may be between
+   * storing them and recording them. It must exceed the longest such pause; an hour is generous.
+   */
+  readonly blobGcGraceSeconds: number;
 }
 
 export interface MailboxSecrets {
@@ -60,6 +67,13 @@ function url(value: string, name: string, dev: boolean): string {
     throw new TypeError(`${name} must be an https URL${dev ? ' (or http in development mode)' : ''}: ${value}`);
   }
   return value.replace(/\/$/, '');
+}
+
+function seconds(value: number, name: string, min: number): number {
+  if (!Number.isSafeInteger(value) || value < min) {
+    throw new TypeError(`${name} must be a whole number of seconds >= ${min}, not ${JSON.stringify(value)}`);
+  }
+  return value;
 }
 
 export function mailboxConfig(
@@ -94,6 +108,8 @@ export function mailboxConfig(
     shareWindowSeconds: input.shareWindowSeconds ?? 7 * 24 * 3600,
     maxMessageBytes: input.maxMessageBytes ?? 1024 * 1024,
     authAdminUrl: (input.authAdminUrl ?? input.issuer).replace(/\/$/, ''),
+    blobGcIntervalSeconds: seconds(input.blobGcIntervalSeconds ?? 3600, 'blobGcIntervalSeconds', 1),
+    blobGcGraceSeconds: seconds(input.blobGcGraceSeconds ?? 3600, 'blobGcGraceSeconds', 0),
   };
   return { config, secrets };
 }
@@ -122,6 +138,15 @@ export function readMailboxEnv(
     ];
     return Number(m[1]) * unit;
   };
+  const duration = (name: string): number | undefined => {
+    const value = env[name];
+    if (value === undefined || value === '') return undefined;
+    const m = /^(\d+)\s*([smhd]?)$/i.exec(value.trim());
+    if (!m)
+      throw new TypeError(`${name} must be a duration like 3600, 90s, 30m, 6h or 1d, not ${JSON.stringify(value)}`);
+    const unit = { '': 1, s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? '').toLowerCase() as '' | 's' | 'm' | 'h' | 'd'];
+    return Number(m[1]) * unit;
+  };
   const jwk = env.FEDERIZER_MTA_PRIVATE_JWK;
   return mailboxConfig(
     {
@@ -140,6 +165,8 @@ export function readMailboxEnv(
       webmailUrl: env.FEDERIZER_WEBMAIL_URL,
       dnsServer: env.FEDERIZER_DNS,
       authAdminUrl: env.FEDERIZER_AUTH_ADMIN_URL,
+      blobGcIntervalSeconds: duration('FEDERIZER_MAILBOX_GC_INTERVAL'),
+      blobGcGraceSeconds: duration('FEDERIZER_MAILBOX_GC_GRACE'),
     },
     {
       mtaPrivateJwk: jwk ? (JSON.parse(jwk) as JWK) : undefined,

@@ -16,3 +16,6 @@ export * from './api/drafts.js';
 export * from './api/forward.js';
 export * from './mta/forwarding.js';
 export * from './openapi.js';
+export * from './mta/relays.js';
+export * from './gc/blob-collector.js';
+export * from './api/deliveries.js';

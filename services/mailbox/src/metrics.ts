@@ -1,11 +1,13 @@
 /**
  * The mailbox's Prometheus series (on the service's own registry): deliveries by outcome, bytes fetched,
- * transfer and fetch durations, the work queues' depth and oldest age, and open long polls.
+ * transfer and fetch durations, the work queues' depth and oldest age, open long polls, and what the blob
+ * collector deleted.
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { JobQueue } from './storage/index.js';
 
-const KINDS = ['transfer', 'fetch'] as const;
+/** The queues of mail in flight; the blob collector's recurring job (`gc`) is always pending and left out. */
+const KINDS = ['transfer', 'fetch', 'relay'] as const;
 
 export interface MailboxMetrics {
   readonly deliveries: Counter<'outcome'>;
@@ -13,6 +15,9 @@ export interface MailboxMetrics {
   readonly uploadedBytes: Counter;
   readonly transferDuration: Histogram;
   readonly fetchDuration: Histogram;
+  readonly blobsCollected: Counter;
+  readonly blobBytesCollected: Counter;
+  readonly blobCollections: Counter<'outcome'>;
 }
 
 export function mailboxMetrics(
@@ -22,7 +27,7 @@ export function mailboxMetrics(
   const durations = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
   new Gauge({
     name: 'federizer_mailbox_queue_depth',
-    help: 'Pending jobs in the durable queues, by kind (transfer, fetch).',
+    help: 'Pending jobs in the durable queues, by kind (transfer, fetch, relay).',
     labelNames: ['kind'],
     registers: [registry],
     async collect() {
@@ -75,6 +80,22 @@ export function mailboxMetrics(
       name: 'federizer_mailbox_fetch_duration_seconds',
       help: 'Duration of successful resource fetches from other domains.',
       buckets: durations,
+      registers: [registry],
+    }),
+    blobsCollected: new Counter({
+      name: 'federizer_mailbox_blobs_collected_total',
+      help: 'Resource files deleted by the blob collector (unreferenced for longer than the share window).',
+      registers: [registry],
+    }),
+    blobBytesCollected: new Counter({
+      name: 'federizer_mailbox_blob_bytes_collected_total',
+      help: 'Bytes of the resource files deleted by the blob collector.',
+      registers: [registry],
+    }),
+    blobCollections: new Counter({
+      name: 'federizer_mailbox_blob_collections_total',
+      help: 'Runs of the blob collector by this replica, by outcome (completed, failed).',
+      labelNames: ['outcome'],
       registers: [registry],
     }),
   };

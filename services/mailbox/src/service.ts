@@ -42,6 +42,7 @@ import { AsClient } from './mta/as-client.js';
 import { Outbox } from './mta/outbox.js';
 import { Fetcher } from './mta/fetcher.js';
 import { Forwarder } from './mta/forwarding.js';
+import { BlobCollector } from './gc/blob-collector.js';
 import { fetchRouter } from './federation/fetch-endpoint.js';
 import { TRANSFER_PATH, transferRouter } from './federation/transfer.js';
 import {
@@ -97,6 +98,10 @@ export class MailboxService implements AsyncDisposable {
   readonly transfers: TransferLog;
   readonly changes: ChangeLog;
   readonly forwarding: ForwardingStore;
+  /** Forwarding (PROTOCOL §7), by hand and by the users' rules; its `relays` clean up after pure relays. */
+  readonly forwarder: Forwarder;
+  /** Deletes the blobs nothing refers to any more, once the share window has passed. */
+  readonly collector: BlobCollector;
   /** Wakes long polls of /changes when an account changes (other replicas are noticed within a second). */
   readonly notifier: ChangeNotifier;
   #server: RunningServer | undefined;
@@ -178,6 +183,48 @@ export class MailboxService implements AsyncDisposable {
         this.#metrics?.fetchDuration.observe(seconds);
       },
     });
+    // Forwarding (PROTOCOL §7): by hand through the API, and by the users' rules as transfers arrive.
+    this.forwarder = new Forwarder({
+      domain: config.domain,
+      shareWindowSeconds: config.shareWindowSeconds,
+      maxResourceSize: config.maxResourceSize,
+      quotaBytes: config.quotaBytes,
+      as: this.as,
+      accounts,
+      messages: this.messages,
+      shares: this.shares,
+      jobs: this.jobs,
+      forwarding: this.forwarding,
+      blobs,
+      recipientExists: (address) => this.directory.exists(address),
+      trust: this.discovery,
+      logger,
+      now,
+      onChanged: (addresses, queued) => {
+        for (const address of addresses) this.notifier.notify(address);
+        if (!this.#workers) return;
+        if (queued.transfers)
+          void this.outbox.poll().catch((err: unknown) => logger.error({ err }, 'outbox poll failed'));
+        if (queued.fetches)
+          void this.fetcher.poll().catch((err: unknown) => logger.error({ err }, 'fetch poll failed'));
+      },
+    });
+    this.collector = new BlobCollector({
+      domain: config.domain,
+      jobs: this.jobs,
+      accounts,
+      blobs,
+      logger,
+      now,
+      intervalMs: config.blobGcIntervalSeconds * 1000,
+      shareWindowMs: config.shareWindowSeconds * 1000,
+      diskGraceMs: config.blobGcGraceSeconds * 1000,
+      onCollected: (n, bytes) => {
+        this.#metrics?.blobsCollected.inc(n);
+        this.#metrics?.blobBytesCollected.inc(bytes);
+      },
+      onRun: (outcome) => this.#metrics?.blobCollections.inc({ outcome }),
+    });
   }
 
   static async start(
@@ -210,6 +257,10 @@ export class MailboxService implements AsyncDisposable {
       service.#workers = true;
       service.outbox.start();
       service.fetcher.start();
+      service.forwarder.relays.start();
+      // Scheduled before start answers, so a started mailbox always has its collection run planned.
+      await service.collector.schedule();
+      service.collector.start();
     }
     logger.info({ url: service.#server.url, publicUrl: config.publicUrl }, 'mailbox listening');
     return service;
@@ -307,32 +358,6 @@ export class MailboxService implements AsyncDisposable {
     );
 
     const replay = new KnexReplayStore(this.knex, { table: 'mail_replay', now: () => Math.floor(now() / 1000) });
-    // Forwarding (PROTOCOL §7): by hand through the API, and by the users' rules as transfers arrive.
-    const forwarder = new Forwarder({
-      domain: config.domain,
-      shareWindowSeconds: config.shareWindowSeconds,
-      maxResourceSize: config.maxResourceSize,
-      quotaBytes: config.quotaBytes,
-      as: this.as,
-      accounts: this.accounts,
-      messages: this.messages,
-      shares: this.shares,
-      jobs: this.jobs,
-      forwarding: this.forwarding,
-      blobs: this.blobs,
-      recipientExists: (address) => this.directory.exists(address),
-      trust: this.discovery,
-      logger: this.logger,
-      now,
-      onChanged: (addresses, queued) => {
-        for (const address of addresses) this.notifier.notify(address);
-        if (!this.#workers) return;
-        if (queued.transfers)
-          void this.outbox.poll().catch((err: unknown) => this.logger.error({ err }, 'outbox poll failed'));
-        if (queued.fetches)
-          void this.fetcher.poll().catch((err: unknown) => this.logger.error({ err }, 'fetch poll failed'));
-      },
-    });
     // Federation (PROTOCOL §5, §6): the transfer endpoint reads its body itself, so it comes before any parser.
     app.use(
       TRANSFER_PATH,
@@ -352,7 +377,7 @@ export class MailboxService implements AsyncDisposable {
         accounts: this.accounts,
         recipientExists: (address) => this.directory.exists(address),
         onReceived: (address, messageId, envelope, stored) =>
-          forwarder.onReceived(address, messageId, envelope, stored),
+          this.forwarder.onReceived(address, messageId, envelope, stored),
         onAccepted: (result) => {
           for (const address of result.accepted) this.notifier.notify(address);
           if (this.#workers)
@@ -422,7 +447,7 @@ export class MailboxService implements AsyncDisposable {
     };
     api.use(sendRouter(sending));
     api.use(draftsRouter(sending));
-    api.use(forwardRouter({ forwarder, messages: this.messages }));
+    api.use(forwardRouter({ forwarder: this.forwarder, messages: this.messages }));
     api.use(syncRouter({ changes: this.changes, notifier: this.notifier, maxWaitSeconds: 50 }));
     api.use(
       messagesRouter({
@@ -460,6 +485,8 @@ export class MailboxService implements AsyncDisposable {
     await this.#server?.close();
     await this.outbox.stop();
     await this.fetcher.stop();
+    await this.forwarder.relays.stop();
+    await this.collector.stop();
     await this.httpClient.close();
     if (this.ownsKnex) await this.knex.destroy();
     this.logger.info('mailbox stopped');

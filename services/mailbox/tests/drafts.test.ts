@@ -218,10 +218,10 @@ describe.each(testDatabases())('drafts ($name)', (database) => {
       id: string;
       messageId: string;
       draft: string;
-      deliveries: { address: string; status: string }[];
+      deliveries: { recipient: string; status: string }[];
     };
     expect(result).toMatchObject({ messageId, draft: id });
-    expect(result.deliveries.map((d) => [d.address, d.status]).sort()).toEqual([
+    expect(result.deliveries.map((d) => [d.recipient, d.status]).sort()).toEqual([
       ['bob@example.net', 'queued'],
       ['bobby@example.org', 'queued'],
     ]);

@@ -55,6 +55,7 @@ import {
   type Sent,
   type Uploaded,
 } from './fetch-helpers.js';
+import { documented } from './openapi-check.js';
 
 interface ErrorBody {
   error: string;
@@ -132,7 +133,11 @@ describe.each(testDatabases())('fetch between two real domains ($name)', (databa
     const body =
       options.rawBody ??
       JSON.stringify(options.body ?? { envelope: m1.envelope, content_id: photo.contentId, domain: 'example.net' });
-    return (await http.fetch(origin.fetch_endpoint, { method: 'POST', headers, body })) as unknown as Response;
+    return documented(
+      'POST',
+      origin.fetch_endpoint,
+      await http.fetch(origin.fetch_endpoint, { method: 'POST', headers, body }),
+    );
   }
 
   /** The refusal: its status, its `error`, and for a 401 the RFC 9449 `WWW-Authenticate` naming that error. */
@@ -279,11 +284,15 @@ describe.each(testDatabases())('fetch between two real domains ($name)', (databa
           authorization: `Bearer ${issued.token}`,
           dpop: await proof(issued.key, issued.token),
         };
-        const res = (await http.fetch(origin.fetch_endpoint, {
-          method: 'POST',
-          headers,
-          body: JSON.stringify({ envelope: m1.envelope, content_id: photo.contentId, domain: 'example.net' }),
-        })) as unknown as Response;
+        const res = await documented(
+          'POST',
+          origin.fetch_endpoint,
+          await http.fetch(origin.fetch_endpoint, {
+            method: 'POST',
+            headers,
+            body: JSON.stringify({ envelope: m1.envelope, content_id: photo.contentId, domain: 'example.net' }),
+          }),
+        );
         await expectRefused(res, 401, 'invalid_token');
       });
 

@@ -11,7 +11,8 @@ import { createKnex, silentLogger, type DatabaseConfig } from '@federizer/common
 import { jwkThumbprint, createDpopProof, type DpopKey } from '@federizer/protocol';
 import { ADMIN_TOKEN, freePort, hostOf, startFederation, type Federation } from '../../auth/tests/harness.js';
 import { signIn, testHttp } from '../../auth/tests/exchange-client.js';
-import { MailboxService, mailboxConfig, type MailboxOverrides } from '../src/index.js';
+import { MailboxService, mailboxConfig, type MailboxConfig, type MailboxOverrides } from '../src/index.js';
+import { documented } from './openapi-check.js';
 
 export interface MailDomain {
   readonly domain: string;
@@ -30,8 +31,15 @@ export interface UserClient {
 export interface MailFederation {
   readonly auth: Federation;
   readonly domains: Readonly<Record<string, MailDomain>>;
-  /** Signs a user in at their domain's AS as the webmail does, and returns a client of their mailbox API. */
+  /**
+   * Signs a user in at their domain's AS as the webmail does, and returns a client of their mailbox API.
+   * Every answer the client gets is checked against openapi/mailbox.openapi.json (`documented`).
+   */
   user(address: string, password: string): Promise<UserClient>;
+  /** Stops a domain's mailbox (a peer that is down); its database and blobs stay. */
+  stop(domain: string): Promise<void>;
+  /** Starts a stopped domain's mailbox again: same port, same database, same blob directory. */
+  restart(domain: string, overrides?: MailboxOverrides): Promise<MailboxService>;
   close(): Promise<void>;
 }
 
@@ -40,6 +48,8 @@ export async function startMailFederation(
   options: {
     database: () => Promise<{ config: DatabaseConfig; destroy(): Promise<void> }>;
     mailbox?: MailboxOverrides;
+    /** Settings of the mailboxes' configuration (all domains), such as the blob collector's. */
+    config?: Partial<MailboxConfig>;
   },
 ): Promise<MailFederation> {
   const ports = Object.fromEntries(await Promise.all(names.map(async (n) => [n, await freePort()] as const)));
@@ -52,6 +62,8 @@ export async function startMailFederation(
   const http = testHttp();
   cleanups.push(() => http.close());
   const domains: Record<string, MailDomain> = {};
+  const running = new Map<string, MailboxService | undefined>();
+  const starters = new Map<string, (overrides?: MailboxOverrides) => Promise<MailboxService>>();
   try {
     for (const n of names) {
       const d = auth.domains[n]!;
@@ -60,6 +72,7 @@ export async function startMailFederation(
       const knex = createKnex(db.config);
       const { config, secrets } = mailboxConfig(
         {
+          ...options.config,
           domain: n,
           publicUrl: publicUrl(n),
           issuer: d.issuer,
@@ -70,17 +83,36 @@ export async function startMailFederation(
         },
         { mtaKey: { key: d.mtaKey.privateKey, alg: 'ES256', kid: d.mtaKey.jwk.kid! }, authAdminToken: ADMIN_TOKEN },
       );
-      const mailbox = await MailboxService.start(config, secrets, { knex, logger: silentLogger(), ...options.mailbox });
+      const start = async (overrides: MailboxOverrides = {}) => {
+        const mailbox = await MailboxService.start(config, secrets, {
+          knex,
+          logger: silentLogger(),
+          ...options.mailbox,
+          ...overrides,
+        });
+        running.set(n, mailbox);
+        return mailbox;
+      };
+      starters.set(n, start);
+      await start();
       cleanups.push(
         () => rm(blobDir, { recursive: true, force: true }),
         () => db.destroy(),
         () => knex.destroy(),
-        () => mailbox.close(),
+        async () => running.get(n)?.close(),
       );
       auth.dns.setRecords(`_federizer._rs._tcp.${n}`, 'SRV', [
         { priority: 10, weight: 5, port: ports[n]!, target: hostOf('mail', n) },
       ]);
-      domains[n] = { domain: n, mailbox, publicUrl: publicUrl(n) };
+      domains[n] = {
+        domain: n,
+        get mailbox() {
+          const mailbox = running.get(n);
+          if (mailbox === undefined) throw new Error(`the mailbox of ${n} is stopped`);
+          return mailbox;
+        },
+        publicUrl: publicUrl(n),
+      };
     }
   } catch (e) {
     for (const c of cleanups.reverse()) await c().catch(() => undefined);
@@ -114,9 +146,18 @@ export async function startMailFederation(
             body = JSON.stringify(init.json);
             headers['content-type'] = 'application/json';
           }
-          return (await http.fetch(url, { method, body, headers })) as unknown as Response;
+          return documented(method, url, await http.fetch(url, { method, body, headers }));
         },
       };
+    },
+    async stop(domain) {
+      const mailbox = running.get(domain);
+      running.set(domain, undefined);
+      await mailbox?.close();
+    },
+    async restart(domain, overrides) {
+      if (running.get(domain) !== undefined) throw new Error(`the mailbox of ${domain} is running`);
+      return starters.get(domain)!(overrides);
     },
     async close() {
       for (const c of cleanups.reverse()) await c().catch(() => undefined);

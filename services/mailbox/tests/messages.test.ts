@@ -30,6 +30,7 @@ import { IssuerKeys, requireUser } from '../src/api/user-auth.js';
 import { ChangeNotifier } from '../src/api/notifier.js';
 import { syncRouter } from '../src/api/sync.js';
 import { messagesRouter } from '../src/api/messages.js';
+import { documented } from './openapi-check.js';
 
 interface User {
   readonly address: string;
@@ -111,7 +112,7 @@ describe.each(testDatabases())('the messages API over HTTP ($name)', (database) 
     const method = init.method ?? 'GET';
     const url = `${origin}/api/v1${path}`;
     const proof = await createDpopProof(user.key, { htm: method, htu: url, accessToken: user.token });
-    return http.fetch(url, {
+    const res = await http.fetch(url, {
       method,
       body: init.json === undefined ? init.body : JSON.stringify(init.json),
       headers: {
@@ -121,6 +122,7 @@ describe.each(testDatabases())('the messages API over HTTP ($name)', (database) 
         ...init.headers,
       },
     });
+    return documented(method, url, res);
   }
 
   async function ok<T>(res: Awaited<ReturnType<typeof api>>, status = 200): Promise<T> {

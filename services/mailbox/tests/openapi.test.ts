@@ -895,7 +895,7 @@ describe.each(testDatabases())('the mailbox answers as its OpenAPI description s
     );
     expect(sent.body).toMatchObject({
       copies: 1,
-      deliveries: [{ address: 'bob@example.net', domain: 'example.net', status: 'queued' }],
+      deliveries: [{ recipient: 'bob@example.net', domain: 'example.net', status: 'queued' }],
     });
     const sentId = sent.body.id;
 
@@ -1002,7 +1002,7 @@ describe.each(testDatabases())('the mailbox answers as its OpenAPI description s
       id: entry.id,
       messageId,
       recipients: ['alice@example.com'],
-      deliveries: [{ address: 'alice@example.com', domain: 'example.com', status: 'queued' }],
+      deliveries: [{ recipient: 'alice@example.com', domain: 'example.com', status: 'queued' }],
     });
     await call(bob, 'GET', `/messages/${entry.id}/deliveries`, 200);
     await call(bob, 'POST', `/messages/${entry.id}/forward`, 400, { json: { to: 'bob@example.net' } });

@@ -14,6 +14,7 @@ import { testDatabases } from '../../common/src/testing/databases.js';
 import { freePort, hostOf, startFederation, type Federation } from '../../auth/tests/harness.js';
 import { signIn, testHttp } from '../../auth/tests/exchange-client.js';
 import { MailboxService, mailboxConfig, wellKnown } from '../src/index.js';
+import { documented } from './openapi-check.js';
 
 describe.each(testDatabases())('the resources API ($name)', (database) => {
   let fed: Federation;
@@ -32,11 +33,12 @@ describe.each(testDatabases())('the resources API ($name)', (database) => {
     const method = init.method ?? 'GET';
     const url = `${publicUrl}/api/v1${path}`;
     const proof = await createDpopProof(key, { htm: method, htu: url, accessToken: token });
-    return http.fetch(url, {
+    const res = await http.fetch(url, {
       method,
       body: init.body,
       headers: { authorization: `DPoP ${token}`, dpop: proof, ...init.headers },
     });
+    return documented(method, url, res);
   }
 
   beforeAll(async () => {

@@ -47,6 +47,7 @@ import {
   mailboxMigrations,
 } from '../src/index.js';
 import { TRANSFER_PATH, transferRouter, type TransferDeps } from '../src/federation/transfer.js';
+import { documented } from './openapi-check.js';
 
 export const USERS_OF_EXAMPLE_NET = ['bob@example.net', 'carol@example.net'];
 /** Small, so that an oversized body is cheap to send. */
@@ -276,7 +277,8 @@ export async function startTransferHarness(database: TestDatabase): Promise<Tran
                 ...proofChanges,
               })
             : options.proof;
-        return http.fetch(options.url ?? options.endpoint ?? harness.app.endpoint, {
+        const url = options.url ?? options.endpoint ?? harness.app.endpoint;
+        const res = await http.fetch(url, {
           method: 'POST',
           headers: {
             'content-type': 'application/json',
@@ -285,6 +287,7 @@ export async function startTransferHarness(database: TestDatabase): Promise<Tran
           },
           body: options.body ?? JSON.stringify({ message }),
         });
+        return documented('POST', url, res);
       },
       async close() {
         for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);

@@ -29,7 +29,15 @@ import {
 } from '@federizer/protocol';
 import { ID_PATTERN, type StoredMessage } from '../storage/index.js';
 import type { leaves } from './send.js';
-import { SendError, answerSendError, checkResourcesHeld, sendDraft, userToken, type SendDeps } from './send.js';
+import {
+  SendError,
+  answerSendError,
+  checkResourcesHeld,
+  sendDraft,
+  sendResultJson,
+  userToken,
+  type SendDeps,
+} from './send.js';
 
 export type DraftsDeps = SendDeps;
 
@@ -170,7 +178,7 @@ export function draftsRouter(deps: DraftsDeps): Router {
     touched(user);
     noStore(res)
       .status(202)
-      .json({ ...result, draft: stored.id });
+      .json({ ...sendResultJson(result), draft: stored.id });
   });
 
   // Errors of the routes above only.

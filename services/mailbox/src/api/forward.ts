@@ -14,6 +14,7 @@ import express, { type NextFunction, type Request, type Response, type Router } 
 import { ProtocolError, normalizeAddress, parseAddressList } from '@federizer/protocol';
 import { ExchangeFailure } from '../mta/as-client.js';
 import { ForwardError, type Forwarder } from '../mta/forwarding.js';
+import { deliveryJson } from './deliveries.js';
 import { ID_PATTERN, MAX_FORWARDING_TARGETS, type MessageStore } from '../storage/index.js';
 
 export interface ForwardApiDeps {
@@ -75,12 +76,15 @@ export function forwardRouter(deps: ForwardApiDeps): Router {
       const message = ID_PATTERN.test(id) ? await deps.messages.get(user, id) : undefined;
       if (message === undefined) throw new ForwardError(404, 'not_found', 'no such message in this mailbox');
       const result = await deps.forwarder.forward(user, message, to, 'manual');
-      res.status(202).set('Cache-Control', 'no-store').json({
-        id: result.id,
-        messageId: result.messageId,
-        recipients: result.recipients,
-        deliveries: result.deliveries,
-      });
+      res
+        .status(202)
+        .set('Cache-Control', 'no-store')
+        .json({
+          id: result.id,
+          messageId: result.messageId,
+          recipients: result.recipients,
+          deliveries: result.deliveries.map(deliveryJson),
+        });
     } catch (e) {
       next(e);
     }

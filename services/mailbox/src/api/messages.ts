@@ -21,7 +21,6 @@ import {
   MAILBOXES,
   MAX_FORWARDING_TARGETS as STORE_MAX_TARGETS,
   isMailStoreError,
-  type Delivery,
   type ForwardingStore,
   type MailboxName,
   type MessagePatch,
@@ -31,6 +30,7 @@ import {
   type ShareStore,
   type StoredMessage,
 } from '../storage/index.js';
+import { deliveryJson } from './deliveries.js';
 import type { ChangeNotifier } from './notifier.js';
 
 export interface MessagesDeps {
@@ -175,17 +175,6 @@ function messageJson(m: StoredMessage, resources: readonly MessageResource[]) {
     envelope: m.envelope,
     body: m.body,
     resources: resources.map((r) => ({ contentId: r.contentId, size: r.size, status: r.status })),
-  };
-}
-
-function deliveryJson(d: Delivery) {
-  return {
-    recipient: d.recipient,
-    domain: d.domain,
-    status: d.status,
-    updatedAt: d.updatedAt,
-    ...(d.status === 'fetched' ? { fetchedBy: d.fetchedBy ?? null, fetchedAt: d.fetchedAt ?? null } : {}),
-    ...(d.detail !== undefined ? { detail: d.detail } : {}),
   };
 }
 

@@ -113,7 +113,7 @@ export function resourcesRouter(deps: ResourcesDeps): Router {
         return problem(res, 416, 'range_not_satisfiable', `the resource has ${resource.size} bytes`);
       }
       const slice = range.kind === 'range' ? range : undefined;
-      const stream = await deps.blobs.read(contentId, slice);
+      const reader = await deps.blobs.openReader(contentId, slice);
       if (slice) {
         res.status(206).set('Content-Range', `bytes ${slice.start}-${slice.end}/${resource.size}`);
         res.set('Content-Length', String(slice.end - slice.start + 1));
@@ -121,11 +121,11 @@ export function resourcesRouter(deps: ResourcesDeps): Router {
         res.status(200).set('Content-Length', String(resource.size));
       }
       if (req.method === 'HEAD') {
-        stream.destroy();
+        await reader.close();
         return void res.end();
       }
-      stream.on('error', (err) => res.destroy(err));
-      stream.pipe(res);
+      // A failure destroys the answer (the client sees a short body); there is no status left to send.
+      reader.pipeTo(res).catch(() => undefined);
     } catch (e) {
       if (e instanceof BlobStoreError && e.code === 'invalid_content_id')
         return problem(res, 404, 'not_found', 'no such resource');

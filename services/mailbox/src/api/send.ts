@@ -29,7 +29,8 @@ import {
 } from '@federizer/protocol';
 import type { AsClient } from '../mta/as-client.js';
 import { ExchangeFailure } from '../mta/as-client.js';
-import type { AccountStore, JobQueue, MessageStore, ShareStore } from '../storage/index.js';
+import type { AccountStore, Delivery, JobQueue, MessageStore, ShareStore } from '../storage/index.js';
+import { deliveryJson } from './deliveries.js';
 
 export interface SendDeps {
   readonly domain: string;
@@ -126,12 +127,20 @@ export function userToken(req: Request): string {
   return /^DPoP\s+(\S+)$/i.exec(req.get('authorization') ?? '')![1]!;
 }
 
-/** What a send answers: the sent copy's id, and per recipient whether it was delivered or queued. */
+/**
+ * What a send answers: the sent copy's id, and each recipient's delivery as it stands once the copies are
+ * stored: `fetched` (a recipient of this domain), `failed` (no such user here) or `queued` (a transfer).
+ */
 export interface SendResult {
   readonly id: string;
   readonly messageId: string;
   readonly copies: number;
-  readonly deliveries: { address: string; domain: string; status: string }[];
+  readonly deliveries: Delivery[];
+}
+
+/** The JSON of a send's answer: deliveries as `GET /messages/:id/deliveries` shows them. */
+export function sendResultJson(result: SendResult) {
+  return { ...result, deliveries: result.deliveries.map(deliveryJson) };
 }
 
 /**
@@ -173,7 +182,7 @@ export async function sendDraft(
     resources: resources.map((r) => ({ ...r, status: 'held' as const })),
   });
   const touched = new Set<string>([user]);
-  const deliveries: { address: string; domain: string; status: string }[] = [];
+  const deliveries: Delivery[] = [];
   for (const { copy, key, assertion } of signed) {
     const envelope = withAssertion(copy.message, assertion).envelope;
     const shareId = await deps.shares.create({
@@ -186,32 +195,22 @@ export async function sendDraft(
       dpopKey: (await exportDpopKey(key)) as Record<string, unknown>,
       expiresAt: now + deps.shareWindowSeconds * 1000,
     });
-    const byDomain = new Map<string, string[]>();
-    for (const r of copy.recipients) byDomain.set(domainOf(r), [...(byDomain.get(domainOf(r)) ?? []), r]);
-    for (const [domain, recipients] of byDomain) {
-      if (domain === deps.domain) {
-        for (const r of recipients) {
-          const ok = await deliverLocally(
-            r,
-            { envelope, body: draft.body, messageId, assertion, resources, now },
-            deps,
-          );
-          await deps.shares.setDelivery(
-            shareId,
-            { recipient: r },
-            ok ? 'fetched' : 'failed',
-            ok ? { fetchedBy: domain } : { detail: 'no such recipient' },
-          );
-          deliveries.push({ address: r, domain, status: ok ? 'delivered' : 'failed' });
-          if (ok) touched.add(r);
-        }
-      } else {
-        await deps.jobs.enqueue<TransferJob>('transfer', `${shareId}:${domain}`, domain, {
-          share: shareId,
-          domain,
-        });
-        for (const r of recipients) deliveries.push({ address: r, domain, status: 'queued' });
-      }
+    const domains = new Set(copy.recipients.map(domainOf));
+    for (const r of copy.recipients.filter((a) => domainOf(a) === deps.domain)) {
+      const ok = await deliverLocally(r, { envelope, body: draft.body, messageId, assertion, resources, now }, deps);
+      await deps.shares.setDelivery(
+        shareId,
+        { recipient: r },
+        ok ? 'fetched' : 'failed',
+        ok ? { fetchedBy: deps.domain } : { detail: 'no such recipient' },
+      );
+      if (ok) touched.add(r);
+    }
+    // Read before the transfers are queued, so the answer never races the outbox: they are all `queued`.
+    deliveries.push(...(await deps.shares.deliveries({ share: shareId })));
+    for (const domain of domains) {
+      if (domain === deps.domain) continue;
+      await deps.jobs.enqueue<TransferJob>('transfer', `${shareId}:${domain}`, domain, { share: shareId, domain });
     }
   }
   deps.onSent?.([...touched]);
@@ -260,7 +259,7 @@ export function sendRouter(deps: SendDeps): Router {
         } catch (e) {
           throw new SendError(400, 'invalid_message', (e as Error).message);
         }
-        res.status(202).json(await sendDraft(req.user!.address, userToken(req), draft, deps));
+        res.status(202).json(sendResultJson(await sendDraft(req.user!.address, userToken(req), draft, deps)));
       } catch (e) {
         if (!answerSendError(res, e, deps.maxMessageBytes)) next(e);
       }

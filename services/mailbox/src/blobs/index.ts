@@ -1,2 +1,3 @@
 export * from './blob-store.js';
+export * from './blob-reader.js';
 export * from './range.js';

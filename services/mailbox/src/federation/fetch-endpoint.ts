@@ -249,7 +249,7 @@ export function fetchRouter(deps: FetchEndpointDeps): Router {
         return;
       }
       const slice = range.kind === 'range' ? range : undefined;
-      const stream = await deps.blobs.read(fetch.contentId, slice);
+      const reader = await deps.blobs.openReader(fetch.contentId, slice);
       res.status(slice ? 206 : 200).set({
         'Content-Type': mediaType,
         'Content-Length': String(slice ? slice.end - slice.start + 1 : size),
@@ -258,7 +258,6 @@ export function fetchRouter(deps: FetchEndpointDeps): Router {
         'Cache-Control': 'no-store',
         ...(slice ? { 'Content-Range': `bytes ${slice.start}-${slice.end}/${size}` } : {}),
       });
-      stream.on('error', (err) => res.destroy(err));
       res.on('finish', () => {
         deps.onFetched?.(fetch.domain, slice ? slice.end - slice.start + 1 : size);
         if (!slice || slice.end === size - 1) {
@@ -267,7 +266,8 @@ export function fetchRouter(deps: FetchEndpointDeps): Router {
             .catch(() => undefined);
         }
       });
-      stream.pipe(res);
+      // A failure destroys the answer: the fetcher sees a short body and resumes with Range.
+      reader.pipeTo(res).catch(() => undefined);
     } catch (e) {
       if (e instanceof FetchError) {
         if (e.status === 401)

@@ -132,10 +132,10 @@ export interface TransferDeps {
   readonly transfers: Pick<TransferLog, 'seen' | 'record'>;
   readonly jobs: Pick<JobQueue, 'enqueue'>;
   /**
-   * Which Content-IDs this domain already holds (`holders`), and giving a recipient one of them
-   * (`addResource`, §6.5). Without it nothing counts as held and every Content-ID is fetched.
+   * Gives a recipient a Content-ID this domain already holds (`shareHeld`, §6.5), in one step with the
+   * check that it is held. Without it nothing counts as held and every Content-ID is fetched.
    */
-  readonly accounts?: Pick<AccountStore, 'holders' | 'addResource'>;
+  readonly accounts?: Pick<AccountStore, 'shareHeld'>;
   /** Whether a (lower-cased) address of this domain is a user of this mailbox. */
   recipientExists(address: string): Promise<boolean>;
   /**
@@ -634,7 +634,6 @@ async function accept(ctx: Context, t: Accepting): Promise<Answer> {
   const origin = t.hops[0]!;
   const originDomain = domainOf(parseSingleMailbox(headerValue(origin.headers, 'From')!).address);
   const resources = leafResources(t.message.body);
-  const held = await heldByThisDomain(deps.accounts, resources);
   const envelope: Block[] = [
     receiveBlock({
       messageId: t.messageId,
@@ -647,8 +646,10 @@ async function accept(ctx: Context, t: Accepting): Promise<Answer> {
   ];
   const listing = listingOf(origin.headers, t.messageId, t.nowMs);
   const stored: { address: string; id: string; created: boolean; keep: boolean }[] = [];
+  const unheld = new Set<string>();
   for (const address of t.recipients.accepted) {
-    const statuses = await giveHeldResources(deps, address, resources, held);
+    const statuses = await giveHeldResources(deps, address, resources);
+    for (const [contentId, status] of statuses) if (status === 'pending') unheld.add(contentId);
     const { id, created } = await deps.messages.createReceived({
       address,
       messageId: t.messageId,
@@ -669,7 +670,7 @@ async function accept(ctx: Context, t: Accepting): Promise<Answer> {
         deps,
         t,
         originDomain,
-        resources.filter((r) => !held.has(r.contentId)),
+        resources.filter((r) => unheld.has(r.contentId)),
       )
     : [];
   const result = await deps.transfers.record<TransferResult>(t.messageId, t.eht, t.recipients);
@@ -688,40 +689,28 @@ async function accept(ctx: Context, t: Accepting): Promise<Answer> {
   return { status: 202, body: result };
 }
 
-/** The Content-IDs some account of this domain holds already: those are never fetched again (§6.5). */
-async function heldByThisDomain(
-  accounts: TransferDeps['accounts'],
-  resources: readonly LeafResource[],
-): Promise<Set<string>> {
-  const held = new Set<string>();
-  if (accounts === undefined) return held;
-  for (const r of resources) if ((await accounts.holders(r.contentId)).length > 0) held.add(r.contentId);
-  return held;
-}
-
 /**
- * §6.5: the recipient is given the resources this domain already holds (`held`); one that does not fit its
- * quota is `failed`, as a fetch refused for the quota would be. The others are `pending` until fetched.
+ * §6.5: the recipient is given the resources this domain already holds; one that does not fit its quota is
+ * `failed`, as a fetch refused for the quota would be. The others are `pending` until fetched.
  */
 async function giveHeldResources(
   deps: TransferDeps,
   address: string,
   resources: readonly LeafResource[],
-  held: ReadonlySet<string>,
 ): Promise<Map<string, ResourceStatus>> {
   const statuses = new Map<string, ResourceStatus>();
   for (const r of resources) {
-    if (!held.has(r.contentId) || deps.accounts === undefined) {
+    if (deps.accounts === undefined) {
       statuses.set(r.contentId, 'pending');
       continue;
     }
     try {
-      await deps.accounts.addResource(
+      const given = await deps.accounts.shareHeld(
         address,
         { contentId: r.contentId, size: r.size, mediaType: r.mediaType },
         { quota: deps.config.quotaBytes },
       );
-      statuses.set(r.contentId, 'held');
+      statuses.set(r.contentId, given === undefined ? 'pending' : 'held');
     } catch (e) {
       if (!isMailStoreError(e, 'quota_exceeded')) throw e;
       statuses.set(r.contentId, 'failed');

@@ -47,6 +47,7 @@ import { FETCH_JOB, type FetchJobPayload, type TransferTrust } from '../federati
 import {
   isMailStoreError,
   type AccountStore,
+  type Delivery,
   type ForwardingStore,
   type JobQueue,
   type MessageStore,
@@ -55,6 +56,7 @@ import {
   type StoredMessage,
 } from '../storage/index.js';
 import { ExchangeFailure, type AsClient } from './as-client.js';
+import { RelayCleanup } from './relays.js';
 
 /** §7.3: a chain holds at most 8 hops (assertion, headers pairs). */
 export const MAX_HOPS = 8;
@@ -88,6 +90,8 @@ export interface ForwardingDeps {
   readonly onChanged?: (addresses: readonly string[], queued: { transfers: boolean; fetches: boolean }) => void;
   /** How soon a relay first checks whether its transfers are done (ms; doubles up to 5 minutes). */
   readonly relayCheckMs?: number;
+  /** How often the relay clean-up looks for due checks (ms). */
+  readonly relayPollMs?: number;
 }
 
 /** A forward this mailbox refuses before asking the AS (the message, its chain, the targets). */
@@ -101,13 +105,6 @@ export class ForwardError extends Error {
   }
 }
 
-export interface ForwardDelivery {
-  readonly address: string;
-  readonly domain: string;
-  /** delivered (a target of this domain), failed (no such user here) or queued (a transfer). */
-  readonly status: 'delivered' | 'failed' | 'queued';
-}
-
 export interface ForwardResult {
   /** The received message that was forwarded. */
   readonly id: string;
@@ -115,27 +112,27 @@ export interface ForwardResult {
   /** The share holding `[A2, H1, A1, H0]`. */
   readonly share: string;
   readonly recipients: readonly string[];
-  readonly deliveries: readonly ForwardDelivery[];
+  /** Each new recipient's delivery as it stands once the share is stored: `fetched`, `failed` or `queued`. */
+  readonly deliveries: readonly Delivery[];
 }
-
-interface PendingRelay {
-  readonly address: string;
-  readonly id: string;
-  readonly transfers: readonly string[];
-  nextAt: number;
-  delayMs: number;
-  errors: number;
-}
-
-const MAX_RELAY_CHECK_MS = 5 * 60_000;
-/** A relay whose checks keep failing (the database is gone: the service stopped) is left in the trash. */
-const MAX_RELAY_ERRORS = 5;
 
 export class Forwarder {
-  readonly #relays = new Map<string, PendingRelay>();
-  #timer: NodeJS.Timeout | undefined;
+  /** Deletes, or gives back, the messages relayed without a copy once their transfers end (durable). */
+  readonly relays: RelayCleanup;
 
-  constructor(private readonly deps: ForwardingDeps) {}
+  constructor(private readonly deps: ForwardingDeps) {
+    this.relays = new RelayCleanup({
+      domain: deps.domain,
+      jobs: deps.jobs,
+      messages: deps.messages,
+      logger: deps.logger,
+      now: deps.now,
+      checkMs: deps.relayCheckMs,
+      pollMs: deps.relayPollMs,
+      restore: (address, id) => this.#restore(address, id),
+      onChanged: (addresses) => deps.onChanged?.(addresses, { transfers: false, fetches: false }),
+    });
+  }
 
   /**
    * §7: forwards a message `user` received to the address list `to`. The AS's refusal is thrown as its
@@ -180,37 +177,33 @@ export class Forwarder {
       dpopKey: (await exportDpopKey(key)) as Record<string, unknown>,
       expiresAt: now + lifetime * 1000,
     });
-    const byDomain = new Map<string, string[]>();
-    for (const r of prepared.recipients) byDomain.set(domainOf(r), [...(byDomain.get(domainOf(r)) ?? []), r]);
-    const deliveries: ForwardDelivery[] = [];
+    const domains = new Set(prepared.recipients.map(domainOf));
     const touched = new Set<string>([user]);
     let fetches = false;
-    for (const [domain, recipients] of byDomain) {
-      if (domain !== deps.domain) {
-        await deps.jobs.enqueue<TransferJob>('transfer', `${share}:${domain}`, domain, { share, domain });
-        for (const address of recipients) deliveries.push({ address, domain, status: 'queued' });
-        continue;
-      }
-      for (const address of recipients) {
-        const local = await this.#deliverLocally(address, {
-          envelope,
-          body: message.body,
-          messageId: message.messageId,
-          assertion: issued.token,
-          now,
-        });
-        await deps.shares.setDelivery(
-          share,
-          { recipient: address },
-          local.delivered ? 'fetched' : 'failed',
-          local.delivered ? { fetchedBy: domain } : { detail: 'no such recipient' },
-        );
-        deliveries.push({ address, domain, status: local.delivered ? 'delivered' : 'failed' });
-        if (local.delivered) touched.add(address);
-        fetches ||= local.fetches;
-      }
+    for (const address of prepared.recipients.filter((r) => domainOf(r) === deps.domain)) {
+      const local = await this.#deliverLocally(address, {
+        envelope,
+        body: message.body,
+        messageId: message.messageId,
+        assertion: issued.token,
+        now,
+      });
+      await deps.shares.setDelivery(
+        share,
+        { recipient: address },
+        local.delivered ? 'fetched' : 'failed',
+        local.delivered ? { fetchedBy: deps.domain } : { detail: 'no such recipient' },
+      );
+      if (local.delivered) touched.add(address);
+      fetches ||= local.fetches;
     }
-    deps.onChanged?.([...touched], { transfers: deliveries.some((d) => d.status === 'queued'), fetches });
+    // Read before the transfers are queued, so the answer never races the outbox: they are all `queued`.
+    const deliveries = await deps.shares.deliveries({ share });
+    for (const domain of domains) {
+      if (domain === deps.domain) continue;
+      await deps.jobs.enqueue<TransferJob>('transfer', `${share}:${domain}`, domain, { share, domain });
+    }
+    deps.onChanged?.([...touched], { transfers: [...domains].some((d) => d !== deps.domain), fetches });
     return { id: message.id, messageId: message.messageId, share, recipients: prepared.recipients, deliveries };
   }
 
@@ -255,8 +248,8 @@ export class Forwarder {
 
   /**
    * A relay forwarded the message and keeps no copy: with only local targets it is deleted at once; with
-   * transfers queued it goes to the trash now (the outbox still reads its body) and is deleted once they
-   * are done.
+   * transfers queued it goes to the trash now (the outbox still reads its body), and a durable relay job
+   * deletes it once they are done.
    */
   async #relayed(address: string, id: string, result: ForwardResult): Promise<void> {
     const transfers = [...new Set(result.deliveries.filter((d) => d.status === 'queued').map((d) => d.domain))].map(
@@ -265,57 +258,11 @@ export class Forwarder {
     if (transfers.length === 0) {
       await this.deps.messages.delete(address, id);
     } else {
+      // Watched first: should the move fail, the check still runs and finds the message where it is.
+      await this.relays.watch({ address, id, transfers });
       await this.deps.messages.update(address, id, { mailbox: 'trash', seen: true });
-      const delayMs = this.deps.relayCheckMs ?? 1000;
-      this.#relays.set(id, { address, id, transfers, nextAt: this.deps.now() + delayMs, delayMs, errors: 0 });
-      this.#schedule();
     }
     this.deps.onChanged?.([address], { transfers: false, fetches: false });
-  }
-
-  #schedule(): void {
-    if (this.#timer !== undefined || this.#relays.size === 0) return;
-    const next = Math.min(...[...this.#relays.values()].map((r) => r.nextAt));
-    this.#timer = setTimeout(
-      () => {
-        this.#timer = undefined;
-        void this.settleRelays()
-          .catch((err: unknown) => this.deps.logger?.warn({ err }, 'checking relayed messages failed'))
-          .finally(() => this.#schedule());
-      },
-      Math.max(0, next - this.deps.now()),
-    ).unref();
-  }
-
-  /**
-   * Checks the relays whose transfers may have finished: all done → the message is deleted; one failed or
-   * cancelled → the message returns to the inbox and its resources are fetched after all. Exposed for tests.
-   */
-  async settleRelays(): Promise<void> {
-    const { deps } = this;
-    for (const relay of [...this.#relays.values()]) {
-      if (relay.nextAt > deps.now()) continue;
-      try {
-        const jobs = await Promise.all(relay.transfers.map((key) => deps.jobs.find('transfer', key)));
-        if (jobs.some((j) => j?.status === 'pending')) {
-          relay.delayMs = Math.min(relay.delayMs * 2, MAX_RELAY_CHECK_MS);
-          relay.nextAt = deps.now() + relay.delayMs;
-          continue;
-        }
-        this.#relays.delete(relay.id);
-        if (jobs.every((j) => j?.status === 'done')) {
-          await deps.messages.delete(relay.address, relay.id);
-          deps.onChanged?.([relay.address], { transfers: false, fetches: false });
-        } else {
-          await this.#restore(relay.address, relay.id);
-        }
-      } catch (err) {
-        relay.errors += 1;
-        relay.nextAt = deps.now() + relay.delayMs;
-        if (relay.errors >= MAX_RELAY_ERRORS) this.#relays.delete(relay.id);
-        deps.logger?.warn({ err, address: relay.address }, 'checking a relayed message failed');
-      }
-    }
   }
 
   /** A relayed message whose forward failed: back to the inbox, with its resources fetched now. */
@@ -347,17 +294,13 @@ export class Forwarder {
     const resources = [...new Map(leaves(copy.body).map((r) => [r.contentId, r])).values()];
     const statuses = new Map<string, ResourceStatus>();
     for (const r of resources) {
-      if ((await deps.accounts.holders(r.contentId)).length === 0) {
-        statuses.set(r.contentId, 'pending');
-        continue;
-      }
       try {
-        await deps.accounts.addResource(
+        const given = await deps.accounts.shareHeld(
           recipient,
           { contentId: r.contentId, size: r.size, mediaType: mediaTypeOf(copy.body, r.contentId) },
           { quota: deps.quotaBytes },
         );
-        statuses.set(r.contentId, 'held');
+        statuses.set(r.contentId, given === undefined ? 'pending' : 'held');
       } catch (e) {
         if (!isMailStoreError(e, 'quota_exceeded')) throw e;
         statuses.set(r.contentId, 'failed');

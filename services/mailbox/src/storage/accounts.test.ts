@@ -15,6 +15,7 @@ import {
 
 const ALICE = 'alice@example.com';
 const BOB = 'bob@example.com';
+const CAROL = 'carol@example.com';
 
 function message(address: string, resources: { contentId: string; size: number }[]): NewMessage {
   return {
@@ -207,6 +208,66 @@ describe.each(testDatabases())('AccountStore on $name', (database) => {
     expect(await accounts.forgetUnreferenced(pending)).toBe(false);
     clock.advance(DEFAULT_SHARE_WINDOW_MS);
     expect(await accounts.collectable(DEFAULT_SHARE_WINDOW_MS, { candidates })).toEqual([orphan, recent]);
+  });
+
+  it('pages through collectable resources with after', async () => {
+    const ids = [cid('p1'), cid('p2'), cid('p3'), cid('p4'), cid('p5')];
+    for (const id of ids) await accounts.addResource(ALICE, { contentId: id, size: 1 });
+    clock.advance(DEFAULT_SHARE_WINDOW_MS);
+    const seen: string[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await accounts.collectable(DEFAULT_SHARE_WINDOW_MS, { limit: 2, after });
+      seen.push(...page);
+      if (page.length < 2) break;
+      after = page.at(-1);
+    }
+    expect(seen.sort()).toEqual([...ids].sort());
+    expect(new Set(seen).size).toBe(ids.length);
+  });
+
+  it('shares a held resource with another account only while some account holds it', async () => {
+    const a = cid('held');
+    expect(await accounts.shareHeld(BOB, { contentId: a, size: 5 })).toBeUndefined();
+    expect(await accounts.hasResource(BOB, a)).toBe(false);
+    await accounts.addResource(ALICE, { contentId: a, size: 5, mediaType: 'text/plain' });
+    expect(await accounts.shareHeld(BOB, { contentId: a, size: 5 }, { quota: 100 })).toEqual({
+      added: true,
+      storageUsed: 5,
+    });
+    expect(await accounts.holders(a)).toEqual([ALICE, BOB]);
+    await expect(accounts.shareHeld(CAROL, { contentId: a, size: 5 }, { quota: 4 })).rejects.toSatisfy((e: unknown) =>
+      isMailStoreError(e, 'quota_exceeded'),
+    );
+  });
+
+  it('says whether anything refers to a resource: a holder, or a message waiting for it', async () => {
+    const a = cid('referenced?');
+    expect(await accounts.isReferenced(a)).toBe(false);
+    const id = await messages.create(message(BOB, [{ contentId: a, size: 1 }]));
+    expect(await accounts.isReferenced(a)).toBe(true);
+    await messages.delete(BOB, id);
+    expect(await accounts.isReferenced(a)).toBe(false);
+    await accounts.addResource(ALICE, { contentId: a, size: 1 });
+    expect(await accounts.isReferenced(a)).toBe(true);
+  });
+
+  it('never lets a new holder in while the collector forgets the last one (the resource lock)', async () => {
+    await warmPool(db);
+    for (let round = 0; round < 25; round++) {
+      const a = cid(`race ${round}`);
+      clock.set(Date.UTC(2030, 0, 15));
+      await accounts.addResource(ALICE, { contentId: a, size: 10 });
+      clock.advance(DEFAULT_SHARE_WINDOW_MS);
+      const [forgotten, shared] = await Promise.all([
+        accounts.forgetUnreferenced(a),
+        accounts.shareHeld(BOB, { contentId: a, size: 10 }),
+      ]);
+      // Either the collector went first (nobody holds it any more, Bob gets nothing: his mailbox fetches
+      // it) or Bob did (his row is recent, so the collector keeps the resource): never both.
+      expect([forgotten, shared !== undefined], `round ${round}`).not.toEqual([true, true]);
+      expect(await accounts.hasResource(BOB, a)).toBe(!forgotten);
+    }
   });
 
   it('forgets one account’s unreferenced resource only', async () => {

@@ -7,7 +7,8 @@
  *
  * `MessageStore` keeps `refs` in step with the messages it creates and deletes, in the same transactions
  * (through `referenceResources`/`unreferenceResources` below); `reference`/`unreference` here are for other
- * holders only.
+ * holders only. Every transaction that starts holding a resource, or forgets it for the collector
+ * (src/gc/blob-collector.ts), takes the resource's lock first (`lockContent`), so the two never interleave.
  */
 import type { Knex } from 'knex';
 import { dbNumber, dbOptionalNumber } from '@federizer/common';
@@ -19,6 +20,7 @@ import {
   checkSize,
   chunks,
   lockAccounts,
+  lockContent,
   type Clock,
   type StoreOptions,
 } from './sql.js';
@@ -85,6 +87,26 @@ function checkContentIds(contentIds: readonly string[]): string[] {
   return [...new Set(contentIds.map(checkContentId))];
 }
 
+/** A resource to hold, checked: what `holdResource` takes. */
+export interface CheckedResource {
+  readonly address: string;
+  readonly contentId: string;
+  readonly size: number;
+  readonly mediaType: string;
+  readonly quota: number;
+}
+
+function checkResourceInput(address: string, resource: ResourceInput, options: { quota?: number }): CheckedResource {
+  checkAddress(address);
+  const contentId = checkContentId(resource.contentId);
+  const size = checkSize(resource.size);
+  const mediaType = resource.mediaType ?? 'application/octet-stream';
+  if (typeof mediaType !== 'string' || mediaType.length === 0 || mediaType.length > 255) {
+    throw new TypeError('invalid media type');
+  }
+  return { address, contentId, size, mediaType, quota: checkQuota(options.quota) };
+}
+
 /**
  * One more reference from the account's messages to each resource it holds. Resources it does not hold yet
  * (a received message whose bytes are still to be fetched) are skipped: `addResource` counts the messages
@@ -126,6 +148,57 @@ export async function unreferenceResources(
   }
 }
 
+/**
+ * Starts holding a resource inside the caller's transaction, which holds the resource's lock and then the
+ * account's (`lockContent`, `lockAccounts`): counts its size against the account unless it is held already,
+ * refusing with `quota_exceeded` past `quota`. A resource held but unreferenced restarts its collection clock.
+ */
+export async function holdResource(
+  trx: Knex.Transaction,
+  input: CheckedResource,
+  now: number,
+): Promise<AddResourceResult> {
+  const { address, contentId, size, mediaType, quota } = input;
+  const account = (await trx('mail_accounts').first('storage_used').where({ address })) as {
+    storage_used: unknown;
+  };
+  const used = dbNumber(account.storage_used);
+  const held = (await trx('mail_resources').first('refs').where({ address, content_id: contentId })) as
+    { refs: unknown } | undefined;
+  if (held !== undefined) {
+    if (dbNumber(held.refs) === 0) {
+      await trx('mail_resources').where({ address, content_id: contentId }).update({ unreferenced_at: now });
+    }
+    return { added: false, storageUsed: used };
+  }
+  if (used + size > quota) {
+    throw new MailStoreError(
+      'quota_exceeded',
+      `${address} holds ${used} bytes; ${size} more would exceed the quota of ${quota}`,
+    );
+  }
+  // Messages may reference the resource before the account holds it (a received message waiting for
+  // its fetch); they count from the start.
+  const counted = (await trx('mail_message_resources as mr')
+    .join('mail_messages as m', 'm.id', 'mr.message')
+    .where('m.address', address)
+    .andWhere('mr.content_id', contentId)
+    .count({ n: '*' })
+    .first()) as { n: unknown } | undefined;
+  const refs = dbNumber(counted?.n ?? 0);
+  await trx('mail_resources').insert({
+    address,
+    content_id: contentId,
+    size,
+    media_type: mediaType,
+    refs,
+    created_at: now,
+    unreferenced_at: refs === 0 ? now : null,
+  });
+  await trx('mail_accounts').where({ address }).increment('storage_used', size);
+  return { added: true, storageUsed: used + size };
+}
+
 export class AccountStore {
   readonly #knex: Knex;
   readonly #now: Clock;
@@ -165,55 +238,52 @@ export class AccountStore {
     resource: ResourceInput,
     options: { quota?: number } = {},
   ): Promise<AddResourceResult> {
-    checkAddress(address);
-    const contentId = checkContentId(resource.contentId);
-    const size = checkSize(resource.size);
-    const mediaType = resource.mediaType ?? 'application/octet-stream';
-    if (typeof mediaType !== 'string' || mediaType.length === 0 || mediaType.length > 255) {
-      throw new TypeError('invalid media type');
-    }
-    const quota = checkQuota(options.quota);
+    const input = checkResourceInput(address, resource, options);
     return this.#knex.transaction(async (trx) => {
-      const now = this.#now();
-      await lockAccounts(trx, [address], now);
-      const account = (await trx('mail_accounts').first('storage_used').where({ address })) as {
-        storage_used: unknown;
-      };
-      const used = dbNumber(account.storage_used);
-      const held = (await trx('mail_resources').first('refs').where({ address, content_id: contentId })) as
-        { refs: unknown } | undefined;
-      if (held !== undefined) {
-        if (dbNumber(held.refs) === 0) {
-          await trx('mail_resources').where({ address, content_id: contentId }).update({ unreferenced_at: now });
-        }
-        return { added: false, storageUsed: used };
-      }
-      if (used + size > quota) {
-        throw new MailStoreError(
-          'quota_exceeded',
-          `${address} holds ${used} bytes; ${size} more would exceed the quota of ${quota}`,
-        );
-      }
-      // Messages may reference the resource before the account holds it (a received message waiting for
-      // its fetch); they count from the start.
-      const counted = (await trx('mail_message_resources as mr')
-        .join('mail_messages as m', 'm.id', 'mr.message')
-        .where('m.address', address)
-        .andWhere('mr.content_id', contentId)
-        .count({ n: '*' })
-        .first()) as { n: unknown } | undefined;
-      const refs = dbNumber(counted?.n ?? 0);
-      await trx('mail_resources').insert({
-        address,
-        content_id: contentId,
-        size,
-        media_type: mediaType,
-        refs,
-        created_at: now,
-        unreferenced_at: refs === 0 ? now : null,
-      });
-      await trx('mail_accounts').where({ address }).increment('storage_used', size);
-      return { added: true, storageUsed: used + size };
+      await lockContent(trx, input.contentId);
+      return this.#add(trx, input);
+    });
+  }
+
+  /**
+   * Gives the account a resource some account of this domain already holds (§6.5: bytes held are never
+   * fetched again), as `addResource` does; answers undefined, changing nothing, when no account holds it.
+   * The check and the addition are one transaction under the resource's lock, so the blob collector cannot
+   * forget the last holder in between and leave the new row without its blob.
+   */
+  async shareHeld(
+    address: string,
+    resource: ResourceInput,
+    options: { quota?: number } = {},
+  ): Promise<AddResourceResult | undefined> {
+    const input = checkResourceInput(address, resource, options);
+    return this.#knex.transaction(async (trx) => {
+      await lockContent(trx, input.contentId);
+      const holder = await trx('mail_resources').first('address').where({ content_id: input.contentId });
+      if (holder === undefined) return undefined;
+      return this.#add(trx, input);
+    });
+  }
+
+  async #add(trx: Knex.Transaction, input: CheckedResource): Promise<AddResourceResult> {
+    const now = this.#now();
+    await lockAccounts(trx, [input.address], now);
+    return holdResource(trx, input, now);
+  }
+
+  /**
+   * Whether anything of this domain still refers to the resource: an account holding it, or a message
+   * referencing it (held, or waiting for its fetch). Read under the resource's lock, after every addition
+   * that started before; the collector asks once more after moving a blob aside, and puts it back when so.
+   */
+  async isReferenced(contentId: string): Promise<boolean> {
+    checkContentId(contentId);
+    return this.#knex.transaction(async (trx) => {
+      await lockContent(trx, contentId);
+      const held = await trx('mail_resources').first('address').where({ content_id: contentId });
+      if (held !== undefined) return true;
+      const referenced = await trx('mail_message_resources').first('message').where({ content_id: contentId });
+      return referenced !== undefined;
     });
   }
 
@@ -268,20 +338,25 @@ export class AccountStore {
    * (or the unreferenced upload arrived) at least `olderThanMs` ago, and no message of this domain refers
    * to them (a received message whose fetch is pending). Without `candidates` the held resources are
    * searched; with `candidates` (ids listed from the blob store, old enough on disk) those are filtered,
-   * which also finds blobs no account holds at all (an interrupted upload, a forgotten row).
+   * which also finds blobs no account holds at all (an interrupted upload, a forgotten row). Ids come in
+   * the database's order; `after` (the last id of the previous page) pages through them.
    *
    * Delete a blob only after `forgetUnreferenced` answered true for it: that rechecks under the locks.
    */
   async collectable(
     olderThanMs: number = DEFAULT_SHARE_WINDOW_MS,
-    options: { candidates?: readonly string[]; limit?: number } = {},
+    options: { candidates?: readonly string[]; limit?: number; after?: string } = {},
   ): Promise<string[]> {
     checkSize(olderThanMs);
     const limit = checkLimit(options.limit ?? 1000, 10_000);
     const cutoff = this.#now() - olderThanMs;
     if (options.candidates === undefined) {
+      const after = options.after === undefined ? undefined : checkContentId(options.after);
       const rows = (await this.#knex('mail_resources as r')
         .select('r.content_id')
+        .modify((q) => {
+          if (after !== undefined) q.where('r.content_id', '>', after);
+        })
         .whereNotExists((q) =>
           q
             .select(this.#knex.raw('1'))
@@ -327,6 +402,7 @@ export class AccountStore {
     checkContentId(contentId);
     checkSize(olderThanMs);
     return this.#knex.transaction(async (trx) => {
+      await lockContent(trx, contentId);
       const now = this.#now();
       const cutoff = now - olderThanMs;
       const before = (await trx('mail_resources').select('address').where({ content_id: contentId })) as {

@@ -282,6 +282,36 @@ describe.each(testDatabases())('JobQueue on $name', (database) => {
     expect(taken.every((j) => j.attempts === 1)).toBe(true); // the interrupted attempt did not count
   });
 
+  it('reschedules a leased job as planned work: no error, no deadline, attempts kept or started over', async () => {
+    const { job } = await queue.enqueue('relay', 'm1', 'example.com', { id: 'm1' });
+    const [first] = await queue.claim({ kinds: ['relay'], owner: 'w', limit: 1, leaseMs: LEASE });
+    await queue.reschedule(job.id, 'w', clock.now() + MINUTE);
+    expect(await queue.get(job.id)).toMatchObject({
+      status: 'pending',
+      attempts: first!.attempts,
+      nextAttemptAt: T0 + MINUTE,
+      leaseOwner: undefined,
+      lastError: undefined,
+    });
+    // Past the five days a failing transfer gets, a rescheduled job is still just pending.
+    clock.advance(GIVE_UP_AFTER_MS + DAY);
+    await queue.claim({ kinds: ['relay'], owner: 'w', limit: 1, leaseMs: LEASE });
+    await queue.reschedule(job.id, 'w', clock.now() + HOUR, { resetAttempts: true, error: new Error('slow') });
+    expect(await queue.get(job.id)).toMatchObject({ status: 'pending', attempts: 0, lastError: 'Error: slow' });
+    expect(await code(queue.reschedule(job.id, 'w', clock.now()))).toBe('not_lease_owner');
+  });
+
+  it('brings a pending job forward, but never a leased one, nor later', async () => {
+    await queue.enqueue('transfer', 'k', 'a.example', 1, { notBefore: T0 + HOUR });
+    expect(await queue.advance('transfer', 'k', T0 + 2 * HOUR)).toBe(false);
+    expect(await queue.advance('transfer', 'k', T0 + MINUTE)).toBe(true);
+    expect((await queue.find('transfer', 'k'))?.nextAttemptAt).toBe(T0 + MINUTE);
+    expect(await queue.advance('transfer', 'k')).toBe(true);
+    await queue.claim({ kinds: ['transfer'], owner: 'w', limit: 1, leaseMs: LEASE });
+    expect(await queue.advance('transfer', 'k', T0 - MINUTE)).toBe(false);
+    expect(await queue.advance('transfer', 'nothing')).toBe(false);
+  });
+
   it('cancels pending jobs and purges finished ones', async () => {
     const { job } = await queue.enqueue('transfer', 'k', 'a.example', 1);
     expect(await queue.cancel('transfer', 'k')).toBe(true);

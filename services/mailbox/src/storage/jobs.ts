@@ -15,7 +15,7 @@ import type { Knex } from 'knex';
 import { dbNumber, dbOptionalNumber } from '@federizer/common';
 import { MailStoreError } from './errors.js';
 import { createIdGenerator } from './ids.js';
-import { checkLimit, chunks, isPostgres, parseJson, type Clock, type StoreOptions } from './sql.js';
+import { checkLimit, checkSize, chunks, isPostgres, parseJson, type Clock, type StoreOptions } from './sql.js';
 
 export type JobStatus = 'pending' | 'done' | 'failed' | 'cancelled';
 
@@ -319,6 +319,44 @@ export class JobQueue {
     next = Math.min(next, deadline);
     await this.#finish(id, owner, { status: 'pending', next_attempt_at: next, last_error: errorText(error) });
     return { gaveUp: false, nextAttemptAt: next };
+  }
+
+  /**
+   * Returns a leased job to the queue, due at `at`, as planned work rather than a failure: a recurring job
+   * (the blob collector) or a check that is not finished yet (a relay waiting for its transfers). No error
+   * is recorded and the give-up deadline does not apply; `resetAttempts` starts the attempt count over, so
+   * the count says how many runs in a row went wrong, or how many checks have been made.
+   */
+  async reschedule(
+    id: string,
+    owner: string,
+    at: number,
+    options: { resetAttempts?: boolean; error?: unknown } = {},
+  ): Promise<void> {
+    checkSize(at);
+    await this.#finish(id, owner, {
+      status: 'pending',
+      next_attempt_at: at,
+      last_error: options.error === undefined ? null : errorText(options.error),
+      ...(options.resetAttempts ? { attempts: 0 } : {}),
+    });
+  }
+
+  /**
+   * Brings a pending job that is not leased forward so that it is due no later than `notAfter` (an
+   * operator's "retry now", or a shorter interval after a configuration change). Answers whether it moved.
+   */
+  async advance(kind: string, key: string, notAfter: number = this.#now()): Promise<boolean> {
+    checkString(kind, 'kind', 16);
+    checkString(key, 'key', 512);
+    checkSize(notAfter);
+    const now = this.#now();
+    const n = await this.#knex('mail_jobs')
+      .where({ kind, key, status: 'pending' })
+      .andWhere('next_attempt_at', '>', notAfter)
+      .andWhere((q) => q.whereNull('lease_until').orWhere('lease_until', '<=', now))
+      .update({ next_attempt_at: notAfter, updated_at: now });
+    return n > 0;
   }
 
   /** Lengthens a lease the owner still holds (a long fetch). */

@@ -1,4 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { externalContentType, type Part } from '@federizer/protocol';
+import { AccountStore } from './accounts.js';
 import { ChangeLog } from './changes.js';
 import { isMailStoreError } from './errors.js';
 import { ID_LENGTH, ID_PATTERN, createIdGenerator, idTime } from './ids.js';
@@ -253,5 +255,35 @@ describe.each(testDatabases())('MessageStore on $name', (database) => {
     expect(await changes.since(ALICE, aliceState)).toMatchObject({ updated: [m1] });
     expect(await changes.since(BOB, bobState)).toMatchObject({ updated: [m2] });
     expect(await messages.markResources(r, 'held')).toEqual([]); // nothing changed, nothing recorded
+  });
+
+  it('makes the accounts hold a resource marked held, with its declared size and media type', async () => {
+    const r = cid('photo');
+    const leaf: Part = {
+      headers: [
+        { 'Content-Disposition': 'attachment; filename="p.jpg"' },
+        { 'Content-ID': r },
+        { 'Content-Type': externalContentType(4000, 'image/jpeg') },
+      ],
+    };
+    const m1 = await messages.create(
+      draft(BOB, { body: { parts: [leaf] }, resources: [{ contentId: r, size: 4000, status: 'pending' }] }),
+    );
+    await messages.create(
+      draft(BOB, { body: { parts: [leaf] }, resources: [{ contentId: r, size: 4000, status: 'pending' }] }),
+    );
+    const accounts = new AccountStore(db.knex, { now: clock.now });
+    expect(await accounts.resource(BOB, r)).toBeUndefined();
+    // A failed fetch holds nothing.
+    await messages.markResources(r, 'failed');
+    expect(await accounts.resource(BOB, r)).toBeUndefined();
+    clock.advance(1000);
+    await messages.markResources(r, 'held');
+    expect(await accounts.resource(BOB, r)).toMatchObject({ size: 4000, mediaType: 'image/jpeg', refs: 2 });
+    expect(await accounts.storageUsed(BOB)).toBe(4000);
+    // The fetcher's own addition afterwards changes nothing.
+    expect(await accounts.addResource(BOB, { contentId: r, size: 4000 })).toEqual({ added: false, storageUsed: 4000 });
+    await messages.delete(BOB, m1);
+    expect(await accounts.resource(BOB, r)).toMatchObject({ refs: 1 });
   });
 });

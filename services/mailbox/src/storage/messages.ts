@@ -6,7 +6,7 @@
 import type { Knex } from 'knex';
 import { dbBoolean, dbNumber } from '@federizer/common';
 import type { Block, Body } from '@federizer/protocol';
-import { referenceResources, unreferenceResources } from './accounts.js';
+import { holdResource, referenceResources, unreferenceResources } from './accounts.js';
 import { recordChanges } from './changes.js';
 import { MailStoreError } from './errors.js';
 import { ID_PATTERN, createIdGenerator } from './ids.js';
@@ -17,6 +17,7 @@ import {
   checkSize,
   chunks,
   lockAccounts,
+  lockContent,
   parseJson,
   type Clock,
   type StoreOptions,
@@ -413,11 +414,17 @@ export class MessageStore {
   /**
    * Sets the status of a resource in every message of this domain that references it (a fetch finished or
    * gave up), recording an `updated` change for each message whose status changed. Answers those messages.
+   *
+   * `held` says the account has the bytes, so the accounts of those messages start holding the resource in
+   * the same transaction (its size counted, as `AccountStore.addResource` does, without a quota: the
+   * message was accepted): a client never sees a resource `held` that it cannot download yet.
    */
   async markResources(contentId: string, status: ResourceStatus): Promise<{ address: string; id: string }[]> {
     checkContentId(contentId);
     if (!RESOURCE_STATUSES.includes(status)) throw new TypeError(`not a resource status: ${String(status)}`);
     return this.#knex.transaction(async (trx) => {
+      // Before the account locks, as every holder of the resource lock takes them.
+      if (status === 'held') await lockContent(trx, contentId);
       const now = this.#now();
       const find = async () =>
         (await trx('mail_message_resources as mr')
@@ -445,6 +452,23 @@ export class MessageStore {
           .update({ status, updated_at: now });
       }
       for (const [address, ids] of byAccount) {
+        if (status === 'held') {
+          const declared = (await trx('mail_message_resources as mr')
+            .join('mail_messages as m', 'm.id', 'mr.message')
+            .first('mr.size', 'm.body')
+            .where({ 'mr.message': ids[0], 'mr.content_id': contentId })) as { size: unknown; body: unknown };
+          await holdResource(
+            trx,
+            {
+              address,
+              contentId,
+              size: dbNumber(declared.size),
+              mediaType: declaredMediaType(parseJson<Body>(declared.body, 'body'), contentId),
+              quota: Number.POSITIVE_INFINITY,
+            },
+            now,
+          );
+        }
         await recordChanges(
           trx,
           address,
@@ -455,4 +479,23 @@ export class MessageStore {
       return affected.map((m) => ({ address: m.address, id: m.id }));
     });
   }
+}
+
+/** The media type the body declares for a resource (its leaf's Content-Type, second element), for downloads. */
+function declaredMediaType(body: Body, contentId: string): string {
+  const walk = (parts: Body['parts']): string | undefined => {
+    for (const part of parts) {
+      const found = part.parts !== undefined ? walk(part.parts) : leafMediaType(part.headers, contentId);
+      if (found !== undefined) return found;
+    }
+    return undefined;
+  };
+  return walk(body.parts) ?? 'application/octet-stream';
+}
+
+function leafMediaType(headers: Body['parts'][number]['headers'], contentId: string): string | undefined {
+  if (!headers.some((h) => h['Content-ID'] === contentId)) return undefined;
+  const type = headers.find((h) => Object.hasOwn(h, 'Content-Type'))?.['Content-Type'];
+  const media = Array.isArray(type) ? (type as unknown[])[1] : undefined;
+  return typeof media === 'string' && media.length > 0 && media.length <= 255 ? media : undefined;
 }

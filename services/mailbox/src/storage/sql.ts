@@ -44,6 +44,21 @@ export async function lockAccounts(trx: Knex.Transaction, addresses: readonly st
   }
 }
 
+/** The first key of the advisory locks of Content-IDs (the second is the hash of the Content-ID). */
+const CONTENT_LOCK_CLASS = 0x6d72; // "mr"
+
+/**
+ * On PostgreSQL, serializes the transactions that start or stop holding one resource until the transaction
+ * ends: the blob collector forgetting its rows, and an account starting to hold it (an upload, a fetch, a
+ * delivery of bytes this domain holds). Without it a new holder could read the old rows as present, then
+ * commit its own row after the collector deleted them, and be left with a row whose blob is gone. Taken
+ * before `lockAccounts`, always, so the two kinds of lock cannot deadlock.
+ */
+export async function lockContent(trx: Knex.Transaction, contentId: string): Promise<void> {
+  if (!isPostgres(trx)) return;
+  await trx.raw('select pg_advisory_xact_lock(?, hashtext(?))', [CONTENT_LOCK_CLASS, contentId]);
+}
+
 export function parseJson<T>(text: unknown, what: string): T {
   if (typeof text !== 'string') throw new TypeError(`${what}: expected JSON text from the database`);
   return JSON.parse(text) as T;
