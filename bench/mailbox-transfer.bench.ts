@@ -9,6 +9,9 @@
  * sends a new resource (a Content-ID already held is never fetched again). Targets: ≥ 100 MB/s for each
  * transfer, peak RSS < 150 MiB for every process. BENCH_TRANSFER_MIB (default 1024) sets the size,
  * BENCH_TRANSFER_ROUNDS (default 3) the rounds; BENCH_PROFILE_DIR=dir writes CPU profiles of the mailboxes.
+ * BENCH_BUNDLE=1 builds the production bundle (scripts/build.ts, into dist/) first and runs the services from
+ * it instead of from the TypeScript sources through tsx; opt-in, so that a stale dist/ never stands in for the
+ * code under test.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createCipheriv, createHash, generateKeyPairSync, randomUUID } from 'node:crypto';
@@ -33,6 +36,7 @@ import {
   resetPeakRss,
   versusTarget,
 } from './lib.js';
+import { DEFAULT_ENTRY, buildBundle } from '../scripts/build.js';
 
 const MIB = 1024 ** 2;
 const SIZE = Number(process.env.BENCH_TRANSFER_MIB ?? 1024) * MIB;
@@ -43,7 +47,8 @@ const ADMIN = 'bench-admin-token-0123456789';
 const PASSWORD = 'bench password';
 /** This process: its RSS is shown, but the target is the services'. */
 const CLIENT = 'bench client';
-const BIN = new URL('../services/cli/bin/federizer.js', import.meta.url).pathname;
+const BUNDLE = process.env.BENCH_BUNDLE === '1';
+const BIN = BUNDLE ? DEFAULT_ENTRY : new URL('../services/cli/bin/federizer.js', import.meta.url).pathname;
 
 // ---------------------------------------------------------------------------------------------------
 // The bytes: a deterministic stream that any range of can be made again, without keeping it.
@@ -435,6 +440,7 @@ async function round(
 }
 
 export async function run(): Promise<void> {
+  if (BUNDLE) await buildBundle();
   const dir = await mkdtemp(join(tmpdir(), 'federizer-bench-transfer-'));
   const dns = await DnsServer.start({ zones: ['example.com', 'example.net', 'localhost'] });
   const domains: BenchDomain[] = [];
@@ -464,7 +470,8 @@ export async function run(): Promise<void> {
 
     console.log(
       `${mibText(SIZE)} per transfer, ${ROUNDS} rounds, a new resource each; AS and mailbox of example.com and ` +
-        `example.net each its own process (SQLite); ${loadAverageText()} before`,
+        `example.net each its own process (SQLite), run ${BUNDLE ? 'from the bundle (dist/federizer.mjs)' : 'from the sources through tsx'}; ` +
+        `${loadAverageText()} before`,
     );
     const idle = await Promise.all([...pids].map(async ([name, pid]) => `${name} ${mibText(await currentRss(pid))}`));
     console.log(`RSS when idle, before the first round: ${idle.join(', ')}`);

@@ -1,8 +1,8 @@
 /**
  * Deployments, Services, PersistentVolumeClaims and PodDisruptionBudgets of the AS, the mailbox and the
  * webmail. Every pod runs the same image with a different `federizer` subcommand, under the restricted Pod
- * Security Standard: non-root, read-only root filesystem (an emptyDir on /tmp, where tsx caches compiled
- * sources), no capabilities, the runtime's default seccomp profile.
+ * Security Standard: non-root, read-only root filesystem (an emptyDir on /tmp for the temporary files Node
+ * and the services may write), no capabilities, the runtime's default seccomp profile.
  */
 import type { ResolvedMailDomain, ResourceRequirements, StorageSpec } from '../model.js';
 import {

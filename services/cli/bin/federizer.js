@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The `federizer` command. From a source checkout it runs the TypeScript sources through tsx, so
-// `npm ci` is the only build step; an image built with `npm run build` ships dist/ instead.
+// `npm ci` is the only build step; `npm run build` bundles it into dist/federizer.mjs at the root, which the
+// image runs directly and which this script falls back to where the sources are absent.
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
@@ -10,5 +11,5 @@ if (existsSync(source)) {
   register();
   await import('../src/main.ts');
 } else {
-  await import('../dist/main.js');
+  await import('../../../dist/federizer.mjs');
 }
