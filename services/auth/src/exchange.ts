@@ -85,8 +85,11 @@ export interface ExchangeDeps {
   readonly users: UserStore;
   readonly replay: ReplayStore;
   readonly trust: TrustResolver;
-  /** Whether the grant behind a user's access token still stands (not revoked by sign-out or refresh reuse). */
-  readonly isGrantActive: (grantId: string) => Promise<boolean>;
+  /**
+   * The user a send exchange's access token names, and whether the grant it was issued under still stands
+   * (not revoked by sign-out or refresh-token reuse): one read, since every send asks both.
+   */
+  readonly subject: (address: string, grantId: string) => Promise<{ user: User | undefined; grantActive: boolean }>;
   readonly now: () => number;
   readonly onIssued?: (kind: ExchangeKind) => void;
 }
@@ -174,10 +177,13 @@ export async function verifyUserToken(req: Request, deps: ExchangeDeps): Promise
   } catch (e) {
     throw new ExchangeError('invalid_grant', `subject_token: ${(e as Error).message}`, { cause: e });
   }
-  if (typeof payload.gid !== 'string' || !(await deps.isGrantActive(payload.gid))) {
+  const { user, grantActive } =
+    typeof payload.gid === 'string'
+      ? await deps.subject(typeof payload.sub === 'string' ? payload.sub : '', payload.gid)
+      : { user: undefined, grantActive: false };
+  if (!grantActive) {
     throw new ExchangeError('invalid_grant', 'subject_token: the grant it was issued under was revoked');
   }
-  const user = typeof payload.sub === 'string' ? await deps.users.get(payload.sub) : undefined;
   if (user === undefined || user.disabled)
     throw new ExchangeError('invalid_grant', `subject_token: the user ${String(payload.sub)} is unknown or disabled`);
   return user;

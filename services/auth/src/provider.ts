@@ -4,8 +4,10 @@
  * It is rebuilt when the signing keys change (provider keystores are fixed at construction); everything
  * it stores lives in the database, so a rebuilt provider carries on where the old one stopped.
  */
+import { createHash } from 'node:crypto';
 import type { ClientMetadata, Configuration, KoaContextWithOIDC } from 'oidc-provider';
 import Provider, { errors, interactionPolicy } from 'oidc-provider';
+import type { ReplayStore } from '@federizer/protocol';
 import type { AuthConfig, AuthSecrets } from './config.js';
 import { EXCHANGE_PARAMS, TOKEN_EXCHANGE, tokenExchangeHandler, type ExchangeDeps } from './exchange.js';
 import type { KeyRing } from './keys.js';
@@ -181,6 +183,7 @@ export function createProvider(deps: ProviderDeps): Provider {
   // Behind a TLS-terminating proxy the provider must read X-Forwarded-Proto/Host; only then, since any
   // caller can send those headers.
   provider.proxy = config.trustProxy;
+  recordReplaysIn(provider, deps.exchange.replay);
   provider.registerGrantType(
     TOKEN_EXCHANGE,
     tokenExchangeHandler({ ...deps.exchange, config, keys: () => deps.keys }),
@@ -188,6 +191,28 @@ export function createProvider(deps: ProviderDeps): Provider {
     [],
   );
   return provider;
+}
+
+/**
+ * The key under which a jti that oidc-provider must see only once is recorded in the replay table: the
+ * same SHA-256 of `iss` and `jti` the provider's own ReplayDetection model uses as its id (so migration
+ * 0002 could carry the records it had made over), in a namespace of its own beside the DPoP proofs of the
+ * token exchange.
+ */
+export function providerReplayKey(iss: string, jti: string): string {
+  return `oidc:${createHash('sha256').update(`${iss}${jti}`).digest('base64url')}`;
+}
+
+/**
+ * oidc-provider checks client assertion jti values (RFC 7523 §3) and the DPoP proofs of its own grants
+ * with `ReplayDetection.unique`, a find then a save through the adapter: two round trips, and not atomic,
+ * so two requests carrying the same assertion at the same moment can both pass the find. Here the one
+ * atomic insert-if-absent of the replay table decides instead, as it does for the token exchange's DPoP
+ * proofs: exactly one of several concurrent uses wins, on every replica and after a restart.
+ */
+function recordReplaysIn(provider: Provider, replay: ReplayStore): void {
+  provider.ReplayDetection.unique = (iss: string, jti: string, exp: number) =>
+    replay.checkAndRecord(providerReplayKey(iss, jti), Math.ceil(exp));
 }
 
 /**

@@ -48,6 +48,8 @@ export interface AuthOverrides {
 
 export class AuthService implements AsyncDisposable {
   #provider: Provider;
+  /** The provider's request handler: Koa composes its middleware anew on every callback() call. */
+  #handle: ReturnType<Provider['callback']>;
   #timers: NodeJS.Timeout[] = [];
   #closed = false;
 
@@ -65,6 +67,7 @@ export class AuthService implements AsyncDisposable {
     private readonly now: () => number,
   ) {
     this.#provider = build();
+    this.#handle = this.#provider.callback();
   }
 
   static async start(config: AuthConfig, secrets: AuthSecrets, overrides: AuthOverrides = {}): Promise<AuthService> {
@@ -114,7 +117,6 @@ export class AuthService implements AsyncDisposable {
     });
     const basePath = new URL(config.issuer).pathname.replace(/\/$/, '');
 
-    const grants = adapter('Grant');
     const build = (): Provider => {
       const provider = createProvider({
         config,
@@ -128,7 +130,8 @@ export class AuthService implements AsyncDisposable {
           replay: new KnexReplayStore(knex),
           trust,
           now,
-          isGrantActive: async (grantId) => (await grants.find(grantId)) !== undefined,
+          // Date.now, the clock the provider's adapter stamps a Grant's expires_at with (adapterFactory above).
+          subject: (address, grantId) => users.getWithGrant(address, grantId, Date.now()),
           onIssued: (kind: ExchangeKind) => tokensIssued.inc({ grant_type: TOKEN_EXCHANGE, exchange: kind }),
         },
         renderError: async (ctx, out) => {
@@ -208,6 +211,7 @@ export class AuthService implements AsyncDisposable {
   async #refreshKeys(now: number): Promise<void> {
     if (await this.keys.refresh(now)) {
       this.#provider = this.build();
+      this.#handle = this.#provider.callback();
       this.logger.info(
         { kid: this.keys.current.kid, published: this.keys.keys.map((k) => k.kid) },
         'signing keys changed',
@@ -284,7 +288,7 @@ export class AuthService implements AsyncDisposable {
     app.use(basePath || '/', router);
     app.use(basePath || '/', (req, res) => {
       req.routeLabel ??= 'oidc-provider';
-      return this.#provider.callback()(req, res);
+      return this.#handle(req, res);
     });
     app.use((err: Error, _req: Request, res: Response, _next: NextFunction) => {
       this.logger.error({ err }, 'request failed');

@@ -8,7 +8,9 @@
  * Time is never waited for: the federation's clock is `Date.now() + offset`, and a test that needs a token
  * to have expired moves the offset (and the DPoP proof's `iat` with it).
  */
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SignJWT } from 'jose';
 import * as oidc from 'openid-client';
 import type { HttpClient } from '@federizer/common';
 import {
@@ -29,6 +31,7 @@ import type { AuthService } from '../src/index.js';
 import { testDatabases } from '../../common/src/testing/databases.js';
 import { startFederation, type Federation, type TestDomain } from './harness.js';
 import {
+  ExchangeRefused,
   MtaClient,
   TOKEN_TYPE,
   fetchParams,
@@ -356,6 +359,56 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
   });
 
   // -------------------------------------------------------------------------------------------------
+  // The MTA's client authentication (private_key_jwt, RFC 7523)
+
+  describe('client assertion', () => {
+    /** A private_key_jwt client assertion of example.com's MTA, as openid-client makes one (RFC 7523 §3). */
+    async function mtaAssertion(): Promise<string> {
+      const seconds = Math.floor(Date.now() / 1000);
+      return new SignJWT({ jti: randomUUID() })
+        .setProtectedHeader({ alg: 'ES256', kid: com.mtaKey.jwk.kid })
+        .setIssuer(com.config.mta.clientId)
+        .setSubject(com.config.mta.clientId)
+        .setAudience(com.issuer)
+        .setIssuedAt(seconds)
+        .setExpirationTime(seconds + 60)
+        .sign(com.mtaKey.privateKey);
+    }
+
+    it('RFC 7523 §3: a client assertion used a second time — its jti was seen (401 invalid_client)', async () => {
+      const { copy } = await aliceSent();
+      const params = sendParams((await alice()).accessToken, copy.exchangeHeaders);
+      const assertion = await mtaAssertion();
+      const reuse: ExchangeOptions = { tamper: ({ form }) => form.set('client_assertion', assertion) };
+      // The same request with this assertion is served once: reuse is the one thing wrong the second time.
+      expect((await comMta.exchange(params, reuse)).trace.status).toBe(200);
+      const refusal = await expectRefused(
+        comMta,
+        params,
+        { status: 401, error: 'invalid_client', description: /^client authentication failed$/ },
+        reuse,
+      );
+      expect(refusal.trace.form!.get('client_assertion')).toBe(assertion);
+    });
+
+    it('RFC 7523 §3: one client assertion in 8 requests at once is accepted exactly once (an atomic replay check)', async () => {
+      const { copy } = await aliceSent();
+      const params = sendParams((await alice()).accessToken, copy.exchangeHeaders);
+      const assertion = await mtaAssertion();
+      const outcomes = await Promise.all(
+        Array.from({ length: 8 }, () =>
+          comMta.exchange(params, { tamper: ({ form }) => form.set('client_assertion', assertion) }).then(
+            (issued) => issued.trace.status,
+            (e: unknown) => (e instanceof ExchangeRefused ? `${e.refusal.status} ${e.refusal.error}` : e),
+          ),
+        ),
+      );
+      expect(outcomes.filter((o) => o === 200)).toHaveLength(1);
+      expect(outcomes.filter((o) => o === '401 invalid_client')).toHaveLength(7);
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------------
   // DPoP at the token endpoint (§4.5 check 3, docs §10.3)
 
   describe('DPoP', () => {
@@ -547,7 +600,7 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
   // -------------------------------------------------------------------------------------------------
   // Last, since it replaces example.com's AS for the rest of the suite.
 
-  it('PROTOCOL §4.5 / docs §10.3: a DPoP proof replayed after the AS restarted on the same database is still refused', async () => {
+  it('PROTOCOL §4.5 / docs §10.3, RFC 7523 §3: a DPoP proof, or a client assertion, replayed after the AS restarted on the same database is still refused', async () => {
     const { copy } = await aliceSent();
     const params = sendParams((await alice()).accessToken, copy.exchangeHeaders);
     const first = await comMta.exchange(params);
@@ -564,7 +617,14 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
         { error: 'invalid_dpop_proof', description: /DPoP proof: jti \S+ was already used/ },
         { tamper: ({ headers }) => void (headers.dpop = proof) },
       );
-      // The restarted AS serves the same exchange with a fresh proof.
+      const assertion = first.trace.form!.get('client_assertion')!;
+      await expectRefused(
+        mta,
+        params,
+        { status: 401, error: 'invalid_client', description: /^client authentication failed$/ },
+        { tamper: ({ form }) => form.set('client_assertion', assertion) },
+      );
+      // The restarted AS serves the same exchange with a fresh proof and a fresh assertion.
       expect((await mta.exchange(params)).trace.status).toBe(200);
     } finally {
       await freshHttp.close();

@@ -54,7 +54,9 @@ function createSqlite(filename: string): Knex {
           // Pragmas are per connection, not per file (except journal_mode), so they go on every new one.
           connection.pragma('journal_mode = WAL');
           connection.pragma('foreign_keys = ON');
-          connection.pragma('busy_timeout = 5000');
+          // No blocking wait for another process's lock: CachingBetterSqlite3Client waits without blocking the
+          // event loop (SQLITE_BUSY_WAIT_MS).
+          connection.pragma('busy_timeout = 0');
           // NORMAL is durable in WAL mode except for the last transactions before a power loss.
           connection.pragma('synchronous = NORMAL');
           done(null, connection);

@@ -83,4 +83,48 @@ export const authMigrations: readonly Migration[] = [
       }
     },
   },
+  {
+    // oidc-provider's replay records (client assertion and DPoP jti values) move from oidc_payloads to the
+    // replay table (see recordReplaysIn in provider.ts). Live ones are carried over under the key the new
+    // code looks up (`oidc:` + the same id), so an assertion used just before an upgrade is still refused
+    // just after it.
+    name: '0002_provider_replays_in_replay_table',
+    async up(knex: Knex) {
+      const rows = (await knex('oidc_payloads')
+        .select('id', 'expires_at')
+        .where({ kind: 'ReplayDetection' })
+        .whereNotNull('expires_at')
+        .where('expires_at', '>', Date.now())) as { id: string; expires_at: unknown }[];
+      for (let i = 0; i < rows.length; i += 200) {
+        const chunk = rows.slice(i, i + 200).map((r) => ({
+          key: `oidc:${r.id}`,
+          // oidc_payloads keeps epoch milliseconds, the replay table unix seconds.
+          expires_at: Math.ceil(Number(r.expires_at) / 1000),
+        }));
+        await knex('replay').insert(chunk).onConflict('key').ignore();
+      }
+      await knex('oidc_payloads').where({ kind: 'ReplayDetection' }).delete();
+    },
+  },
+  {
+    // Every token exchange inserts two replay records (the client assertion's jti and the DPoP proof's), at
+    // random places in the key order. The expires_at index doubled the pages each insert writes, for the
+    // sake of one pruning DELETE every ten minutes, which scans the table as fast without it (the table
+    // holds about two minutes of records). On SQLite the table also becomes WITHOUT ROWID: the key is then
+    // the only B-tree, not a separate index beside a rowid table. Fewer pages written per insert is less
+    // time the synchronous SQLite driver holds the event loop.
+    name: '0003_replay_table_single_btree',
+    async up(knex: Knex) {
+      if ((knex.client as { dialect?: string }).dialect !== 'sqlite3') {
+        await knex.schema.alterTable('replay', (t) => t.dropIndex(['expires_at'], 'replay_expires_at_idx'));
+        return;
+      }
+      await knex.raw(
+        'create table replay_next (key varchar(512) not null primary key, expires_at bigint not null) without rowid',
+      );
+      await knex.raw('insert into replay_next (key, expires_at) select key, expires_at from replay');
+      await knex.schema.dropTable('replay');
+      await knex.raw('alter table replay_next rename to replay');
+    },
+  },
 ];

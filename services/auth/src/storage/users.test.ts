@@ -166,6 +166,43 @@ describe.each(testDatabases())('UserStore on $name', (database) => {
     ).toBe(false);
   });
 
+  it('reads a token exchange subject: the user and whether the grant stands, in one answer', async () => {
+    const mia = await users.create({ address: 'mia@example.com', password: 'password1' });
+    const grant = (id: string, expiresAt: number | null) =>
+      knex('oidc_payloads').insert({ kind: 'Grant', id, payload: '{}', grant_id: null, expires_at: expiresAt });
+    const at = T0.getTime();
+    await grant('g-live', at + 1000);
+    await grant('g-forever', null);
+    await grant('g-expired', at);
+    // Another model's row with the grant's id is not the grant.
+    await knex('oidc_payloads').insert({ kind: 'Session', id: 'g-session', payload: '{}', expires_at: at + 1000 });
+    try {
+      expect(await users.getWithGrant('MIA@example.com', 'g-live', at)).toEqual({ user: mia, grantActive: true });
+      expect(await users.getWithGrant('mia@example.com', 'g-forever', at)).toEqual({ user: mia, grantActive: true });
+      // expires_at is the last millisecond it is not yet valid at, as the adapter's find has it
+      expect(await users.getWithGrant('mia@example.com', 'g-expired', at)).toEqual({ user: mia, grantActive: false });
+      expect(await users.getWithGrant('mia@example.com', 'g-live', at + 1000)).toEqual({
+        user: mia,
+        grantActive: false,
+      });
+      expect(await users.getWithGrant('mia@example.com', 'g-session', at)).toEqual({ user: mia, grantActive: false });
+      expect(await users.getWithGrant('mia@example.com', 'g-missing', at)).toEqual({ user: mia, grantActive: false });
+      // an unknown user still gets the grant's answer, so the exchange can say which check failed
+      expect(await users.getWithGrant('nobody@example.com', 'g-live', at)).toEqual({
+        user: undefined,
+        grantActive: true,
+      });
+      expect(await users.getWithGrant('nobody@example.com', 'g-expired', at)).toEqual({
+        user: undefined,
+        grantActive: false,
+      });
+      await users.update('mia@example.com', { disabled: true });
+      expect((await users.getWithGrant('mia@example.com', 'g-live', at)).user?.disabled).toBe(true);
+    } finally {
+      await knex('oidc_payloads').delete();
+    }
+  });
+
   it('counts sends per UTC day and never exceeds the quota under 20 concurrent consumers', async () => {
     await users.create({ address: 'judy@example.com', password: 'password1', sendQuotaPerDay: 7 });
     const results = await Promise.all(

@@ -205,6 +205,31 @@ export class UserStore {
     return row === undefined ? undefined : toUser(row);
   }
 
+  /**
+   * The token exchange's read of its subject, in one query: the user (undefined when unknown), and whether
+   * the oidc-provider Grant that the user's access token carries (`gid`) still stands, that is, is in
+   * oidc_payloads and unexpired at `nowMs` (the adapter's clock); sign-out and refresh-token reuse delete it.
+   */
+  async getWithGrant(
+    address: string,
+    grantId: string,
+    nowMs: number,
+  ): Promise<{ user: User | undefined; grantActive: boolean }> {
+    const grants = () =>
+      this.#knex('oidc_payloads')
+        .count('*')
+        .where({ kind: 'Grant', id: grantId })
+        .andWhere((q) => q.whereNull('expires_at').orWhere('expires_at', '>', nowMs));
+    const row = (await this.#knex('users')
+      .select([...USER_COLUMNS, grants().as('grants')])
+      .where({ address: normalizeAddress(address) })
+      .first()) as (UserRow & { grants: unknown }) | undefined;
+    if (row !== undefined) return { user: toUser(row), grantActive: dbNumber(row.grants) > 0 };
+    // Only an unknown user gets here: a second read, so the answer can still say which check failed first.
+    const found = (await grants().first()) as Record<string, unknown> | undefined;
+    return { user: undefined, grantActive: dbNumber(Object.values(found ?? {})[0] ?? 0) > 0 };
+  }
+
   /** Ordered by address; pass the last address of a page as `after` for the next one. */
   async list(options: { after?: string; limit: number }): Promise<User[]> {
     if (!Number.isSafeInteger(options.limit) || options.limit < 1 || options.limit > MAX_LIST) {

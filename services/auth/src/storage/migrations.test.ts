@@ -1,0 +1,91 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { Knex } from 'knex';
+import { exportJWK, generateKeyPair } from 'jose';
+import Provider from 'oidc-provider';
+import { createKnex, migrateLatest } from '@federizer/common';
+// Test helpers are not part of @federizer/common's public entry point.
+import { testDatabases } from '../../../common/src/testing/databases.js';
+import { providerReplayKey } from '../provider.js';
+import { KnexReplayStore, adapterFactory } from './adapter.js';
+import { AUTH_MIGRATIONS_TABLE, authMigrations } from './migrations.js';
+
+/** The migrations up to and including `name`, as a database that last ran that release has them. */
+function upTo(name: string) {
+  return authMigrations.slice(0, authMigrations.findIndex((m) => m.name === name) + 1);
+}
+
+describe.each(testDatabases())('AS migrations on $name', (database) => {
+  let knex: Knex;
+  let destroyDatabase: () => Promise<void>;
+
+  beforeEach(async () => {
+    const created = await database.create();
+    destroyDatabase = created.destroy;
+    knex = createKnex(created.config);
+  });
+
+  afterEach(async () => {
+    await knex?.destroy();
+    await destroyDatabase?.();
+  });
+
+  it('0002 carries the replay records oidc-provider kept in oidc_payloads over to the replay table', async () => {
+    await migrateLatest(knex, upTo('0001_initial'), AUTH_MIGRATIONS_TABLE);
+    // The provider as it ran before 0002: its own ReplayDetection model, stored through the adapter.
+    const { privateKey } = await generateKeyPair('ES256', { extractable: true });
+    const provider = new Provider('http://as.example.test', {
+      adapter: adapterFactory(knex),
+      jwks: { keys: [{ ...(await exportJWK(privateKey)), alg: 'ES256', use: 'sig', kid: 'k1' }] },
+      clientDefaults: { id_token_signed_response_alg: 'ES256' },
+      features: { devInteractions: { enabled: false } },
+    });
+    const seconds = Math.floor(Date.now() / 1000);
+    expect(await provider.ReplayDetection.unique('mta.example.com', 'used-before', seconds + 90)).toBe(true);
+    expect(await provider.ReplayDetection.unique('mta.example.com', 'expired', seconds - 1)).toBe(true);
+    await knex('oidc_payloads').insert({ kind: 'Grant', id: 'g1', payload: '{}', expires_at: null });
+
+    expect(await migrateLatest(knex, upTo('0002_provider_replays_in_replay_table'), AUTH_MIGRATIONS_TABLE)).toEqual([
+      '0002_provider_replays_in_replay_table',
+    ]);
+    const rows = (await knex('replay').select('key', 'expires_at')) as { key: string; expires_at: unknown }[];
+    expect(rows.map((r) => r.key)).toEqual([providerReplayKey('mta.example.com', 'used-before')]);
+    // oidc_payloads keeps milliseconds, the replay table seconds: the same moment, rounded up.
+    expect(Math.abs(Number(rows[0]!.expires_at) - (seconds + 90))).toBeLessThanOrEqual(1);
+    const kinds = (await knex('oidc_payloads').select('kind')) as { kind: string }[];
+    expect(kinds.map((r) => r.kind)).toEqual(['Grant']);
+    // What the upgraded AS asks (recordReplaysIn in provider.ts): the jti used before the upgrade is refused.
+    const replay = new KnexReplayStore(knex);
+    expect(await replay.checkAndRecord(providerReplayKey('mta.example.com', 'used-before'), seconds + 90)).toBe(false);
+    expect(await replay.checkAndRecord(providerReplayKey('mta.example.com', 'expired'), seconds + 90)).toBe(true);
+  });
+
+  it('0003 keeps every replay record through the change of the table, which still refuses them', async () => {
+    await migrateLatest(knex, upTo('0002_provider_replays_in_replay_table'), AUTH_MIGRATIONS_TABLE);
+    const seconds = Math.floor(Date.now() / 1000);
+    const replay = new KnexReplayStore(knex);
+    for (const key of ['jkt-1:jti-1', 'jkt-2:jti-2', providerReplayKey('mta.example.com', 'a')])
+      expect(await replay.checkAndRecord(key, seconds + 90)).toBe(true);
+    const before = (await knex('replay').select('key', 'expires_at').orderBy('key')) as Record<string, unknown>[];
+
+    expect(await migrateLatest(knex, authMigrations, AUTH_MIGRATIONS_TABLE)).toEqual([
+      '0003_replay_table_single_btree',
+    ]);
+    const after = (await knex('replay').select('key', 'expires_at').orderBy('key')) as Record<string, unknown>[];
+    expect(after.map((r) => [r.key, Number(r.expires_at)])).toEqual(before.map((r) => [r.key, Number(r.expires_at)]));
+    for (const { key } of after) expect(await replay.checkAndRecord(key as string, seconds + 90)).toBe(false);
+    // The key is still the primary key: of 20 concurrent inserts of one new key, one wins.
+    const results = await Promise.all(Array.from({ length: 20 }, () => replay.checkAndRecord('new-key', seconds + 90)));
+    expect(results.filter(Boolean)).toHaveLength(1);
+    const indexes =
+      database.name === 'sqlite'
+        ? ((await knex.raw("select name from sqlite_master where type = 'index' and tbl_name = 'replay'")) as {
+            name: string;
+          }[])
+        : (
+            (await knex.raw(
+              "select indexname as name from pg_indexes where tablename = 'replay' and schemaname = current_schema()",
+            )) as { rows: { name: string }[] }
+          ).rows;
+    expect(indexes.map((i) => i.name)).not.toContain('replay_expires_at_idx');
+  });
+});
