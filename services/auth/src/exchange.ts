@@ -76,6 +76,9 @@ export class ExchangeError extends errors.OIDCProviderError {
     super(options.status ?? 400, error, options.cause === undefined ? undefined : { cause: options.cause });
     this.error_description = description;
     this.headers = options.headers ?? {};
+    // Every exchange refusal is deliberate and worded for the caller; oidc-provider would otherwise turn a
+    // 5xx (503 temporarily_unavailable) into an opaque server_error.
+    this.expose = true;
   }
 }
 
@@ -296,9 +299,22 @@ export async function verifySubjectAssertion(req: Request, deps: ExchangeDeps, s
     });
   } catch (e) {
     const reason = e instanceof ProtocolError ? `${e.message} (${e.code})` : (e as Error).message;
+    // The sender's domain could not be asked (its DNS, AS or JWKS did not answer): nothing is known against
+    // the assertion yet, so the caller should try again later rather than give the message up (RFC 6749
+    // §4.1.2.1 temporarily_unavailable, with HTTP 503 as RFC 9110 §15.6.4 has it).
+    if (e instanceof ProtocolError && e.code === 'discovery_failed') {
+      throw new ExchangeError('temporarily_unavailable', `subject_token: ${reason}`, {
+        status: 503,
+        headers: { 'Retry-After': String(RETRY_AFTER_DISCOVERY_SECONDS) },
+        cause: e,
+      });
+    }
     throw new ExchangeError('invalid_grant', `subject_token: ${reason}`, { cause: e });
   }
 }
+
+/** How soon a caller refused because the sender's domain did not answer should ask again. */
+const RETRY_AFTER_DISCOVERY_SECONDS = 30;
 
 function senderDomainOf(req: Request, messageId: string): string {
   const explicit = req.params.sender_domain;

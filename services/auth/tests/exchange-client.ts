@@ -192,6 +192,17 @@ export class MtaClient {
           trace,
         });
       }
+      // openid-client reads an OAuth error body only from 4xx answers; a 503 temporarily_unavailable comes
+      // back as the raw response, whose body the trace has already kept.
+      if ((trace.status ?? 0) >= 500 && trace.headers && typeof trace.body?.error === 'string') {
+        throw new ExchangeRefused({
+          status: trace.status!,
+          error: trace.body.error,
+          error_description: trace.body.error_description as string | undefined,
+          headers: trace.headers,
+          trace,
+        });
+      }
       throw e;
     }
     return { token: result.access_token, result, trace, dpopKey, jkt: await thumbprint(dpopKey) };

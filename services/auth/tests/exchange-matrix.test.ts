@@ -29,7 +29,7 @@ import {
 } from '@federizer/protocol';
 import type { AuthService } from '../src/index.js';
 import { testDatabases } from '../../common/src/testing/databases.js';
-import { startFederation, type Federation, type TestDomain } from './harness.js';
+import { freePort, startFederation, type Federation, type TestDomain } from './harness.js';
 import {
   ExchangeRefused,
   MtaClient,
@@ -504,6 +504,21 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
       // The same assertion for the domain that did issue it is accepted: the issuer was the one reason.
       const fetched = await orgMta.exchange(fetchParams(assertion, net.mailboxResource, messageId, 'example.net'));
       expect(fetched.trace.status).toBe(200);
+    });
+
+    it('PROTOCOL §6.1/§8: a sender domain whose AS does not answer is a temporary refusal (503 temporarily_unavailable), not invalid_grant', async () => {
+      const { assertion, messageId } = await bobSent();
+      // The sender domain's SRV record names an AS on a port where nothing listens: discovery cannot finish.
+      const down = 'down.example.net';
+      fed.dns.setRecords(`_federizer._as._tcp.${down}`, 'SRV', [
+        { priority: 10, weight: 5, port: await freePort(), target: 'as.down-example-net.localhost' },
+      ]);
+      const refusal = await expectRefused(orgMta, fetchParams(assertion, net.mailboxResource, messageId, down), {
+        status: 503,
+        error: 'temporarily_unavailable',
+        description: /subject_token: .*\(discovery_failed\)/,
+      });
+      expect(refusal.headers.get('retry-after')).toBe('30');
     });
 
     it('PROTOCOL §5.2 check 2: an `alg: none` assertion (invalid_grant)', async () => {
