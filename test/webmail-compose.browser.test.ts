@@ -11,6 +11,9 @@
  * told it is hidden (visibilityState redefined, visibilitychange dispatched). The notification itself is
  * real: Chromium shows it, and the service worker's registration lists it (getNotifications), so no
  * stand-in for Notification is needed.
+ *
+ * Also: a draft clicked in Drafts opens in the compose with what it holds, and is sent from there; and
+ * signing out in one tab signs out the other tabs of the browser, whose IndexedDB keeps no mail.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -113,7 +116,7 @@ describe.skipIf(!existsSync(CHROMIUM))('composing and notifications in Chromium 
     if (report.length > 0) process.stdout.write(`\nwebmail compose browser test:\n  ${report.join('\n  ')}\n`);
   });
 
-  it('a large upload shows its progress, is cancelled, and leaves nothing in the mailbox or the draft', async () => {
+  it('a large upload shows its progress, is cancelled, and leaves nothing in the mailbox or the draft, which reopens to be finished and sent', async () => {
     const subject = 'The raw footage, maybe';
     const blobs = join(dir, 'data', 'example.com', 'blobs');
     const big = join(dir, 'lake-raw.bin');
@@ -187,10 +190,75 @@ describe.skipIf(!existsSync(CHROMIUM))('composing and notifications in Chromium 
     const draft = page.getByRole('option', { name: new RegExp(subject) });
     await draft.waitFor({ timeout: 60_000 });
     await draft.click();
-    const message = page.getByRole('article', { name: /Message from alice@example\.com/ });
-    await message.getByText('Only the small note should go.').waitFor({ timeout: 60_000 });
-    await message.getByText('note.txt').first().waitFor();
-    expect(await message.getByText('lake-raw.bin').count()).toBe(0);
+    // A draft opens in the compose, to be finished: what was written, and the note, nothing of the cancelled file.
+    await page.getByRole('heading', { name: 'Edit draft' }).waitFor();
+    expect(await page.getByLabel('To', { exact: true }).inputValue()).toBe('bob@example.net');
+    expect(await page.getByLabel('Subject', { exact: true }).inputValue()).toBe(subject);
+    const text = page.getByLabel('Message', { exact: true });
+    expect(await text.inputValue()).toBe('Only the small note should go.');
+    expect(await rows.allTextContents()).toEqual([expect.stringContaining('note.txt')]);
+    expect(await page.getByText('lake-raw.bin').count()).toBe(0);
+
+    // Changed, it saves itself again; then it is sent from here, and leaves the Drafts.
+    await text.fill('Only the small note should go. Finished.');
+    await page
+      .getByRole('status')
+      .filter({ hasText: /^Saving draft…$|^Draft saved$/ })
+      .waitFor();
+    await page.getByRole('button', { name: /^Send/ }).click();
+    await page.getByRole('heading', { name: 'Sent' }).waitFor();
+    await page.getByRole('option', { name: new RegExp(subject) }).click();
+    const sent = page.getByRole('article', { name: /Message from alice@example\.com/ });
+    await sent.getByText('Only the small note should go. Finished.').waitFor({ timeout: 60_000 });
+    await sent.getByText('note.txt').first().waitFor();
+    await page.getByRole('link', { name: /^Drafts/ }).click();
+    await page.getByText('No conversations here.').waitFor();
+  }, 300_000);
+
+  it('signing out in one tab signs out the others, which forget the mail they showed', async () => {
+    const context = await newContext();
+    const first = await context.newPage();
+    await signIn(first, 'alice@example.com');
+    // Alice has sent mail (the first test), and received none.
+    await first.getByRole('link', { name: /^Sent/ }).click();
+    await first.getByRole('option').first().waitFor({ timeout: 60_000 });
+    const second = await context.newPage();
+    await second.goto(user('alice@example.com').webmailUrl);
+    await second.getByRole('heading', { name: 'Inbox' }).waitFor();
+    await second.getByRole('link', { name: /^Sent/ }).click();
+    await second.getByRole('option').first().waitFor({ timeout: 60_000 });
+
+    await first.getByRole('button', { name: 'Sign out' }).click();
+    await second.getByRole('button', { name: 'Sign in' }).waitFor({ timeout: 30_000 });
+    await second.getByText('You signed out in another tab.').waitFor();
+    expect(await second.getByRole('option').count()).toBe(0);
+    // IndexedDB, shared by the tabs, holds no mail and no session.
+    const left = await second.evaluate(`new Promise((resolve, reject) => {
+      const open = indexedDB.open('federizer-webmail');
+      open.onerror = () => reject(open.error);
+      open.onsuccess = () => {
+        const t = open.result.transaction(['summaries', 'messages', 'kv']);
+        const counts = {};
+        let pending = 3;
+        for (const name of ['summaries', 'messages', 'kv']) {
+          const r = t.objectStore(name).count();
+          r.onsuccess = () => {
+            counts[name] = r.result;
+            if (--pending === 0) { open.result.close(); resolve(counts); }
+          };
+        }
+      };
+    })`);
+    expect(left).toEqual({ summaries: 0, messages: 0, kv: expect.any(Number) });
+    const keys = (await second.evaluate(`new Promise((resolve) => {
+      const open = indexedDB.open('federizer-webmail');
+      open.onsuccess = () => {
+        const r = open.result.transaction('kv').objectStore('kv').getAllKeys();
+        r.onsuccess = () => { open.result.close(); resolve(r.result); };
+      };
+    })`)) as string[];
+    expect(keys).not.toContain('auth');
+    expect(keys).not.toContain('sync');
   }, 300_000);
 
   it('new mail shows a system notification while the page is in the background, and none while in front', async () => {

@@ -1,9 +1,11 @@
 /** The API client against a real mailbox: DPoP on every request, typed errors, one retry with a new token. */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AuthRecord } from '../auth/session.js';
-import { startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
-import { digestOf } from './client.js';
-import { BadRequestError, NotFoundError, QuotaError, ServerError, errorFromResponse } from './errors.js';
+import { localFetch, startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
+import { MailboxClient, digestOf } from './client.js';
+import { BadRequestError, NotFoundError, QuotaError, RedirectError, ServerError, errorFromResponse } from './errors.js';
 
 let fed: WebmailFederation;
 let alice: SignedIn;
@@ -56,6 +58,64 @@ describe('MailboxClient', () => {
     expect(part.status).toBe(206);
     expect(part.headers.get('content-range')).toBe('bytes 4-7/16');
     expect(await part.text()).toBe('4567');
+  });
+});
+
+/** A server on loopback that answers every request with `handle`, and remembers what it was sent. */
+async function serve(handle: (req: IncomingMessage, res: ServerResponse) => void) {
+  const seen: IncomingMessage[] = [];
+  const server: Server = createServer((req, res) => {
+    seen.push(req);
+    handle(req, res);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return { url, seen, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+}
+
+describe('MailboxClient and redirects', () => {
+  it.each([301, 302, 307, 308])(
+    'refuses a %i: a typed RedirectError, and the token never reaches where it points',
+    async (status) => {
+      const elsewhere = await serve((_req, res) => res.end('{}'));
+      const mailbox = await serve((req, res) => {
+        res.writeHead(status, { location: `${elsewhere.url}${req.url}` });
+        res.end();
+      });
+      try {
+        const api = new MailboxClient({ apiBase: `${mailbox.url}/api/v1`, tokens: alice.auth, fetch: localFetch });
+        const session = api.session();
+        await expect(session).rejects.toBeInstanceOf(RedirectError);
+        await expect(session).rejects.toMatchObject({ code: 'redirect_refused' });
+        await expect(session).rejects.toThrow(
+          'GET /session: the mailbox answered with a redirect, which is not followed',
+        );
+        expect(mailbox.seen.map((r) => r.url)).toEqual(['/api/v1/session']);
+        expect(elsewhere.seen).toEqual([]);
+      } finally {
+        await mailbox.close();
+        await elsewhere.close();
+      }
+    },
+  );
+
+  it('refuses a 3xx that a fetch of its own hands back as an answer', async () => {
+    const mailbox = await serve((_req, res) => {
+      res.writeHead(302, { location: 'https://attacker.example/' });
+      res.end();
+    });
+    try {
+      // A fetch that ignores `redirect: 'error'` and returns the 3xx (as `redirect: 'manual'` does in Node).
+      const manual: typeof fetch = (input, init) => localFetch(input, { ...init, redirect: 'manual' });
+      const api = new MailboxClient({ apiBase: `${mailbox.url}/api/v1`, tokens: alice.auth, fetch: manual });
+      await expect(api.state()).rejects.toMatchObject({
+        name: 'RedirectError',
+        status: 302,
+        location: 'https://attacker.example/',
+      });
+    } finally {
+      await mailbox.close();
+    }
   });
 });
 

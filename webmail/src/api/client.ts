@@ -5,7 +5,15 @@
  */
 import { createDpopProof } from '../auth/dpop.js';
 import type { AccessToken } from '../auth/session.js';
-import { AbortedError, ApiError, NetworkError, UnauthorizedError, errorFromResponse } from './errors.js';
+import {
+  AbortedError,
+  ApiError,
+  NetworkError,
+  RedirectError,
+  UnauthorizedError,
+  errorFromResponse,
+  isRedirectRefusal,
+} from './errors.js';
 import type {
   Changes,
   Delivery,
@@ -103,13 +111,30 @@ export class MailboxClient {
       }
       let res: Response;
       try {
-        res = await this.#fetch(url, { method, headers, body, signal: init.signal });
+        // Never followed: the token and its proof would go wherever the 3xx points (RedirectError).
+        res = await this.#fetch(url, { method, headers, body, signal: init.signal, redirect: 'error' });
       } catch (e) {
         if (init.signal?.aborted) throw new AbortedError();
+        if (isRedirectRefusal(e))
+          throw new RedirectError(
+            `${method} ${path}: the mailbox answered with a redirect, which is not followed`,
+            undefined,
+            0,
+            {
+              cause: e,
+            },
+          );
         throw new NetworkError(`${method} ${path}: the mailbox could not be reached (${(e as Error).message})`, {
           cause: e,
         });
       }
+      // A fetch that ignores `redirect: 'error'` (a caller's own) still must not hand a 3xx back as an answer.
+      if (res.type === 'opaqueredirect' || (res.status >= 300 && res.status < 400 && res.status !== 304))
+        throw new RedirectError(
+          `${method} ${path}: the mailbox answered with a redirect (HTTP ${res.status}), which is not followed`,
+          res.headers.get('location') ?? undefined,
+          res.status,
+        );
       if (res.ok || res.status === 304) return res;
       const error = await failure(res);
       if (attempt === 0 && isAuthRetry(error)) {
@@ -144,8 +169,8 @@ export class MailboxClient {
     return this.#json('GET', '/session');
   }
 
-  async state(): Promise<string> {
-    return (await this.#json<{ state: string }>('GET', '/state')).state;
+  async state(options: { signal?: AbortSignal } = {}): Promise<string> {
+    return (await this.#json<{ state: string }>('GET', '/state', { signal: options.signal })).state;
   }
 
   /** The long poll of PROTOCOL.md §9: held open up to `wait` seconds when nothing changed. */
@@ -156,15 +181,21 @@ export class MailboxClient {
     return this.#json('GET', `/changes?${q}`, { signal: options.signal });
   }
 
-  listMessages(mailbox: MailboxName, options: { cursor?: string; limit?: number } = {}): Promise<MessagePage> {
+  listMessages(
+    mailbox: MailboxName,
+    options: { cursor?: string; limit?: number; signal?: AbortSignal } = {},
+  ): Promise<MessagePage> {
     const q = new URLSearchParams({ mailbox });
     if (options.cursor) q.set('cursor', options.cursor);
     if (options.limit) q.set('limit', String(options.limit));
-    return this.#json('GET', `/messages?${q}`);
+    return this.#json('GET', `/messages?${q}`, { signal: options.signal });
   }
 
-  getMessages(ids: readonly string[]): Promise<{ messages: Message[]; notFound: string[] }> {
-    return this.#json('POST', '/messages/get', { json: { ids } });
+  getMessages(
+    ids: readonly string[],
+    options: { signal?: AbortSignal } = {},
+  ): Promise<{ messages: Message[]; notFound: string[] }> {
+    return this.#json('POST', '/messages/get', { json: { ids }, signal: options.signal });
   }
 
   getMessage(id: string): Promise<Message> {
@@ -287,6 +318,12 @@ export class MailboxClient {
         options.onProgress?.({ loaded: e.loaded, total: e.lengthComputable ? e.total : blob.size });
       xhr.onload = () => {
         settle();
+        // XMLHttpRequest follows redirects by itself and cannot be told not to: a response from anywhere
+        // else is refused, whatever it says.
+        if (xhr.responseURL && xhr.responseURL !== url) {
+          reject(new RedirectError('the upload was redirected, which is not followed', xhr.responseURL));
+          return;
+        }
         let body: unknown;
         try {
           body = JSON.parse(xhr.responseText);

@@ -84,6 +84,30 @@ export class AbortedError extends ApiError {
   }
 }
 
+/**
+ * The mailbox answered with a redirect, which the client never follows: the request carries a DPoP-bound
+ * token and its proof, bound to this URL, and a 3xx pointing elsewhere is either a misconfiguration or an
+ * attempt to have them sent somewhere they do not belong. `status` is the 3xx when it is known; a
+ * browser's fetch with `redirect: 'error'` reports only a failure, so there it is 0.
+ */
+export class RedirectError extends ApiError {
+  override readonly name = 'RedirectError';
+  constructor(
+    message: string,
+    readonly location: string | undefined,
+    status = 0,
+    options?: { cause?: unknown },
+  ) {
+    super(status, 'redirect_refused', message, options);
+  }
+}
+
+/** Whether a fetch rejection is the refusal of a redirect (undici says so in its cause; browsers say nothing). */
+export function isRedirectRefusal(e: unknown): boolean {
+  const cause = (e as { cause?: unknown } | undefined)?.cause;
+  return e instanceof TypeError && cause instanceof Error && /redirect/i.test(cause.message);
+}
+
 function retryAfter(value: string | null): number | undefined {
   if (value === null) return undefined;
   const seconds = Number(value);

@@ -12,6 +12,7 @@ import { buildDraft, newMessageId } from '../api/draft.js';
 import { rebuildMessage } from '../api/message-view.js';
 import { installListboxLayout, uninstallListboxLayout } from '../testing/layout.js';
 import { localFetch, startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
+import { LocalDb } from '../stores/local-db.js';
 import { AppStore } from './app-store.js';
 import { App } from './App.js';
 import type { WebmailConfig } from './config.js';
@@ -41,9 +42,14 @@ function pageFetch(config: WebmailConfig): typeof fetch {
   }) as typeof fetch;
 }
 
-function start(config: WebmailConfig, indexedDB: IDBFactory) {
+function start(
+  config: WebmailConfig,
+  indexedDB: IDBFactory,
+  options: { sessionChannel?: string; render?: boolean } = {},
+) {
   const assigned: string[] = [];
   const store = new AppStore({
+    sessionChannel: options.sessionChannel ?? false,
     location: {
       href: 'http://webmail.test/',
       pathname: '/',
@@ -55,7 +61,7 @@ function start(config: WebmailConfig, indexedDB: IDBFactory) {
     indexedDB,
   });
   void store.start();
-  render(<App store={store} />);
+  if (options.render !== false) render(<App store={store} />);
   return { store, assigned };
 }
 
@@ -141,5 +147,51 @@ describe('the webmail', () => {
       expect(body).toMatch(/^Noon is fine\.\n\nOn .*, Alice <alice@example\.com> wrote:\n> See you at noon\?$/);
     });
     store.state.services?.sync.stop();
+  });
+
+  it('opens a draft from Drafts in the compose, and signs out every tab when one signs out', async () => {
+    const carol = await fed.signIn('carol@example.com');
+    const attachment = await carol.api.upload(new Blob(['x'.repeat(600)]), { mediaType: 'text/plain' });
+    const text = await carol.api.upload(new Blob(['Unfinished thoughts']), { mediaType: 'text/plain; charset=UTF-8' });
+    await carol.api.createDraft(
+      buildDraft({
+        ...{ from: 'carol@example.com', to: 'Bob <bob@example.net>', cc: '', bcc: 'alice@example.com' },
+        subject: 'Not yet sent',
+        messageId: newMessageId('example.com'),
+        text,
+        attachments: [{ resource: attachment, filename: 'list.txt' }],
+      }),
+    );
+    window.location.hash = '#/drafts';
+    // Two tabs of one browser: the same IndexedDB, and a BroadcastChannel between them.
+    const channel = `session-${Math.random()}`;
+    const other = start(carol.config, carol.indexedDB, { sessionChannel: channel, render: false });
+    const { store } = start(carol.config, carol.indexedDB, { sessionChannel: channel });
+    const user = userEvent.setup();
+    await screen.findByRole('heading', { name: 'Drafts' });
+    await user.click(await screen.findByRole('option', { name: /Not yet sent/ }, { timeout: 20_000 }));
+    await screen.findByRole('heading', { name: 'Edit draft' });
+    expect(((await screen.findByLabelText('To')) as HTMLInputElement).value).toBe('Bob <bob@example.net>');
+    expect((screen.getByLabelText('Bcc') as HTMLInputElement).value).toBe('alice@example.com');
+    expect((screen.getByLabelText('Subject') as HTMLInputElement).value).toBe('Not yet sent');
+    expect((screen.getByLabelText('Message') as HTMLTextAreaElement).value).toBe('Unfinished thoughts');
+    expect(screen.getAllByTestId('compose-attachment').map((li) => li.textContent)).toEqual([
+      expect.stringContaining('list.txt'),
+    ]);
+
+    await waitFor(() => expect(other.store.state.phase.name).toBe('ready'));
+    await act(() => other.store.signOut());
+    expect(other.assigned).toHaveLength(1);
+    // This tab heard it: the mail is gone from the screen and from IndexedDB, and it offers the sign-in.
+    await screen.findByRole('button', { name: 'Sign in' });
+    expect(screen.getByText('You signed out in another tab.')).toBeTruthy();
+    expect(screen.queryByRole('heading', { name: 'Edit draft' })).toBeNull();
+    expect(store.state.services).toBeUndefined();
+    const db = await LocalDb.open(carol.indexedDB);
+    await waitFor(async () => expect(await db.getAll('summaries')).toEqual([]));
+    expect(await db.kv('auth')).toBeUndefined();
+    db.close();
+    store.close();
+    other.store.close();
   });
 });

@@ -58,15 +58,41 @@ export interface AppEnvironment {
   /** The active service worker's registration (notifications are shown through it). */
   readonly serviceWorkerRegistration?: () => Promise<ServiceWorkerRegistration | undefined>;
   readonly router?: RouterStore;
+  /**
+   * The BroadcastChannel the tabs of this origin tell each other of a sign-out on (a test gives each
+   * "browser" its own name); false for none.
+   */
+  readonly sessionChannel?: string | false;
+}
+
+export const SESSION_CHANNEL = 'federizer-webmail-session';
+
+/** What a tab tells the others: the session ended, so the mail it shows must go. */
+interface SessionMessage {
+  readonly type: 'signed-out';
 }
 
 export class AppStore extends Store<AppState> {
   #db: LocalDb | undefined;
   #auth: AuthSession | undefined;
   #config: WebmailConfig | undefined;
+  /** The signed-in session's lifetime: every write of its stores is refused once it aborts. */
+  #session: AbortController | undefined;
+  readonly #channel: BroadcastChannel | undefined;
 
   constructor(private readonly env: AppEnvironment) {
     super({ phase: { name: 'starting' }, domain: undefined, services: undefined });
+    const name = env.sessionChannel ?? SESSION_CHANNEL;
+    this.#channel = name !== false && typeof BroadcastChannel === 'function' ? new BroadcastChannel(name) : undefined;
+    this.#channel?.addEventListener('message', (e: MessageEvent<Partial<SessionMessage>>) => {
+      if (e.data?.type === 'signed-out') void this.#signedOutElsewhere();
+    });
+  }
+
+  /** Stops listening to the other tabs (tests; a page just goes away). */
+  close(): void {
+    this.#teardown();
+    this.#channel?.close();
   }
 
   async start(): Promise<void> {
@@ -75,7 +101,10 @@ export class AppStore extends Store<AppState> {
       this.setState({ domain: this.#config.domain });
       this.#db = await LocalDb.open(this.env.indexedDB);
       this.#auth = new AuthSession({ config: this.#config, db: this.#db, fetch: this.env.fetch });
-      this.#auth.onSignedOut(() => this.#signedOut('Your session ended: sign in again.'));
+      this.#auth.onSignedOut(() => {
+        this.#signedOut('Your session ended: sign in again.');
+        this.#broadcast();
+      });
       if (this.env.location.pathname === '/callback') {
         const callback = new URL(this.env.location.href);
         // The code is single-use: leave the callback URL before anything can reload it.
@@ -96,8 +125,11 @@ export class AppStore extends Store<AppState> {
 
   async #ready(): Promise<void> {
     const config = this.#config!;
-    const db = this.#db!;
     const auth = this.#auth!;
+    const session = new AbortController();
+    this.#session = session;
+    // Everything the signed-in stores write goes through this handle: nothing lands after a sign-out.
+    const db = this.#db!.scoped(session.signal);
     const api = new MailboxClient({ apiBase: apiBase(config), tokens: auth, fetch: this.env.fetch });
     let account: Session;
     try {
@@ -119,7 +151,16 @@ export class AppStore extends Store<AppState> {
       open: (m) => router.go({ name: 'mailbox', mailbox: m.mailbox, threadId: m.threadId }),
       registration: this.env.serviceWorkerRegistration,
     });
-    const sync = new SyncEngine({ api, db, mail, cache, onNewMail: (m) => notifier.newMail(m) });
+    const sync = new SyncEngine({
+      api,
+      db,
+      mail,
+      cache,
+      signal: session.signal,
+      onNewMail: (m) => notifier.newMail(m),
+      // The session is gone (another tab signed out where no BroadcastChannel told us, or the grant ended).
+      onSignedOut: () => void this.#signedOutElsewhere('Your session ended: sign in again.'),
+    });
     const services: Services = {
       config,
       account,
@@ -136,6 +177,7 @@ export class AppStore extends Store<AppState> {
     };
     notifier.start();
     await sync.start();
+    if (session.signal.aborted) return;
     this.setState({ phase: { name: 'ready' }, services });
   }
 
@@ -151,11 +193,14 @@ export class AppStore extends Store<AppState> {
   async signOut(): Promise<void> {
     this.#teardown();
     const url = await this.#auth!.signOut();
+    this.#broadcast();
     if (url) this.env.location.assign(url);
     else this.setState({ phase: { name: 'signed-out' }, services: undefined });
   }
 
   #teardown(): void {
+    this.#session?.abort();
+    this.#session = undefined;
     const s = this.state.services;
     s?.sync.stop();
     s?.notifier.stop();
@@ -166,5 +211,21 @@ export class AppStore extends Store<AppState> {
   #signedOut(error: string): void {
     this.#teardown();
     this.setState({ phase: { name: 'signed-out', error }, services: undefined });
+  }
+
+  #broadcast(): void {
+    const message: SessionMessage = { type: 'signed-out' };
+    this.#channel?.postMessage(message);
+  }
+
+  /**
+   * Another tab signed out (or the session is found gone): stop, forget again what this tab's stores may
+   * have written while the other one cleared, and show the sign-in.
+   */
+  async #signedOutElsewhere(error = 'You signed out in another tab.'): Promise<void> {
+    if (this.state.phase.name === 'signed-out' || this.state.phase.name === 'redirecting') return;
+    this.#teardown();
+    this.setState({ phase: { name: 'signed-out', error }, services: undefined });
+    await this.#auth?.forget().catch(() => undefined);
   }
 }

@@ -292,15 +292,16 @@ export class AuthSession {
    * kept, whichever way the session ends (asked for, or refused by the AS), so the next user of this
    * browser finds none of it.
    */
-  async #forget(): Promise<void> {
+  async forget(): Promise<void> {
     await this.#db.clear();
     const storage = (globalThis as { caches?: CacheStorage }).caches;
     await storage?.delete(RESOURCE_CACHE).catch(() => false);
   }
 
   async #end(reason: string): Promise<never> {
-    await this.#forget();
+    // Listeners first: they stop the sync, whose writes must not land after the clear.
     for (const listener of this.#signedOut) listener();
+    await this.forget();
     throw new SignedOutError(`signed out: ${reason}`);
   }
 
@@ -329,7 +330,7 @@ export class AuthSession {
     } catch {
       // Offline, or the AS is down: the local copy is still forgotten; the grant expires on its own.
     }
-    await this.#forget();
+    await this.forget();
     if (!as?.end_session_endpoint) return undefined;
     const url = new URL(as.end_session_endpoint);
     url.searchParams.set('client_id', this.#client.client_id);

@@ -80,9 +80,20 @@ export interface MessageCardProps {
   readonly onReply: (view: MessageView, all: boolean) => void;
   readonly onForward: (view: MessageView) => void;
   readonly onUnsend: () => void;
+  /** Opens a draft in the compose (a draft is answered by finishing it, not by replying to it). */
+  readonly onEdit?: (view: MessageView) => void;
 }
 
-export function MessageCard({ entry, bodies, streams, received, onReply, onForward, onUnsend }: MessageCardProps) {
+export function MessageCard({
+  entry,
+  bodies,
+  streams,
+  received,
+  onReply,
+  onForward,
+  onUnsend,
+  onEdit,
+}: MessageCardProps) {
   const { summary, view } = entry;
   const when = new Date(summary.date).toLocaleString();
   return (
@@ -118,19 +129,27 @@ export function MessageCard({ entry, bodies, streams, received, onReply, onForwa
               ))}
             </Grid>
           )}
-          <Toolbar>
-            <Button type="button" onClick={() => onReply(view, false)}>
-              <Icon name="reply" /> Reply
-            </Button>
-            <Button type="button" onClick={() => onReply(view, true)}>
-              <Icon name="replyAll" /> Reply all
-            </Button>
-            {received && (
-              <Button type="button" onClick={() => onForward(view)}>
-                <Icon name="forward" /> Forward
+          {summary.mailbox === 'drafts' && onEdit ? (
+            <Toolbar>
+              <Button type="button" onClick={() => onEdit(view)}>
+                <Icon name="compose" /> Edit draft
               </Button>
-            )}
-          </Toolbar>
+            </Toolbar>
+          ) : (
+            <Toolbar>
+              <Button type="button" onClick={() => onReply(view, false)}>
+                <Icon name="reply" /> Reply
+              </Button>
+              <Button type="button" onClick={() => onReply(view, true)}>
+                <Icon name="replyAll" /> Reply all
+              </Button>
+              {received && (
+                <Button type="button" onClick={() => onForward(view)}>
+                  <Icon name="forward" /> Forward
+                </Button>
+              )}
+            </Toolbar>
+          )}
         </>
       )}
       {entry.sent && <DeliveryList sent={entry.sent} onUnsend={onUnsend} />}

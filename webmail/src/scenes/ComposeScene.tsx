@@ -4,15 +4,14 @@
  */
 import { useEffect, useLayoutEffect, useRef, useState, type KeyboardEvent } from 'react';
 import styled from 'styled-components';
-import { rebuildMessage } from '../api/message-view.js';
 import type { ComposeIntent } from '../app/router.js';
 import { useServices, useStore } from '../app/use-store.js';
 import { Button, IconButton } from '../components/Button.js';
 import { Field } from '../components/Field.js';
 import { Icon } from '../components/Icon.js';
 import { ProgressBar } from '../components/ProgressBar.js';
-import { draftSeed, replySeed } from '../stores/compose-seeds.js';
-import { ComposeStore, formatBytes, type ComposeSeed } from '../stores/compose-store.js';
+import { loadComposeSeed } from '../stores/compose-seeds.js';
+import { ComposeStore, formatBytes } from '../stores/compose-store.js';
 
 const Form = styled.form`
   height: 100%;
@@ -220,7 +219,7 @@ const TITLES: Record<ComposeIntent['kind'], string> = {
   new: 'New message',
   reply: 'Reply',
   'reply-all': 'Reply to all',
-  draft: 'Draft',
+  draft: 'Edit draft',
 };
 
 /** Reads what the compose starts from (the message replied to, or the draft) and makes its store. */
@@ -235,18 +234,8 @@ export function ComposeScene({ intent }: { intent: ComposeIntent }) {
     let made: ComposeStore | undefined;
     let live = true;
     (async () => {
-      let seed: ComposeSeed | undefined;
-      if (id !== undefined) {
-        const view = rebuildMessage(await cache.message(id));
-        const first = view.content[0];
-        const textRef = first?.kind === 'html' ? (first.plain ?? first.part) : first?.part;
-        let text = textRef && textRef.status === 'held' ? await cache.text(textRef) : undefined;
-        // A reply quotes text: an HTML-only message is quoted by its words.
-        if (text !== undefined && textRef?.baseType === 'text/html')
-          text = new DOMParser().parseFromString(text, 'text/html').body.textContent ?? '';
-        seed =
-          kind === 'draft' ? draftSeed(view, text, id) : replySeed(view, text, account.address, kind === 'reply-all');
-      }
+      const from: ComposeIntent = id === undefined || kind === 'new' ? { kind: 'new' } : { kind, id };
+      const seed = await loadComposeSeed(from, { sources: cache, me: account.address });
       if (!live) return;
       made = new ComposeStore({
         api,
@@ -264,7 +253,12 @@ export function ComposeScene({ intent }: { intent: ComposeIntent }) {
     };
   }, [api, account, cache, kind, id]);
 
-  if (error) return <Alert role="alert">This message cannot be answered: {error}</Alert>;
+  if (error)
+    return (
+      <Alert role="alert">
+        {kind === 'draft' ? 'This draft cannot be opened' : 'This message cannot be answered'}: {error}
+      </Alert>
+    );
   if (!store) return <p style={{ padding: '1rem' }}>Loading…</p>;
   return <ComposeForm store={store} title={TITLES[intent.kind]} />;
 }

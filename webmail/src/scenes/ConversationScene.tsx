@@ -119,6 +119,7 @@ export function ConversationScene({
           onReply={reply}
           onForward={setForwarding}
           onUnsend={() => void reader.unsend(entry.summary.id)}
+          onEdit={(view) => router.go({ name: 'compose', intent: { kind: 'draft', id: view.id } })}
         />
       ))}
       {forwarding && (

@@ -8,6 +8,7 @@ import styled, { useTheme } from 'styled-components';
 import type { MailboxName } from '../api/types.js';
 import { useServices, useStore } from '../app/use-store.js';
 import { ConversationList } from '../components/ConversationList.js';
+import type { Conversation } from '../stores/mail-store.js';
 import { useShortcuts } from '../components/keyboard.js';
 import { MAILBOX_LABEL } from '../components/MailboxNav.js';
 import { ConversationScene } from './ConversationScene.js';
@@ -70,9 +71,16 @@ export function MailScene({ mailbox, threadId }: { mailbox: MailboxName; threadI
     if (openIndex >= 0) setActive(openIndex);
   }, [openIndex]);
 
+  /** A draft is opened to be written on (its newest version in the thread); anything else to be read. */
+  const openConversation = (c: Conversation) =>
+    router.go(
+      mailbox === 'drafts'
+        ? { name: 'compose', intent: { kind: 'draft', id: c.latest.id } }
+        : { name: 'mailbox', mailbox, threadId: c.threadId },
+    );
   const open = (index: number) => {
     const c = conversations[index];
-    if (c) router.go({ name: 'mailbox', mailbox, threadId: c.threadId });
+    if (c) openConversation(c);
   };
   const back = () => router.go({ name: 'mailbox', mailbox, threadId: undefined });
   const step = (delta: number) => {
@@ -114,7 +122,7 @@ export function MailScene({ mailbox, threadId }: { mailbox: MailboxName; threadI
               selectedThreadId={threadId}
               rowHeight={theme.rowHeight}
               onActiveChange={setActive}
-              onOpen={(c) => router.go({ name: 'mailbox', mailbox, threadId: c.threadId })}
+              onOpen={openConversation}
             />
           ) : (
             <Placeholder role="status">Synchronizing your mail…</Placeholder>

@@ -1,8 +1,14 @@
-/** Where a reply, a reply to all, or a saved draft starts: pure functions of the message being answered. */
+/**
+ * Where a reply, a reply to all, or a saved draft starts: pure functions of the message being answered,
+ * and `loadComposeSeed`, which reads that message and its text (the words of an HTML-only one) first.
+ */
 import type { DraftAttachment } from '../api/draft.js';
-import type { MessageView } from '../api/message-view.js';
+import { rebuildMessage, type MessageView, type ResourceRef } from '../api/message-view.js';
 import { parseAddressList, type Mailbox } from '../api/protocol.js';
+import type { Message } from '../api/types.js';
+import type { ComposeIntent } from '../app/router.js';
 import type { ComposeSeed } from './compose-store.js';
+import { htmlToText, type ParseHtml } from './html-text.js';
 
 /** An RFC 5322 mailbox again: the display name quoted when it holds specials. */
 function formatMailbox(m: Mailbox): string {
@@ -81,4 +87,37 @@ export function draftSeed(view: MessageView, text: string | undefined, draftId: 
     draftId,
     attachments,
   };
+}
+
+export interface SeedSources {
+  /** The message, kept or fetched (MessageCache). */
+  message(id: string): Promise<Message>;
+  /** The text of a part, kept or fetched (MessageCache). */
+  text(ref: ResourceRef): Promise<string>;
+}
+
+/**
+ * The text a compose starts from: the message's first text, its plain alternative when it has one, else
+ * the words of its HTML (a reply quotes text, and a draft is edited as text). Undefined while the part
+ * is still being fetched from the sender.
+ */
+export async function composeText(view: MessageView, sources: Pick<SeedSources, 'text'>, parse?: ParseHtml) {
+  const first = view.content[0];
+  const ref = first?.kind === 'html' ? (first.plain ?? first.part) : first?.part;
+  if (!ref || ref.status !== 'held') return undefined;
+  const text = await sources.text(ref);
+  return ref.baseType === 'text/html' ? htmlToText(text, parse) : text;
+}
+
+/** What a compose of `intent` starts from; undefined for a new message. */
+export async function loadComposeSeed(
+  intent: ComposeIntent,
+  options: { readonly sources: SeedSources; readonly me: string; readonly parseHtml?: ParseHtml },
+): Promise<ComposeSeed | undefined> {
+  if (intent.kind === 'new') return undefined;
+  const view = rebuildMessage(await options.sources.message(intent.id));
+  const text = await composeText(view, options.sources, options.parseHtml);
+  return intent.kind === 'draft'
+    ? draftSeed(view, text, intent.id)
+    : replySeed(view, text, options.me, intent.kind === 'reply-all');
 }

@@ -3,9 +3,10 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { rebuildMessage } from '../api/message-view.js';
 import type { MessageSummary } from '../api/types.js';
 import { startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
-import { replySeed } from './compose-seeds.js';
+import { loadComposeSeed, replySeed } from './compose-seeds.js';
 import { ComposeStore, type ComposeSeed } from './compose-store.js';
 import { ForwardStore } from './forward-store.js';
+import { MessageCache } from './message-cache.js';
 
 let fed: WebmailFederation;
 let alice: SignedIn;
@@ -91,6 +92,54 @@ describe('ComposeStore', () => {
     const received = (await mailbox(bob, 'inbox')).find((m) => m.messageId === c.messageId)!;
     const view = rebuildMessage(await bob.api.getMessage(received.id));
     expect(view.attachments.map((a) => [a.filename, a.size])).toEqual([['notes.bin', 3000]]);
+  });
+
+  it('reopens a saved draft with its recipients, subject, text and attachments, saves its changes, and sends it', async () => {
+    const c = compose(alice);
+    c.set('to', 'Bob <bob@example.net>');
+    c.set('cc', 'bobby@example.org');
+    c.set('subject', 'Half written');
+    c.set('text', 'The first lines.');
+    c.addFiles([new File([new Uint8Array(1500).fill(3)], 'plan.pdf', { type: 'application/pdf' })]);
+    await vi.waitFor(() => expect(c.state.attachments[0]?.status).toBe('done'), { timeout: 10_000 });
+    await c.saveNow();
+    c.dispose();
+    const saved = c.state.draftId!;
+
+    // Opened again from Drafts, as the compose scene does it: through the cache, by the draft's id.
+    const seed = await loadComposeSeed(
+      { kind: 'draft', id: saved },
+      { sources: new MessageCache(alice.api, alice.db), me: alice.address },
+    );
+    const again = compose(alice, seed);
+    expect(again.state).toMatchObject({
+      to: 'Bob <bob@example.net>',
+      cc: 'bobby@example.org',
+      subject: 'Half written',
+      text: 'The first lines.',
+      draftId: saved,
+      save: 'saved',
+    });
+    expect(again.state.attachments.map((a) => [a.name, a.size, a.type, a.status])).toEqual([
+      ['plan.pdf', 1500, 'application/pdf', 'done'],
+    ]);
+    // The same message: its Message-ID is kept, so the draft is one message however often it is saved.
+    expect(again.messageId).toBe(c.messageId);
+
+    again.set('text', 'The first lines. And the rest.');
+    await vi.waitFor(() => expect(again.state.draftId).not.toBe(saved), { timeout: 10_000 });
+    expect((await mailbox(alice, 'drafts')).map((m) => m.id)).toEqual([again.state.draftId]);
+    const replaced = rebuildMessage(await alice.api.getMessage(again.state.draftId!));
+    expect(replaced.attachments.map((a) => a.filename)).toEqual(['plan.pdf']);
+    expect(await new MessageCache(alice.api, alice.db).text(replaced.content[0]!.part)).toBe(
+      'The first lines. And the rest.',
+    );
+
+    expect(await again.send()).toBe(true);
+    expect(await mailbox(alice, 'drafts')).toEqual([]);
+    await vi.waitFor(async () => expect((await mailbox(bob, 'inbox')).map((m) => m.messageId)).toContain(c.messageId), {
+      timeout: 20_000,
+    });
   });
 
   it('cancels an upload: the row goes, nothing fails, and the draft does not reference it', async () => {

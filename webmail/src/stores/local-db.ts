@@ -12,8 +12,20 @@ export type StoreName = 'kv' | 'summaries' | 'messages' | 'bodies';
 
 export type KvKey = 'auth' | 'pending-sign-in' | 'sync' | 'account' | 'as-metadata';
 
+/**
+ * A write refused because the work it belonged to was stopped (sign-out, or the sync stopped): a step
+ * that was already under way when the user signed out must not put their mail back after the clear.
+ */
+export class StoppedError extends Error {
+  override readonly name = 'StoppedError';
+}
+
 export class LocalDb {
-  private constructor(private readonly db: IDBDatabase) {}
+  private constructor(
+    private readonly db: IDBDatabase,
+    /** Writes through this handle are refused once any of these has aborted. */
+    private readonly signals: readonly AbortSignal[] = [],
+  ) {}
 
   static async open(factory: IDBFactory = indexedDB, name = DB_NAME): Promise<LocalDb> {
     const request = factory.open(name, DB_VERSION);
@@ -32,6 +44,27 @@ export class LocalDb {
 
   close(): void {
     this.db.close();
+  }
+
+  /**
+   * The same database, whose writes are refused (StoppedError) once `signal` aborts. The check is made
+   * when the transaction is created, in the same task: IndexedDB runs overlapping read-write
+   * transactions in creation order, so a write let through here is always followed by a sign-out's
+   * clear, never the other way round.
+   */
+  scoped(...signals: readonly (AbortSignal | undefined)[]): LocalDb {
+    const more = signals.filter((s): s is AbortSignal => s !== undefined);
+    return more.length === 0 ? this : new LocalDb(this.db, [...this.signals, ...more]);
+  }
+
+  /** Whether the work of this handle was stopped. */
+  get stopped(): boolean {
+    return this.signals.some((s) => s.aborted);
+  }
+
+  /** Throws StoppedError when stopped: called before changing anything that mirrors the database, too. */
+  assertLive(): void {
+    if (this.stopped) throw new StoppedError('stopped: this write belongs to a session or a sync that has ended');
   }
 
   async get<T>(store: StoreName, key: IDBValidKey): Promise<T | undefined> {
@@ -62,6 +95,7 @@ export class LocalDb {
 
   /** One read-write transaction over `stores`; resolves when it commits, rejects when it aborts. */
   write(stores: readonly StoreName[], body: (t: IDBTransaction) => void): Promise<void> {
+    if (this.stopped) return Promise.reject(new StoppedError(`stopped: not writing ${stores.join(', ')}`));
     const t = this.db.transaction(stores, 'readwrite');
     const done = new Promise<void>((resolve, reject) => {
       t.oncomplete = () => resolve();

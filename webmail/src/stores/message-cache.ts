@@ -27,23 +27,25 @@ export class MessageCache {
     return message;
   }
 
-  async text(ref: Pick<ResourceRef, 'contentId' | 'mediaType' | 'size'>): Promise<string> {
-    const kept = await this.db.get<ArrayBuffer>('bodies', ref.contentId);
+  /** `db` is the handle to keep it through (a sync run's, whose writes stop with it); by default the cache's own. */
+  async text(ref: Pick<ResourceRef, 'contentId' | 'mediaType' | 'size'>, db: LocalDb = this.db): Promise<string> {
+    const kept = await db.get<ArrayBuffer>('bodies', ref.contentId);
     if (kept) return decodeText(kept, ref.mediaType);
     const res = await this.api.resource(ref.contentId);
     const bytes = await res.arrayBuffer();
-    if (bytes.byteLength <= MAX_KEPT_TEXT)
-      await this.db.write(['bodies'], (t) => t.objectStore('bodies').put(bytes, ref.contentId));
+    if (bytes.byteLength <= MAX_KEPT_TEXT && !db.stopped)
+      await db.write(['bodies'], (t) => t.objectStore('bodies').put(bytes, ref.contentId));
     return decodeText(bytes, ref.mediaType);
   }
 
   /** Reads ahead the text of synced messages, so they open offline; failures wait for the next read. */
-  async prefetchText(messages: readonly Message[]): Promise<void> {
+  async prefetchText(messages: readonly Message[], db: LocalDb = this.db): Promise<void> {
     for (const message of messages) {
+      if (db.stopped) return;
       for (const block of rebuildMessage(message).content) {
         for (const ref of block.kind === 'html' ? [block.part, block.plain] : [block.part]) {
           if (!ref || ref.status !== 'held' || ref.size > MAX_KEPT_TEXT) continue;
-          await this.text(ref).catch(() => undefined);
+          await this.text(ref, db).catch(() => undefined);
         }
       }
     }

@@ -10,7 +10,7 @@ import { buildDraft, newMessageId } from '../api/draft.js';
 import { rebuildMessage } from '../api/message-view.js';
 import type { Message, MessageSummary } from '../api/types.js';
 import { localFetch, startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
-import { LocalDb } from './local-db.js';
+import { LocalDb, StoppedError } from './local-db.js';
 import { MailStore } from './mail-store.js';
 import { MessageCache } from './message-cache.js';
 import { SyncEngine } from './sync-engine.js';
@@ -110,6 +110,67 @@ describe('SyncEngine', () => {
     expect(kept).not.toBe(state);
     await expect(alice.api.changes(kept)).resolves.toMatchObject({ hasMore: false });
     alices.sync.stop();
+  });
+
+  it.each([
+    ['the first full synchronization (a page of GET /messages)', '/messages?mailbox=inbox', false],
+    ['a round of changes (POST /messages/get)', '/messages/get', true],
+  ])('writes nothing back after sign-out when %s finishes after the store was cleared', async (_what, held, synced) => {
+    const db = await LocalDb.open(new IDBFactory());
+    if (synced) {
+      await replica(bob, db).sync.syncOnce();
+      await db.write(['summaries'], (t) => t.objectStore('summaries').clear());
+    }
+    // The request is answered by the real mailbox, but its answer is held back until the sign-out is over.
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let heldRequests = 0;
+    const slow: typeof fetch = async (input, init) => {
+      const res = await localFetch(input, init);
+      if (String(input).includes(held)) {
+        heldRequests++;
+        await gate;
+      }
+      return res;
+    };
+    const api = new MailboxClient({ apiBase: bob.api.apiBase, tokens: bob.auth, fetch: slow });
+    const session = new AbortController();
+    const mail = new MailStore();
+    const sync = new SyncEngine({
+      api,
+      db: db.scoped(session.signal),
+      mail,
+      cache: new MessageCache(api, db),
+      waitSeconds: 5,
+      signal: session.signal,
+    });
+    // A long poll once synchronized: the mail sent below is read as a change.
+    const settled = sync.syncOnce(synced ? 5 : 0);
+    if (synced) await send(alice, 'bob@example.net', 'Arrives while signing out', 'text');
+    await vi.waitFor(() => expect(heldRequests).toBe(1), { timeout: 20_000 });
+
+    // Sign-out: the session's signal aborts, then the local store is cleared.
+    session.abort();
+    await db.clear();
+    release();
+    await expect(settled).rejects.toBeInstanceOf(StoppedError);
+
+    expect(await db.getAll('summaries')).toEqual([]);
+    expect(await db.getAll('messages')).toEqual([]);
+    expect(await db.kv('sync')).toBeUndefined();
+    expect(mail.state.version).toBe(0);
+  });
+
+  it('refuses writes through a handle whose signal has aborted, and only through it', async () => {
+    const db = await LocalDb.open(new IDBFactory());
+    const stop = new AbortController();
+    const scoped = db.scoped(stop.signal);
+    await scoped.setKv('sync', { state: '1' });
+    stop.abort();
+    await expect(scoped.setKv('sync', { state: '2' })).rejects.toThrow(/^stopped: not writing kv$/);
+    expect(() => scoped.assertLive()).toThrow(StoppedError);
+    await db.setKv('sync', { state: '3' });
+    expect(await scoped.kv('sync')).toEqual({ state: '3' });
   });
 
   it('reports being offline and keeps what it has', async () => {

@@ -34,6 +34,16 @@ export interface SyncEngineOptions {
   readonly onNewMail?: (messages: readonly MessageSummary[]) => void;
   /** How many of the newest messages of each mailbox a full synchronization reads whole, for offline reading. */
   readonly readAhead?: number;
+  /** The session's lifetime: once it aborts (sign-out), nothing more is written, whatever is under way. */
+  readonly signal?: AbortSignal;
+  /** The session is gone (no tokens any more): the app shows the sign-in. */
+  readonly onSignedOut?: () => void;
+}
+
+/** One run of the engine: its stop signal, and the database as seen by it (writes refused once stopped). */
+interface Run {
+  readonly signal: AbortSignal | undefined;
+  readonly db: LocalDb;
 }
 
 const PAGE = 200;
@@ -59,9 +69,10 @@ export class SyncEngine extends Store<SyncState> {
   /** Shows what IndexedDB holds at once, then synchronizes in the background until `stop()`. */
   async start(): Promise<void> {
     if (this.#run) return;
-    this.#run = new AbortController();
-    await this.loadLocal();
-    void this.#loop(this.#run.signal);
+    const run = new AbortController();
+    this.#run = run;
+    await this.loadLocal(run.signal);
+    void this.#loop(run.signal);
   }
 
   stop(): void {
@@ -76,22 +87,29 @@ export class SyncEngine extends Store<SyncState> {
     this.#wake = new AbortController();
   }
 
-  async loadLocal(): Promise<void> {
+  #runOf(signal: AbortSignal | undefined): Run {
+    return { signal, db: this.#o.db.scoped(signal, this.#o.signal) };
+  }
+
+  async loadLocal(signal?: AbortSignal): Promise<void> {
     const [summaries, sync] = await Promise.all([
       this.#o.db.getAll<MessageSummary>('summaries'),
       this.#o.db.kv<{ state: string }>('sync'),
     ]);
-    if (sync) this.#o.mail.replaceAll(summaries);
+    // Read before a sign-out that has cleared the database since: not shown.
+    if (sync && !this.#runOf(signal).db.stopped) this.#o.mail.replaceAll(summaries);
   }
 
   /** One round: from scratch if there is no state, then one read of the changes (a long poll when `wait` > 0). */
   async syncOnce(wait = 0, signal?: AbortSignal): Promise<void> {
-    let state = (await this.#o.db.kv<{ state: string }>('sync'))?.state;
-    if (state === undefined) state = await this.#fullSync();
+    const run = this.#runOf(signal);
+    let state = (await run.db.kv<{ state: string }>('sync'))?.state;
+    if (state === undefined) state = await this.#fullSync(run);
+    run.db.assertLive();
     if (this.state.status !== 'live') this.setState({ status: 'live', error: undefined });
     for (;;) {
       const changes = await this.#o.api.changes(state, { wait, signal });
-      await this.#apply(changes);
+      await this.#apply(changes, run);
       if (!changes.hasMore) return;
       state = changes.state;
     }
@@ -104,13 +122,14 @@ export class SyncEngine extends Store<SyncState> {
         await this.syncOnce(this.#o.waitSeconds ?? 30, signal);
         backoff = 1000;
       } catch (e) {
-        if (signal.aborted) return;
+        if (signal.aborted || this.#o.signal?.aborted) return;
         if (e instanceof StateExpiredError || (e instanceof BadRequestError && e.code === 'invalid_state')) {
-          await this.#o.db.deleteKv('sync');
+          await this.#runOf(signal).db.deleteKv('sync');
           continue;
         }
         if (e instanceof SignedOutError) {
           this.setState({ status: 'stopped', error: e.message });
+          this.#o.onSignedOut?.();
           return;
         }
         this.setState({ status: e instanceof NetworkError ? 'offline' : 'error', error: (e as Error).message });
@@ -120,33 +139,34 @@ export class SyncEngine extends Store<SyncState> {
     }
   }
 
-  async #fullSync(): Promise<string> {
+  async #fullSync(run: Run): Promise<string> {
     this.setState({ status: 'syncing', error: undefined });
     // The state first: whatever changes while the mailboxes are listed is replayed by the next poll.
-    const state = await this.#o.api.state();
+    const state = await this.#o.api.state({ signal: run.signal });
     const all: MessageSummary[] = [];
     for (const mailbox of MAILBOXES) {
       let cursor: string | undefined;
       do {
-        const page = await this.#o.api.listMessages(mailbox, { cursor, limit: PAGE });
+        const page = await this.#o.api.listMessages(mailbox, { cursor, limit: PAGE, signal: run.signal });
         all.push(...page.messages.map(summaryOf));
         cursor = page.next ?? undefined;
       } while (cursor);
     }
-    await this.#o.db.write(['summaries', 'messages', 'kv'], (t) => {
+    await run.db.write(['summaries', 'messages', 'kv'], (t) => {
       const summaries = t.objectStore('summaries');
       summaries.clear();
       t.objectStore('messages').clear();
       for (const s of all) summaries.put(s);
       t.objectStore('kv').put({ state }, 'sync');
     });
+    run.db.assertLive();
     this.#o.mail.replaceAll(all);
-    void this.#readAhead(all).catch(() => undefined);
+    void this.#readAhead(all, run).catch(() => undefined);
     return state;
   }
 
   /** Reads the newest messages whole, and their text, so that they open offline. */
-  async #readAhead(all: readonly MessageSummary[]): Promise<void> {
+  async #readAhead(all: readonly MessageSummary[], run: Run): Promise<void> {
     const n = this.#o.readAhead ?? 50;
     const ids = MAILBOXES.flatMap((m) =>
       all
@@ -156,25 +176,25 @@ export class SyncEngine extends Store<SyncState> {
         .map((s) => s.id),
     );
     for (const batch of chunks(ids, BATCH)) {
-      const { messages } = await this.#o.api.getMessages(batch);
-      await this.#o.db.write(['messages'], (t) => messages.forEach((m) => t.objectStore('messages').put(m)));
-      await this.#o.cache.prefetchText(messages);
+      const { messages } = await this.#o.api.getMessages(batch, { signal: run.signal });
+      await run.db.write(['messages'], (t) => messages.forEach((m) => t.objectStore('messages').put(m)));
+      await this.#o.cache.prefetchText(messages, run.db);
     }
   }
 
-  async #apply(changes: Changes): Promise<void> {
+  async #apply(changes: Changes, run: Run): Promise<void> {
     const ids = [...new Set([...changes.created, ...changes.updated])];
     const fetched: Message[] = [];
     const destroyed = new Set(changes.destroyed);
     for (const batch of chunks(ids, BATCH)) {
-      const result = await this.#o.api.getMessages(batch);
+      const result = await this.#o.api.getMessages(batch, { signal: run.signal });
       fetched.push(...result.messages);
       // Gone again between the change and the read.
       for (const id of result.notFound) destroyed.add(id);
     }
     const known = new Set(fetched.filter((m) => this.#o.mail.has(m.id)).map((m) => m.id));
     const summaries = fetched.map(summaryOf);
-    await this.#o.db.write(['summaries', 'messages', 'kv'], (t) => {
+    await run.db.write(['summaries', 'messages', 'kv'], (t) => {
       for (const m of fetched) t.objectStore('messages').put(m);
       for (const s of summaries) t.objectStore('summaries').put(s);
       for (const id of destroyed) {
@@ -183,11 +203,12 @@ export class SyncEngine extends Store<SyncState> {
       }
       t.objectStore('kv').put({ state: changes.state }, 'sync');
     });
+    run.db.assertLive();
     this.#o.mail.upsert(summaries);
     this.#o.mail.remove([...destroyed]);
     const fresh = summaries.filter((s) => !known.has(s.id) && s.mailbox === 'inbox' && !s.seen);
     if (fresh.length > 0) this.#o.onNewMail?.(fresh);
-    void this.#o.cache.prefetchText(fetched).catch(() => undefined);
+    void this.#o.cache.prefetchText(fetched, run.db).catch(() => undefined);
   }
 }
 

@@ -2,6 +2,8 @@
  * The service worker's answer to `/r/<digest>`, run in Node against a real mailbox: Range passed
  * through and signed, the headers a media element needs, downloads, and whole copies kept and sliced.
  */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { digestOf } from '../api/client.js';
 import type { UploadedResource } from '../api/types.js';
@@ -43,6 +45,32 @@ function deps(over: Partial<ResourceProxyDeps> = {}): ResourceProxyDeps {
 }
 
 describe('proxyResource', () => {
+  it('answers 502 when the mailbox redirects, and follows no redirect with the reader’s token', async () => {
+    let followed = 0;
+    const elsewhere = createServer((_req, res) => {
+      followed++;
+      res.end('not the resource');
+    });
+    await new Promise<void>((resolve) => elsewhere.listen(0, '127.0.0.1', resolve));
+    const target = `http://127.0.0.1:${(elsewhere.address() as AddressInfo).port}`;
+    const mailbox = createServer((req, res) => {
+      res.writeHead(307, { location: `${target}${req.url}` });
+      res.end();
+    });
+    await new Promise<void>((resolve) => mailbox.listen(0, '127.0.0.1', resolve));
+    try {
+      const apiBase = `http://127.0.0.1:${(mailbox.address() as AddressInfo).port}/api/v1`;
+      const { req, target: resource } = request(resourcePath(digestOf(video.contentId), { type: 'video/webm' }));
+      const res = await proxyResource(req, resource, deps({ apiBase }));
+      expect(res.status).toBe(502);
+      expect(await res.text()).toMatch(/answered with a redirect, which is not followed/);
+      expect(followed).toBe(0);
+    } finally {
+      await new Promise((resolve) => mailbox.close(resolve));
+      await new Promise((resolve) => elsewhere.close(resolve));
+    }
+  });
+
   it('passes a Range through with DPoP and answers 206 with what a media element needs', async () => {
     const { req, target } = request(resourcePath(digestOf(video.contentId), { type: 'video/webm' }), {
       range: 'bytes=1000-1999',
