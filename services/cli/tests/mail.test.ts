@@ -18,7 +18,6 @@ import type { CommandIo } from '../src/io.js';
 import { FormBrowser, signInThroughForm } from '../src/mail/login-form.js';
 import { MailboxClient } from '../src/mail/mailbox-client.js';
 import { signIn, type UserSession } from '../src/mail/sign-in.js';
-import { createStreamingPost } from '../src/mail/streaming-post.js';
 import { run } from '../src/run.js';
 
 const BIN = new URL('../../../node_modules/.bin/federizer', import.meta.url).pathname;
@@ -409,7 +408,6 @@ describe('federizer mail', () => {
 
   it('a token about to run out (say after a long upload) is renewed with the password before the next request', async () => {
     const http = createHttpClient({ dev: true });
-    const uploads = createStreamingPost({ dev: true });
     try {
       const discovery = createDiscovery({
         http,
@@ -432,7 +430,6 @@ describe('federizer mail', () => {
       const renewals: UserSession[] = [];
       const client = new MailboxClient(
         http,
-        uploads,
         mailbox.api,
         { ...first, expiresAt: Date.now() + 5_000 },
         async () => {
@@ -446,7 +443,7 @@ describe('federizer mail', () => {
       expect(renewals[0]!.accessToken).not.toBe(first.accessToken);
       expect(renewals[0]!.key.jkt).not.toBe(first.key.jkt);
     } finally {
-      await Promise.all([http.close(), uploads.close()]);
+      await http.close();
     }
   });
 

@@ -3,10 +3,15 @@
  * request forgery where it matters, at connect time: the address a name resolves to is checked, so a
  * public name pointing at 127.0.0.1, 10.x or a link-local metadata address is refused, and a redirect to
  * such an address is refused the same way. Outside development mode only https is spoken.
+ *
+ * `stream` exists beside `fetch` for large request bodies: undici's `fetch` keeps every chunk of a streamed
+ * request body until the request ends (nodejs/undici#4058: a 1 GiB upload held 1.1 GiB), its `request`
+ * does not. Both go through the same guarded agent.
  */
 import type { LookupAddress } from 'node:dns';
 import { BlockList, isIP, type LookupFunction } from 'node:net';
-import { Agent, fetch as undiciFetch, type RequestInit, type Response } from 'undici';
+import { Readable } from 'node:stream';
+import { Agent, fetch as undiciFetch, request as undiciRequest, type RequestInit, type Response } from 'undici';
 import { localhostLookup } from './dns-client.js';
 
 export interface HttpClientOptions {
@@ -94,8 +99,34 @@ function guardedLookup(base: LookupFunction, options: HttpClientOptions): Lookup
   };
 }
 
+/** A request whose body is sent as it is read, in constant memory. */
+export interface StreamRequest {
+  readonly method: string;
+  readonly headers?: Readonly<Record<string, string>>;
+  /** Read once, chunk by chunk; a failure to read it fails the request. */
+  readonly body?: AsyncIterable<Uint8Array> | Readable;
+  readonly signal?: AbortSignal;
+  /**
+   * Longest wait for the response headers once the body is sent (default: the client's `timeoutMs`). A server
+   * that stores and syncs a large body before answering needs more than a connect-sized timeout.
+   */
+  readonly headersTimeoutMs?: number;
+}
+
+/** The answer to a `stream` request. Its body must be consumed (`text`, `json`, reading it) or destroyed. */
+export interface StreamResponse {
+  readonly status: number;
+  /** Lower-case names; a repeated header is an array. */
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
+  readonly body: Readable;
+  text(): Promise<string>;
+  json(): Promise<unknown>;
+}
+
 export interface HttpClient {
   fetch(url: string | URL, init?: RequestInit): Promise<Response>;
+  /** A request with a streamed body (an upload); redirects are returned, never followed. */
+  stream(url: string | URL, init: StreamRequest): Promise<StreamResponse>;
   close(): Promise<void>;
 }
 
@@ -106,23 +137,48 @@ export function createHttpClient(options: HttpClientOptions = {}): HttpClient {
     headersTimeout: timeout,
     bodyTimeout: 5 * 60_000,
   });
+  /** The checks a URL passes before any connection: the scheme, and an IP literal that no lookup would see. */
+  function target(url: string | URL): URL {
+    const target = new URL(url);
+    if (target.protocol !== 'https:' && !(options.dev && target.protocol === 'http:')) {
+      throw new ForbiddenAddressError(
+        `${target.origin}: only https is allowed${options.dev ? '' : ' outside development mode'}`,
+      );
+    }
+    const literal = target.hostname.replace(/^\[|\]$/g, '');
+    if (isIP(literal) && !addressAllowed(literal, options)) {
+      throw new ForbiddenAddressError(`${target.host} is not a public address`);
+    }
+    return target;
+  }
   return {
     async fetch(url, init = {}) {
-      const target = new URL(url);
-      if (target.protocol !== 'https:' && !(options.dev && target.protocol === 'http:')) {
-        throw new ForbiddenAddressError(
-          `${target.origin}: only https is allowed${options.dev ? '' : ' outside development mode'}`,
-        );
-      }
-      const literal = target.hostname.replace(/^\[|\]$/g, '');
-      if (isIP(literal) && !addressAllowed(literal, options)) {
-        throw new ForbiddenAddressError(`${target.host} is not a public address`);
-      }
+      const to = target(url);
       if (init.redirect === undefined || init.redirect === 'follow') {
         // Redirects are followed by callers that check each hop (discovery counts them); never blindly.
         init = { ...init, redirect: 'manual' };
       }
-      return undiciFetch(target, { ...init, dispatcher: agent });
+      return undiciFetch(to, { ...init, dispatcher: agent });
+    },
+    async stream(url, init) {
+      const to = target(url);
+      const { body } = init;
+      // undici's `request` follows no redirect without its redirect interceptor, so they reach the caller.
+      const res = await undiciRequest(to, {
+        method: init.method,
+        headers: init.headers,
+        body: body === undefined || body instanceof Readable ? body : Readable.from(body, { objectMode: false }),
+        signal: init.signal,
+        headersTimeout: init.headersTimeoutMs ?? timeout,
+        dispatcher: agent,
+      });
+      return {
+        status: res.statusCode,
+        headers: res.headers,
+        body: res.body,
+        text: () => res.body.text(),
+        json: () => res.body.json(),
+      };
     },
     close: () => agent.close(),
   };

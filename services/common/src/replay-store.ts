@@ -31,12 +31,27 @@ export class KnexReplayStore implements ReplayStore {
     // and returns no row. PostgreSQL re-checks the WHERE against the row a concurrent insert committed, and
     // SQLite runs statements one at a time, so exactly one of several concurrent callers gets a row.
     // Expired means expires_at <= now, as in the protocol library's MemoryReplayStore.
-    const rows = (await this.#knex(this.#table)
-      .insert({ key, expires_at: expiresAt })
-      .onConflict('key')
-      .merge(['expires_at'])
-      .where(`${this.#table}.expires_at`, '<=', this.#now())
-      .returning('key')) as unknown[];
+    const record = (db: Knex | Knex.Transaction) =>
+      db(this.#table)
+        .insert({ key, expires_at: expiresAt })
+        .onConflict('key')
+        .merge(['expires_at'])
+        .where(`${this.#table}.expires_at`, '<=', this.#now())
+        .returning('key') as Promise<unknown[]>;
+    if (!isPostgres(this.#knex)) return (await record(this.#knex)).length === 1;
+    // Every authorized request records a proof, and a synchronous commit waits for PostgreSQL's WAL flush
+    // (5 to 20 ms on a busy disk: most of a no-change sync's time). An asynchronous commit is still atomic
+    // and seen at once by every replica; a database crash can lose the last fraction of a second of
+    // records, which would let a proof captured in that instant be replayed within its own short lifetime.
+    const rows = await this.#knex.transaction(async (trx) => {
+      await trx.raw('SET LOCAL synchronous_commit = off');
+      return record(trx);
+    });
     return rows.length === 1;
   }
+}
+
+function isPostgres(knex: Knex): boolean {
+  const client = (knex.client as { config?: { client?: unknown } }).config?.client;
+  return client === 'pg' || client === 'postgres' || client === 'postgresql';
 }

@@ -279,6 +279,20 @@ describe.each(testDatabases())('storage adapter on $name', (database) => {
       seconds = T0 / 1000;
     });
 
+    it('on PostgreSQL records with an asynchronous commit, on SQLite in one statement', async () => {
+      const statements: string[] = [];
+      const listen = (q: { sql: string }) => statements.push(q.sql);
+      knex.on('query', listen);
+      try {
+        expect(await store().checkAndRecord('jti-commit', seconds + 60)).toBe(true);
+      } finally {
+        knex.off('query', listen);
+      }
+      const asyncCommit = statements.includes('SET LOCAL synchronous_commit = off');
+      expect(asyncCommit).toBe(database.name === 'postgres');
+      expect(statements.filter((s) => /insert/i.test(s))).toHaveLength(1);
+    });
+
     it('accepts a key once while it lives', async () => {
       expect(await store().checkAndRecord('jti-1', seconds + 60)).toBe(true);
       expect(await store().checkAndRecord('jti-1', seconds + 60)).toBe(false);

@@ -36,7 +36,6 @@ import { locateDns, type DnsLocation } from '../mail/locate.js';
 import { MailboxClient, type FullMessage, type UploadedResource } from '../mail/mailbox-client.js';
 import { progressBar } from '../mail/progress.js';
 import { signIn, type UserSession } from '../mail/sign-in.js';
-import { createStreamingPost, type StreamingPost } from '../mail/streaming-post.js';
 import { messageTable } from '../mail/table.js';
 
 const HELP = `federizer mail send    --user ADDRESS --password-stdin --to ADDRESSES [--cc ADDRESSES] [--bcc ADDRESSES]
@@ -157,7 +156,7 @@ function notFound(what: string, domain: string, e: unknown, ctx: Context): Error
   return new Error(`cannot find the ${what} of ${domain} through ${where}: ${e.message}${hint}`, { cause: e });
 }
 
-async function connect(ctx: Context, http: HttpClient, uploads: StreamingPost): Promise<Connection> {
+async function connect(ctx: Context, http: HttpClient): Promise<Connection> {
   const discovery = createDiscovery({
     http,
     resolveSrv: new DnsClient({ servers: [...ctx.dns.servers] }).resolveSrv,
@@ -197,13 +196,7 @@ async function connect(ctx: Context, http: HttpClient, uploads: StreamingPost): 
     });
   const session = await sessionOf();
   // Only with the password at hand can a token that runs out during a long upload be renewed unattended.
-  const client = new MailboxClient(
-    http,
-    uploads,
-    mailbox.api,
-    session,
-    ctx.password === undefined ? undefined : sessionOf,
-  );
+  const client = new MailboxClient(http, mailbox.api, session, ctx.password === undefined ? undefined : sessionOf);
   return { client, mailbox };
 }
 
@@ -365,11 +358,10 @@ export async function mailCommand(
   const password = values['password-stdin'] ? await readPassword(io, address) : undefined;
   const ctx: Context = { io, address, domain, dns, dev: values.dev === true || dns.local, password };
   const http = createHttpClient({ dev: ctx.dev });
-  const uploads = createStreamingPost({ dev: ctx.dev });
   try {
-    await subcommand.act(ctx, await connect(ctx, http, uploads));
+    await subcommand.act(ctx, await connect(ctx, http));
     return 0;
   } finally {
-    await Promise.all([http.close(), uploads.close()]);
+    await http.close();
   }
 }

@@ -11,7 +11,6 @@ import { randomBytes } from 'node:crypto';
 import type { HttpClient } from '@federizer/common';
 import { ContentIdHasher, createDpopProof, type Block, type Body, type Message } from '@federizer/protocol';
 import type { Progress } from './progress.js';
-import type { StreamingPost } from './streaming-post.js';
 import type { UserSession } from './sign-in.js';
 
 /** A refusal of the mailbox API: its HTTP status and `{error, error_description}`. */
@@ -75,6 +74,12 @@ const PAGE = 200;
 /** A token this close to its expiry is renewed before a request rather than refused during it. */
 const RENEW_MARGIN_MS = 60_000;
 
+/**
+ * The mailbox answers an upload once its last byte is stored and synced; undici restarts the headers timer as
+ * the body is written, so this bounds a stalled upload and that last wait, not the length of the upload.
+ */
+const UPLOAD_ANSWER_TIMEOUT_MS = 10 * 60_000;
+
 export class MailboxClient {
   #session: UserSession;
 
@@ -84,7 +89,6 @@ export class MailboxClient {
    */
   constructor(
     private readonly http: HttpClient,
-    private readonly uploads: StreamingPost,
     private readonly api: string,
     session: UserSession,
     private readonly renew?: () => Promise<UserSession>,
@@ -151,11 +155,13 @@ export class MailboxClient {
       const { url, headers } = await this.#authorize('POST', '/resources');
       let answer: { status: number; text: string };
       try {
-        answer = await this.uploads.post(
-          url,
-          { ...headers, 'content-type': file.mediaType, 'content-length': String(file.size) },
-          read(),
-        );
+        const res = await this.http.stream(url, {
+          method: 'POST',
+          headers: { ...headers, 'content-type': file.mediaType, 'content-length': String(file.size) },
+          body: read(),
+          headersTimeoutMs: UPLOAD_ANSWER_TIMEOUT_MS,
+        });
+        answer = { status: res.status, text: await res.text() };
       } catch (e) {
         throw networkError('POST', url, e);
       }
