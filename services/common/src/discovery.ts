@@ -18,6 +18,9 @@ export function httpGetOf(http: HttpClient): HttpGet {
   return (url, init) => http.fetch(url, init) as unknown as Promise<Response>;
 }
 
+/** How long this process remembers a network failure of discovery (other failures: 30 s, PROTOCOL §8). */
+export const TRANSIENT_FAILURE_CACHE_SECONDS = 3;
+
 export function createDiscovery(options: {
   readonly http: HttpClient;
   /** `host:port` of the DNS server to ask; the system resolvers when absent. */
@@ -30,5 +33,12 @@ export function createDiscovery(options: {
   const resolveSrv =
     options.resolveSrv ??
     new DnsClient({ servers: options.dnsServer ? [parseHostPort(options.dnsServer)] : undefined }).resolveSrv;
-  return new Discovery({ resolveSrv, httpGet: httpGetOf(options.http), allowHttp: options.dev, now: options.now });
+  return new Discovery({
+    resolveSrv,
+    httpGet: httpGetOf(options.http),
+    allowHttp: options.dev,
+    now: options.now,
+    // A domain restarting or a dropped connection must not be refused for the 30 s of a real negative answer.
+    transientNegativeTtlSeconds: TRANSIENT_FAILURE_CACHE_SECONDS,
+  });
 }

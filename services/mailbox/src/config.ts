@@ -41,6 +41,13 @@ export interface MailboxConfig {
    * storing them and recording them. It must exceed the longest such pause; an hour is generous.
    */
   readonly blobGcGraceSeconds: number;
+  /**
+   * The wait after a first failed transfer or fetch, doubling after each further failure up to an hour.
+   * A minute spares a domain that is down; tests and local federations shorten it.
+   */
+  readonly retryBaseSeconds: number;
+  /** Transfers accepted per minute from one sending domain; more answer 429 with Retry-After. */
+  readonly transferRatePerMinute: number;
 }
 
 export interface MailboxSecrets {
@@ -72,6 +79,13 @@ function url(value: string, name: string, dev: boolean): string {
 function seconds(value: number, name: string, min: number): number {
   if (!Number.isSafeInteger(value) || value < min) {
     throw new TypeError(`${name} must be a whole number of seconds >= ${min}, not ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+function count(value: number, name: string, min: number): number {
+  if (!Number.isSafeInteger(value) || value < min) {
+    throw new TypeError(`${name} must be a whole number >= ${min}, not ${JSON.stringify(value)}`);
   }
   return value;
 }
@@ -110,6 +124,8 @@ export function mailboxConfig(
     authAdminUrl: (input.authAdminUrl ?? input.issuer).replace(/\/$/, ''),
     blobGcIntervalSeconds: seconds(input.blobGcIntervalSeconds ?? 3600, 'blobGcIntervalSeconds', 1),
     blobGcGraceSeconds: seconds(input.blobGcGraceSeconds ?? 3600, 'blobGcGraceSeconds', 0),
+    retryBaseSeconds: seconds(input.retryBaseSeconds ?? 60, 'retryBaseSeconds', 1),
+    transferRatePerMinute: count(input.transferRatePerMinute ?? 600, 'transferRatePerMinute', 1),
   };
   return { config, secrets };
 }
@@ -147,6 +163,13 @@ export function readMailboxEnv(
     const unit = { '': 1, s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? '').toLowerCase() as '' | 's' | 'm' | 'h' | 'd'];
     return Number(m[1]) * unit;
   };
+  const whole = (name: string): number | undefined => {
+    const value = env[name];
+    if (value === undefined || value === '') return undefined;
+    if (!/^\d+$/.test(value.trim()))
+      throw new TypeError(`${name} must be a whole number, not ${JSON.stringify(value)}`);
+    return Number(value.trim());
+  };
   const jwk = env.FEDERIZER_MTA_PRIVATE_JWK;
   return mailboxConfig(
     {
@@ -167,6 +190,8 @@ export function readMailboxEnv(
       authAdminUrl: env.FEDERIZER_AUTH_ADMIN_URL,
       blobGcIntervalSeconds: duration('FEDERIZER_MAILBOX_GC_INTERVAL'),
       blobGcGraceSeconds: duration('FEDERIZER_MAILBOX_GC_GRACE'),
+      retryBaseSeconds: duration('FEDERIZER_MAILBOX_RETRY_BASE'),
+      transferRatePerMinute: whole('FEDERIZER_MAILBOX_TRANSFER_RATE'),
     },
     {
       mtaPrivateJwk: jwk ? (JSON.parse(jwk) as JWK) : undefined,

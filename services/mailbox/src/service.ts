@@ -124,7 +124,7 @@ export class MailboxService implements AsyncDisposable {
     const clock = { now };
     this.messages = new MessageStore(knex, clock);
     this.shares = new ShareStore(knex, clock);
-    this.jobs = new JobQueue(knex, clock);
+    this.jobs = new JobQueue(knex, { ...clock, retryBaseMs: config.retryBaseSeconds * 1000 });
     this.changes = new ChangeLog(knex, clock);
     this.transfers = new TransferLog(knex, clock);
     this.forwarding = new ForwardingStore(knex, clock);
@@ -384,7 +384,7 @@ export class MailboxService implements AsyncDisposable {
             void this.fetcher.poll().catch((err: unknown) => this.logger.error({ err }, 'fetch poll failed'));
         },
         now,
-        rateLimit: { perDomainPerMinute: 600 },
+        rateLimit: { perDomainPerMinute: config.transferRatePerMinute },
       }),
     );
     app.use(

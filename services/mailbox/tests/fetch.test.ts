@@ -11,7 +11,7 @@
  * those are the AS's own token with that claim changed, signed again with the AS's real signing key.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -32,6 +32,7 @@ import { MtaClient, fetchParams, testHttp } from '../../auth/tests/exchange-clie
 import {
   AccountStore,
   DiskBlobStore,
+  ExchangeFailure,
   Fetcher,
   JobQueue,
   MessageStore,
@@ -558,6 +559,10 @@ describe.each(testDatabases())('the fetcher against a misbehaving origin ($name)
   /** What the fake origin answers; every request it saw. */
   let answer: (req: IncomingMessage, res: ServerResponse) => void;
   const seen: { range: string | undefined; authorization: string | undefined; dpop: boolean; body: string }[] = [];
+  const issued = () =>
+    Promise.resolve({ token: 'a-token-from-the-stub-as', issuedTokenType: 'access_token', expiresIn: 300 });
+  /** What this domain's AS answers the fetch exchange. */
+  let exchange: () => Promise<{ token: string; issuedTokenType: string; expiresIn: number }> = issued;
 
   const envelope: Block[] = [
     { 'jwt-assertion': 'eyJhbGciOiJFUzI1NiJ9.e30.c2lnbmF0dXJl' },
@@ -602,10 +607,7 @@ describe.each(testDatabases())('the fetcher against a misbehaving origin ($name)
       webmail: `${server.url}/`,
       max_resource_size: 5 * 1024 ** 3,
     };
-    const as = {
-      fetch: () =>
-        Promise.resolve({ token: 'a-token-from-the-stub-as', issuedTokenType: 'access_token', expiresIn: 300 }),
-    } as unknown as AsClient;
+    const as = { fetch: () => exchange() } as unknown as AsClient;
     fetcher = new Fetcher({
       domain: 'example.net',
       jobs,
@@ -700,5 +702,56 @@ describe.each(testDatabases())('the fetcher against a misbehaving origin ($name)
     expect(after!.status).not.toBe('done');
     // Had the fetcher read on to the end of the answer, the origin would have finished sending all of it.
     expect({ completed, chunksWritten: written }).toMatchObject({ completed: false });
+  });
+
+  const partials = async () => readdir(join(blobDir, 'partial')).catch(() => [] as string[]);
+
+  it('an AS that cannot verify the assertion now (503, 400 temporarily_unavailable, no answer) is retried, not failed', async () => {
+    for (const failure of [
+      new ExchangeFailure('temporarily_unavailable', 'cannot discover the issuer of example.com', 503),
+      new ExchangeFailure('temporarily_unavailable', 'cannot discover the issuer of example.com', 400),
+      new ExchangeFailure('some_new_error', 'a code this client does not know', 400),
+      new ExchangeFailure('temporarily_unavailable', 'the AS did not answer: fetch failed', 0, undefined, {
+        cause: Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:1'), { code: 'ECONNREFUSED' }),
+      }),
+    ]) {
+      const bytes = randomBytes(100);
+      const job = await queue(bytes);
+      exchange = () => Promise.reject(failure);
+      seen.length = 0;
+      await fetcher.poll();
+      expect(seen).toHaveLength(0);
+      const after = await jobs.find('fetch', job.contentId);
+      expect(after, failure.message).toMatchObject({ status: 'pending', attempts: 1 });
+      expect(after!.lastError).toContain(failure.error);
+    }
+    exchange = issued;
+  });
+
+  it('only an OAuth error defined as final (RFC 6749 §5.2: invalid_grant) fails the fetch, leaving no partial file', async () => {
+    const bytes = randomBytes(100);
+    const job = await queue(bytes);
+    exchange = () => Promise.reject(new ExchangeFailure('invalid_grant', 'subject_token: expired', 400));
+    try {
+      await fetcher.poll();
+    } finally {
+      exchange = issued;
+    }
+    const after = await jobs.find('fetch', job.contentId);
+    expect(after).toMatchObject({ status: 'failed' });
+    expect(after!.lastError).toMatch(/invalid_grant/);
+    expect(await partials()).not.toContain(job.contentId.slice(1, -1));
+  });
+
+  it('an origin refusing the fetch for good (403) leaves no partial file behind', async () => {
+    const bytes = randomBytes(100);
+    const job = await queue(bytes);
+    answer = (_req, res) => {
+      res.writeHead(403, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: 'access_denied', error_description: 'not a recipient domain' }));
+    };
+    await fetcher.poll();
+    expect(await jobs.find('fetch', job.contentId)).toMatchObject({ status: 'failed' });
+    expect(await partials()).not.toContain(job.contentId.slice(1, -1));
   });
 });

@@ -60,6 +60,12 @@ export interface DiscoveryOptions {
   /** Used when the SRV answer carries no TTL. */
   defaultTtlSeconds?: number;
   negativeTtlSeconds?: number;
+  /**
+   * How long a failure that may pass at any moment is cached (a target refusing connections or timing
+   * out, a 5xx, a DNS server failure): default negativeTtlSeconds. A few seconds keep a blip from turning
+   * into half a minute of refusals while still sparing a domain that is down.
+   */
+  transientNegativeTtlSeconds?: number;
   jwksMinRefetchSeconds?: number;
   /** For one DNS lookup, and for one target's whole exchange (redirects and body included). */
   timeoutMs?: number;
@@ -162,15 +168,20 @@ interface Entry<T> {
   expiresAt: number;
 }
 
-/** Settled promises kept for their TTL: a success for the answer's TTL, a failure for the negative TTL. */
+/**
+ * Settled promises kept for their TTL: a success for the answer's TTL, a failure for the negative TTL
+ * (the shorter transient one for a network failure).
+ */
 class TtlCache<T> {
   readonly #entries = new Map<string, Entry<T>>();
   readonly #now: () => number;
   readonly #negativeTtlMs: number;
+  readonly #transientNegativeTtlMs: number;
 
-  constructor(now: () => number, negativeTtlMs: number) {
+  constructor(now: () => number, negativeTtlMs: number, transientNegativeTtlMs: number = negativeTtlMs) {
     this.#now = now;
     this.#negativeTtlMs = negativeTtlMs;
+    this.#transientNegativeTtlMs = Math.min(transientNegativeTtlMs, negativeTtlMs);
   }
 
   get(key: string, load: () => Promise<Loaded<T>>): Promise<T> {
@@ -200,7 +211,7 @@ class TtlCache<T> {
         return loaded.value;
       },
       (error: unknown) => {
-        entry.expiresAt = this.#now() + this.#negativeTtlMs;
+        entry.expiresAt = this.#now() + (isTransient(error) ? this.#transientNegativeTtlMs : this.#negativeTtlMs);
         throw error;
       },
     );
@@ -452,9 +463,10 @@ export class Discovery implements TrustResolver {
     this.#jwksMinRefetchMs = (options.jwksMinRefetchSeconds ?? 60) * 1000;
     this.#timeoutMs = options.timeoutMs ?? 10_000;
     const negativeTtlMs = (options.negativeTtlSeconds ?? 30) * 1000;
-    this.#servers = new TtlCache(this.#now, negativeTtlMs);
-    this.#mailboxes = new TtlCache(this.#now, negativeTtlMs);
-    this.#jwks = new TtlCache(this.#now, negativeTtlMs);
+    const transientMs = (options.transientNegativeTtlSeconds ?? options.negativeTtlSeconds ?? 30) * 1000;
+    this.#servers = new TtlCache(this.#now, negativeTtlMs, transientMs);
+    this.#mailboxes = new TtlCache(this.#now, negativeTtlMs, transientMs);
+    this.#jwks = new TtlCache(this.#now, negativeTtlMs, transientMs);
   }
 
   /** §8: the RFC 8414 metadata that `_federizer._as._tcp.<domain>` leads to. */
@@ -546,7 +558,9 @@ export class Discovery implements TrustResolver {
       }
     }
     const why = failures.map((f) => f.message).join('; ');
-    throw new ProtocolError('discovery_failed', `${name}: no target answered: ${why}`, { cause: failures.at(-1) });
+    throw transient(
+      new ProtocolError('discovery_failed', `${name}: no target answered: ${why}`, { cause: failures.at(-1) }),
+    );
   }
 
   async #resolve(name: string): Promise<SrvAnswer> {
@@ -646,7 +660,7 @@ function dnsFailure(name: string, cause: unknown, timedOut: boolean): ProtocolEr
   const code = (cause as { code?: unknown } | null)?.code;
   if (timedOut || (typeof code === 'string' && TRANSIENT_DNS_CODES.has(code))) {
     const why = timedOut ? 'timed out' : messageOf(cause);
-    return new ProtocolError('discovery_failed', `${name}: SRV lookup failed: ${why}`, { cause });
+    return transient(new ProtocolError('discovery_failed', `${name}: SRV lookup failed: ${why}`, { cause }));
   }
   return new ProtocolError('discovery_no_records', `${name}: no SRV records (${messageOf(cause)})`, { cause });
 }

@@ -17,6 +17,11 @@ Runs a mail domain's mailbox and mail agent, configured by the environment:
   FEDERIZER_MAILBOX_HOST, FEDERIZER_MAILBOX_PORT, FEDERIZER_MTA_CLIENT_ID, FEDERIZER_MAX_RESOURCE_SIZE (5GiB),
   FEDERIZER_MAILBOX_QUOTA (50GiB), FEDERIZER_MAILBOX_CORS_ORIGINS, FEDERIZER_WEBMAIL_URL, FEDERIZER_DNS
   (host:port), FEDERIZER_AUTH_ADMIN_URL, FEDERIZER_DEV=1, FEDERIZER_LOG_LEVEL.
+Queues and limits (durations like 90, 90s, 30m, 6h, 1d):
+  FEDERIZER_MAILBOX_RETRY_BASE     wait after a failed transfer or fetch, doubling up to 1h (default 60s)
+  FEDERIZER_MAILBOX_TRANSFER_RATE  transfers accepted per minute from one sending domain (default 600)
+  FEDERIZER_MAILBOX_GC_INTERVAL    time between runs of the blob collector (default 1h)
+  FEDERIZER_MAILBOX_GC_GRACE       a blob file touched more recently is never deleted (default 1h)
 Stops gracefully on SIGINT or SIGTERM: requests in flight finish, claimed work is handed back.`;
 
 export async function mailboxCommand(args: readonly string[], io: CommandIo): Promise<number> {

@@ -8,10 +8,18 @@ import { join } from 'node:path';
 import type { DestinationStream } from 'pino';
 import { AuthService, authConfig } from '@federizer/auth';
 import { createLogger } from '@federizer/common';
-import { MailboxService, mailboxConfig } from '@federizer/mailbox';
+import { MailboxService, mailboxConfig, type MailboxConfig } from '@federizer/mailbox';
 import { PortInUseError, WEBMAIL_CLIENT_ID } from './layout.js';
 import { loadOrCreateSecrets, publicJwkOf, sqliteUrl } from './state.js';
 import { WebmailServer, webmailServerConfig } from './webmail-server.js';
+
+/**
+ * The mailbox settings a federation may change from their defaults (each is also an environment variable
+ * of `federizer mailbox`): tests shorten the retry base so a domain that was down is retried in seconds.
+ */
+export type MailboxSettings = Partial<
+  Pick<MailboxConfig, 'retryBaseSeconds' | 'transferRatePerMinute' | 'blobGcIntervalSeconds' | 'blobGcGraceSeconds'>
+>;
 
 /** Everything a domain needs to start; plain data, so that it can cross to a child process. */
 export interface DomainSpec {
@@ -29,6 +37,8 @@ export interface DomainSpec {
   readonly dnsServer: string;
   readonly webmailDist: string;
   readonly logLevel: string;
+  /** Overrides of the mailbox's defaults, checked by `mailboxConfig` like the environment's values. */
+  readonly mailbox?: MailboxSettings;
 }
 
 export interface RunningDomain {
@@ -73,6 +83,7 @@ export async function startDomainServices(spec: DomainSpec, logs: DestinationStr
   );
   const mailbox = mailboxConfig(
     {
+      ...spec.mailbox,
       domain: spec.domain,
       publicUrl: spec.mailboxUrl,
       issuer: spec.issuer,

@@ -13,7 +13,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { DnsServer } from '@federizer/common';
 import type { ChildMessage, ParentMessage } from './domain-process.js';
-import type { DomainSpec, RunningDomain } from './domain-services.js';
+import type { DomainSpec, MailboxSettings, RunningDomain } from './domain-services.js';
 import {
   CLI_CLIENT_ID,
   DEFAULT_DOMAINS,
@@ -60,6 +60,8 @@ export interface LocalFederationOptions {
   readonly onEvent?: (event: FederationEvent) => void;
   /** The built webmail; default `<repo>/webmail/dist`. */
   readonly webmailDist?: string;
+  /** Mailbox settings for every domain instead of the defaults (e.g. a short retry base in tests). */
+  readonly mailbox?: MailboxSettings;
 }
 
 export type FederationEvent =
@@ -300,6 +302,7 @@ export async function startLocalFederation(options: LocalFederationOptions): Pro
         dnsServer,
         webmailDist,
         logLevel,
+        ...(options.mailbox === undefined ? {} : { mailbox: { ...options.mailbox } }),
       };
       const previous = await readEndpoints(dir).catch(() => undefined);
       if (previous && previous.issuer !== spec.issuer)

@@ -231,6 +231,23 @@ export async function checkAccess(
   return { size: leaf.size, mediaType: leaf.mediaType, sharedWith };
 }
 
+/**
+ * The resources are the domain's now, whichever copy was presented (PROTOCOL §6.4: one fetch serves every
+ * local recipient): the To/Cc copy and every Bcc copy of the message to that domain count as fetched, or
+ * an unsend would claim to withdraw a message a Bcc recipient can already read. Withdrawn deliveries stay
+ * withdrawn (`setDelivery` never moves them).
+ */
+async function markFetched(deps: FetchEndpointDeps, share: Share, domain: string, fetchedBy: string): Promise<void> {
+  try {
+    const copies = await deps.shares.sharesOf(share.message);
+    for (const copy of copies.filter((c) => c.recipients.map(domainOf).includes(domain))) {
+      await deps.shares.setDelivery(copy.id, { domain }, 'fetched', { fetchedBy });
+    }
+  } catch {
+    // Only the sender's status view is behind; the next complete fetch of the message marks it again.
+  }
+}
+
 export function fetchRouter(deps: FetchEndpointDeps): Router {
   const router = express.Router();
   router.post('/', express.json({ limit: '4mb' }), async (req: Request, res: Response, next: NextFunction) => {
@@ -260,11 +277,7 @@ export function fetchRouter(deps: FetchEndpointDeps): Router {
       });
       res.on('finish', () => {
         deps.onFetched?.(fetch.domain, slice ? slice.end - slice.start + 1 : size);
-        if (!slice || slice.end === size - 1) {
-          void deps.shares
-            .setDelivery(share.id, { domain: sharedWith }, 'fetched', { fetchedBy: fetch.domain })
-            .catch(() => undefined);
-        }
+        if (!slice || slice.end === size - 1) void markFetched(deps, share, sharedWith, fetch.domain);
       });
       // A failure destroys the answer: the fetcher sees a short body and resumes with Range.
       reader.pipeTo(res).catch(() => undefined);

@@ -18,6 +18,23 @@ export interface IssuedToken {
   readonly expiresIn: number;
 }
 
+/**
+ * The OAuth errors that say the request itself is wrong, so asking again cannot succeed (RFC 6749 §5.2,
+ * RFC 8693 §2.2.2). Anything else (`temporarily_unavailable`, `server_error`, an error code this client does
+ * not know, a 429, a 5xx, no answer at all) may pass later: PROTOCOL.md §6 fetches must then be retried.
+ */
+export const PERMANENT_OAUTH_ERRORS: ReadonlySet<string> = new Set([
+  'invalid_request',
+  'invalid_client',
+  'invalid_grant',
+  'unauthorized_client',
+  'unsupported_grant_type',
+  'invalid_scope',
+  'invalid_target',
+  // Not a token-endpoint code of RFC 6749, but what the AS answers when policy refuses the exchange.
+  'access_denied',
+]);
+
 /** The AS refused (an OAuth error) or could not be reached; `retryable` says whether trying later may help. */
 export class ExchangeFailure extends Error {
   override readonly name = 'ExchangeFailure';
@@ -26,13 +43,37 @@ export class ExchangeFailure extends Error {
     readonly description: string,
     readonly status: number,
     readonly retryAfterSeconds?: number,
+    options?: ErrorOptions,
   ) {
-    super(`${error}: ${description}`);
+    super(`${error}: ${description}`, options);
   }
 
+  /** Whether trying later may help, as the user-facing calls (send, forward) answer it: 503 rather than 403. */
   get retryable(): boolean {
     return this.status === 429 || this.status >= 500 || this.status === 0;
   }
+
+  /**
+   * Whether queued work (a fetch) must give up: only for an OAuth error defined as final. An unknown error
+   * code, or a 400 `temporarily_unavailable`, is retried with backoff rather than losing the mail.
+   */
+  get permanent(): boolean {
+    return !this.retryable && PERMANENT_OAUTH_ERRORS.has(this.error);
+  }
+}
+
+/** An error's message followed by those of its causes: undici's "fetch failed" says why only in `cause`. */
+export function describeError(e: unknown): string {
+  const parts: string[] = [];
+  for (let at: unknown = e, depth = 0; at !== undefined && at !== null && depth < 5; depth++) {
+    const message = at instanceof Error ? at.message : String(at);
+    const code = (at as { code?: unknown }).code;
+    const text = typeof code === 'string' && !message.includes(code) ? `${message} (${code})` : message;
+    // A wrapper often repeats its cause's message: say each thing once.
+    if (text !== '' && !parts.some((p) => p.includes(text))) parts.push(text);
+    at = at instanceof Error ? at.cause : undefined;
+  }
+  return parts.join(': ');
 }
 
 export interface AsClientOptions {
@@ -128,8 +169,10 @@ export class AsClient {
     } catch (e) {
       throw new ExchangeFailure(
         'temporarily_unavailable',
-        `the AS at ${this.#tokenEndpoint} did not answer: ${(e as Error).message}`,
+        `the AS at ${this.#tokenEndpoint} did not answer: ${describeError(e)}`,
         0,
+        undefined,
+        { cause: e },
       );
     }
     const text = await res.text();

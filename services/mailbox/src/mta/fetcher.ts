@@ -19,7 +19,7 @@ import {
 import { BlobStoreError, type DiskBlobStore } from '../blobs/index.js';
 import { LeasedWorker } from './worker.js';
 import type { AccountStore, Job, JobQueue, MessageStore } from '../storage/index.js';
-import { ExchangeFailure, type AsClient } from './as-client.js';
+import { ExchangeFailure, describeError, type AsClient } from './as-client.js';
 
 /** What the transfer endpoint queues: one fetch per Content-ID, with the envelope of a message referencing it. */
 export interface FetchJob {
@@ -47,7 +47,15 @@ export interface FetcherDeps {
   readonly onChanged?: (addresses: readonly string[]) => void;
   readonly concurrency?: number;
   readonly pollMs?: number;
+  /**
+   * The lease of a claimed fetch (default 60 s), renewed every third of it while the fetch runs: a worker
+   * that dies (kill -9) holds its fetch back for at most this long. An answer whose bytes stop flowing
+   * for this long is abandoned and retried.
+   */
+  readonly leaseMs?: number;
 }
+
+export const FETCH_LEASE_MS = 60_000;
 
 class Permanent extends Error {}
 class Temporary extends Error {}
@@ -74,15 +82,37 @@ export class Fetcher extends LeasedWorker<FetchJob> {
       logger: deps.logger,
       concurrency: deps.concurrency ?? 4,
       perDestination: 2,
-      leaseMs: 10 * 60_000,
+      leaseMs: deps.leaseMs ?? FETCH_LEASE_MS,
       pollMs: deps.pollMs,
     });
+    this.#leaseMs = deps.leaseMs ?? FETCH_LEASE_MS;
   }
+
+  readonly #leaseMs: number;
 
   protected async run(job: Job<FetchJob>): Promise<void> {
     const started = this.deps.now();
+    const stop = new AbortController();
+    const renew = setInterval(
+      () => {
+        // Losing the lease means another worker may now run this fetch: stop, so one writer holds the partial.
+        this.deps.jobs.extend(job.id, this.owner, this.#leaseMs).catch((err: unknown) => {
+          this.deps.logger.warn({ err, contentId: job.payload.contentId }, 'fetch lease lost; stopping');
+          stop.abort(new Temporary(`the lease was lost: ${describeError(err)}`));
+        });
+      },
+      Math.max(1000, Math.floor(this.#leaseMs / 3)),
+    ).unref();
     try {
-      const bytes = await this.#fetch(job.payload);
+      await this.#attempt(job, started, stop.signal);
+    } finally {
+      clearInterval(renew);
+    }
+  }
+
+  async #attempt(job: Job<FetchJob>, started: number, signal: AbortSignal): Promise<void> {
+    try {
+      const bytes = await this.#fetch(job.payload, signal);
       const changed = await this.deps.messages.markResources(job.payload.contentId, 'held');
       for (const address of new Set(changed.map((c) => c.address))) {
         await this.deps.accounts.addResource(address, { contentId: job.payload.contentId, size: job.payload.size });
@@ -91,31 +121,54 @@ export class Fetcher extends LeasedWorker<FetchJob> {
       this.deps.onFetched?.(bytes, (this.deps.now() - started) / 1000);
       this.deps.onChanged?.([...new Set(changed.map((c) => c.address))]);
     } catch (e) {
-      const reason = (e as Error).message;
-      if (e instanceof Permanent) {
-        await this.deps.jobs.fail(job.id, this.owner, reason);
-      } else {
-        const retried = await this.deps.jobs.retry(job.id, this.owner, reason);
-        if (!retried.gaveUp) {
-          this.deps.logger.info({ contentId: job.payload.contentId, reason }, 'fetch will be retried');
-          return;
-        }
+      await this.#settle(job, e).catch((err: unknown) =>
+        // The lease was taken over meanwhile: the new holder decides the job's fate.
+        this.deps.logger.warn({ err, contentId: job.payload.contentId }, 'fetch outcome not recorded'),
+      );
+    }
+  }
+
+  async #settle(job: Job<FetchJob>, e: unknown): Promise<void> {
+    const reason = describeError(e);
+    // The cause (ECONNREFUSED, a DNS failure) stays in the log: "fetch failed" alone explains nothing.
+    const err = (e as Error).cause ?? e;
+    if (e instanceof Permanent) {
+      await this.deps.jobs.fail(job.id, this.owner, reason);
+    } else {
+      const retried = await this.deps.jobs.retry(job.id, this.owner, reason);
+      if (!retried.gaveUp) {
+        this.deps.logger.info(
+          { contentId: job.payload.contentId, reason, err, nextAttemptAt: retried.nextAttemptAt },
+          'fetch will be retried',
+        );
+        return;
       }
-      this.deps.logger.warn({ contentId: job.payload.contentId, reason }, 'fetch failed');
-      const changed = await this.deps.messages.markResources(job.payload.contentId, 'failed');
-      this.deps.onChanged?.([...new Set(changed.map((c) => c.address))]);
+    }
+    this.deps.logger.warn({ contentId: job.payload.contentId, reason, err }, 'fetch failed');
+    // Given up for good: bytes kept for a resume (or the empty file of a refused first attempt) serve nothing.
+    await this.#discardPartial(job.payload.contentId);
+    const changed = await this.deps.messages.markResources(job.payload.contentId, 'failed');
+    this.deps.onChanged?.([...new Set(changed.map((c) => c.address))]);
+  }
+
+  async #discardPartial(contentId: string): Promise<void> {
+    try {
+      const partial = await this.deps.blobs.openPartial(contentId);
+      await partial.discard();
+    } catch (err) {
+      this.deps.logger.warn({ err, contentId }, 'the partial file of a failed fetch could not be removed');
     }
   }
 
   /** Returns the bytes transferred in this attempt. */
-  async #fetch(job: FetchJob): Promise<number> {
+  async #fetch(job: FetchJob, signal: AbortSignal): Promise<number> {
     const { contentId, envelope, messageId } = job;
     if (await this.deps.blobs.has(contentId)) return 0; // §6.4: a Content-ID already held is never fetched again
     let origin: MailboxMetadata;
     try {
       origin = await this.deps.mailboxOf(originDomain(envelope));
     } catch (e) {
-      throw new Temporary(`discovering ${originDomain(envelope)}: ${(e as Error).message}`);
+      throw new Temporary(`discovering ${originDomain(envelope)}: ${describeError(e)}`, { cause: e });
     }
     const assertion = (envelope[0] as { 'jwt-assertion': string })['jwt-assertion'];
     const key = await generateDpopKey();
@@ -124,9 +177,9 @@ export class Fetcher extends LeasedWorker<FetchJob> {
       token = (await this.deps.as.fetch(assertion, origin.resource, messageId, newestSenderDomain(envelope), key))
         .token;
     } catch (e) {
-      if (e instanceof ExchangeFailure && !e.retryable)
-        throw new Permanent(`the AS refused the fetch exchange: ${e.message}`);
-      throw new Temporary((e as Error).message);
+      if (e instanceof ExchangeFailure && e.permanent)
+        throw new Permanent(`the AS refused the fetch exchange: ${e.message}`, { cause: e });
+      throw new Temporary(`the fetch exchange at this domain's AS: ${describeError(e)}`, { cause: e });
     }
     const partial = await this.deps.blobs.openPartial(contentId);
     try {
@@ -142,9 +195,11 @@ export class Fetcher extends LeasedWorker<FetchJob> {
           method: 'POST',
           headers,
           body: JSON.stringify({ envelope, content_id: contentId, domain: this.deps.domain }),
+          signal,
         });
       } catch (e) {
-        throw new Temporary(`${origin.fetch_endpoint} did not answer: ${(e as Error).message}`);
+        if (signal.aborted) throw signal.reason;
+        throw new Temporary(`${origin.fetch_endpoint} did not answer: ${describeError(e)}`, { cause: e });
       }
       if (res.status !== 200 && res.status !== 206) {
         const text = await res.text();
@@ -159,20 +214,40 @@ export class Fetcher extends LeasedWorker<FetchJob> {
       if (res.status === 200 && partial.size > 0) {
         // The origin ignored the Range: the whole representation follows; start the partial over.
         await partial.discard();
-        return this.#fetch(job);
+        await res.body?.cancel().catch(() => undefined);
+        return this.#fetch(job, signal);
       }
       if (!res.body) throw new Temporary('the answer had no body');
       const before = partial.size;
       // The blob store stops reading but never destroys a stream it is given; on any early stop the
       // answer is destroyed here, or its connection would stay busy for good.
       const body = Readable.fromWeb(res.body as never);
+      // An origin that stops sending (frozen, a dead link) would otherwise hold the renewed lease for good.
+      const cut = new AbortController();
+      const stalled = new Temporary(`${origin.fetch_endpoint} sent nothing for ${this.#leaseMs / 1000} s`);
+      const idle = setTimeout(() => cut.abort(stalled), this.#leaseMs);
+      const stop = () => cut.abort(signal.reason);
+      signal.addEventListener('abort', stop, { once: true });
+      async function* watched(): AsyncGenerator<Uint8Array> {
+        for await (const chunk of body as AsyncIterable<Uint8Array>) {
+          idle.refresh();
+          yield chunk;
+        }
+      }
       let size: number;
       try {
-        ({ size } = await partial.append(body, {
+        ({ size } = await partial.append(watched(), {
           // §6.5: stop reading once more bytes arrive than the message declares.
           maxSize: Math.min(job.size, this.deps.maxResourceSize),
+          signal: cut.signal,
         }));
+      } catch (e) {
+        // The bytes so far are kept; the retry resumes after them.
+        if (cut.signal.aborted) throw cut.signal.reason;
+        throw e;
       } finally {
+        clearTimeout(idle);
+        signal.removeEventListener('abort', stop);
         body.destroy();
       }
       try {

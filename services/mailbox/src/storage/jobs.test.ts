@@ -229,6 +229,23 @@ describe.each(testDatabases())('JobQueue on $name', (database) => {
     expect(result).toEqual({ gaveUp: false, nextAttemptAt: clock.now() + 2 * HOUR });
   });
 
+  it('backs off from the configured retry base (FEDERIZER_MAILBOX_RETRY_BASE), up to the same 1 h cap', async () => {
+    const quick = new JobQueue(db.knex, { now: clock.now, random: () => random, retryBaseMs: 2000 });
+    const { job } = await quick.enqueue('transfer', 'quick', 'a.example', 1);
+    const schedule: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      await quick.claim({ kinds: ['transfer'], owner: 'w', limit: 1, leaseMs: LEASE });
+      const result = await quick.retry(job.id, 'w', new Error(`attempt ${i + 1}`));
+      if (result.gaveUp) throw new Error('gave up too early');
+      schedule.push(result.nextAttemptAt - clock.now());
+      clock.set(result.nextAttemptAt);
+    }
+    expect(schedule).toEqual([1500, 3000, 6000]);
+    expect(retryDelayMs(40, () => 0.999999, 2000)).toBeLessThanOrEqual(RETRY_MAX_MS);
+    // checkDuration: the base is a positive whole number of milliseconds.
+    expect(() => new JobQueue(db.knex, { retryBaseMs: 0 })).toThrow(/retryBaseMs must be a positive number/);
+  });
+
   it('keeps jitter within its bounds', async () => {
     const { job } = await queue.enqueue('transfer', 'k', 'a.example', 1);
     for (const r of [0, 0.999999]) {

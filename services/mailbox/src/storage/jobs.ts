@@ -53,6 +53,8 @@ export interface JobQueueOptions extends StoreOptions {
   random?: () => number;
   /** A job failing for longer than this since it was enqueued is given up (default 5 days). */
   giveUpAfterMs?: number;
+  /** The wait after a first failed attempt, doubling after each further one (default RETRY_BASE_MS). */
+  retryBaseMs?: number;
 }
 
 export const RETRY_BASE_MS = 60_000;
@@ -65,13 +67,18 @@ const CANDIDATE_FACTOR = 4;
 const ADVISORY_CLASS = 0x6d6a; // "mj"
 
 /**
- * The wait before the next attempt after `attempt` failed attempts (1 for the first failure): 60 s doubling
- * up to 1 h, with "equal jitter": uniformly between half of that and all of it, so retries of many jobs
- * that failed together (a destination was down) spread out instead of returning in one burst.
+ * The wait before the next attempt after `attempt` failed attempts (1 for the first failure): `baseMs`
+ * (60 s by default) doubling up to 1 h, with "equal jitter": uniformly between half of that and all of it,
+ * so retries of many jobs that failed together (a destination was down) spread out instead of returning
+ * in one burst.
  */
-export function retryDelayMs(attempt: number, random: () => number = Math.random): number {
+export function retryDelayMs(
+  attempt: number,
+  random: () => number = Math.random,
+  baseMs: number = RETRY_BASE_MS,
+): number {
   const n = Math.max(1, Math.floor(attempt));
-  const base = Math.min(RETRY_BASE_MS * 2 ** Math.min(n - 1, 30), RETRY_MAX_MS);
+  const base = Math.min(baseMs * 2 ** Math.min(n - 1, 30), RETRY_MAX_MS);
   const r = Math.min(Math.max(random(), 0), 1);
   return Math.round(base / 2 + (r * base) / 2);
 }
@@ -134,6 +141,7 @@ export class JobQueue {
   readonly #now: Clock;
   readonly #random: () => number;
   readonly #giveUpAfterMs: number;
+  readonly #retryBaseMs: number;
   readonly #newId: () => string;
 
   constructor(knex: Knex, options: JobQueueOptions = {}) {
@@ -141,6 +149,7 @@ export class JobQueue {
     this.#now = options.now ?? Date.now;
     this.#random = options.random ?? Math.random;
     this.#giveUpAfterMs = checkDuration(options.giveUpAfterMs ?? GIVE_UP_AFTER_MS, 'giveUpAfterMs');
+    this.#retryBaseMs = checkDuration(options.retryBaseMs ?? RETRY_BASE_MS, 'retryBaseMs');
     this.#newId = createIdGenerator(this.#now);
   }
 
@@ -299,7 +308,7 @@ export class JobQueue {
   }
 
   /**
-   * Returns a leased job to the queue after a failed attempt, due again after `retryDelayMs(attempts)`, or
+   * Returns a leased job to the queue after a failed attempt, due again after `retryDelayMs(attempts)` (from `retryBaseMs`), or
    * later when `notBefore` says so (a Retry-After). A job enqueued `giveUpAfterMs` ago or more is failed
    * instead and `{ gaveUp: true }` is answered, so the caller can tell the sender; the last retry is
    * scheduled no later than that deadline.
@@ -314,7 +323,7 @@ export class JobQueue {
       await this.#finish(id, owner, { status: 'failed', last_error: errorText(error) });
       return { gaveUp: true };
     }
-    let next = now + retryDelayMs(job.attempts, this.#random);
+    let next = now + retryDelayMs(job.attempts, this.#random, this.#retryBaseMs);
     if (options.notBefore !== undefined) next = Math.max(next, options.notBefore);
     next = Math.min(next, deadline);
     await this.#finish(id, owner, { status: 'pending', next_attempt_at: next, last_error: errorText(error) });
