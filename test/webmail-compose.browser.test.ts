@@ -17,54 +17,39 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BrowserContext, Page } from 'playwright-core';
+import { afterAll, describe, expect, it } from 'vitest';
 import {
-  WEBMAIL_ROOT,
-  ensureWebmailBuilt,
-  startLocalFederation,
-  type LocalFederation,
-} from '../services/cli/src/federation/index.js';
+  CHROMIUM,
+  demoUser,
+  type ChromiumOnFederation,
+  signInThroughForm,
+  useChromiumOnFederation,
+} from './webmail-browser-helpers.js';
 
-const CHROMIUM = '/usr/bin/chromium';
 const MIB = 1024 * 1024;
 /** Large enough that its upload, slowed to UPLOAD_RATE, is seen advancing for several seconds. */
 const BIG_SIZE = 48 * MIB;
 /** Bytes per second: loopback would finish 48 MiB before a test could look at the bar twice. */
 const UPLOAD_RATE = 4 * MIB;
 
-let dir: string;
-let fed: LocalFederation;
-let browser: Browser;
-const contexts: BrowserContext[] = [];
 const report: string[] = [];
-
-function user(address: string): { address: string; password: string; webmailUrl: string; domain: string } {
-  const u = fed.users.find((x) => x.address === address);
-  if (!u) throw new Error(`${address} is not a demo user of the federation`);
-  return { address, password: u.password, webmailUrl: fed.domains[u.domain]!.webmailUrl, domain: u.domain };
-}
+let world: ChromiumOnFederation;
+const user = (address: string) => demoUser(world.fed, address);
 
 async function newContext(): Promise<BrowserContext> {
-  const c = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const c = await world.browser.newContext({ viewport: { width: 1280, height: 800 } });
   // The machine is shared: every wait may take a while, none is a measure.
   c.setDefaultTimeout(60_000);
-  contexts.push(c);
+  world.contexts.push(c);
   return c;
 }
 
 /** Signs in through the AS's login form, then reloads once so that the service worker controls the page. */
 async function signIn(page: Page, address: string): Promise<void> {
-  const u = user(address);
-  await page.goto(u.webmailUrl);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.getByLabel('Email address').fill(u.address);
-  await page.getByLabel('Password').fill(u.password);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.getByRole('heading', { name: 'Inbox' }).waitFor();
+  await signInThroughForm(page, user(address));
   await page.waitForFunction('navigator.serviceWorker.controller !== null');
   await page.reload();
   await page.getByRole('heading', { name: 'Inbox' }).waitFor();
@@ -100,26 +85,16 @@ function shownNotifications(page: Page): Promise<{ title: string; body: string; 
 
 // Debian's chromium is what .ci/run installs; no browser is ever downloaded, so without it there is none to drive.
 describe.skipIf(!existsSync(CHROMIUM))('composing and notifications in Chromium on the local federation', () => {
-  beforeAll(async () => {
-    const build = await ensureWebmailBuilt(WEBMAIL_ROOT);
-    if (build.status === 'failed' || build.status === 'skipped') throw new Error(`webmail build: ${build.reason}`);
-    dir = await mkdtemp(join(tmpdir(), 'federizer-webmail-compose-'));
-    fed = await startLocalFederation({ dataDir: join(dir, 'data'), portBase: 0, processes: false, logLevel: 'error' });
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
-  }, 180_000);
-
-  afterAll(async () => {
-    for (const c of contexts) await c.close().catch(() => undefined);
-    await browser?.close();
-    await fed?.close();
-    if (dir) await rm(dir, { recursive: true, force: true });
+  // Registered before the federation's hooks: the report is printed once everything is closed.
+  afterAll(() => {
     if (report.length > 0) process.stdout.write(`\nwebmail compose browser test:\n  ${report.join('\n  ')}\n`);
   });
+  world = useChromiumOnFederation('federizer-webmail-compose-');
 
   it('a large upload shows its progress, is cancelled, and leaves nothing in the mailbox or the draft, which reopens to be finished and sent', async () => {
     const subject = 'The raw footage, maybe';
-    const blobs = join(dir, 'data', 'example.com', 'blobs');
-    const big = join(dir, 'lake-raw.bin');
+    const blobs = join(world.dir, 'data', 'example.com', 'blobs');
+    const big = join(world.dir, 'lake-raw.bin');
     // Random bytes: nothing on the way can make them smaller.
     await writeFile(big, randomBytes(BIG_SIZE));
 

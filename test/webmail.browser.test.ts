@@ -7,34 +7,24 @@
  * of the main views go to test-artifacts/webmail/; the time until the inbox is usable is printed.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import type { BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  WEBMAIL_ROOT,
-  ensureWebmailBuilt,
-  startLocalFederation,
-  type LocalFederation,
-} from '../services/cli/src/federation/index.js';
+  CHROMIUM,
+  demoUser,
+  type ChromiumOnFederation,
+  signInThroughForm,
+  useChromiumOnFederation,
+} from './webmail-browser-helpers.js';
 import { iconPng } from '../webmail/build/icons.js';
 
-const CHROMIUM = '/usr/bin/chromium';
 const ARTIFACTS = join(import.meta.dirname, '..', 'test-artifacts', 'webmail');
 const SUBJECT = 'Photo and video from the lake';
 
-let dir: string;
-let fed: LocalFederation;
-let browser: Browser;
-const contexts: BrowserContext[] = [];
 const report: string[] = [];
-
-function user(address: string): { address: string; password: string; webmailUrl: string } {
-  const u = fed.users.find((x) => x.address === address);
-  if (!u) throw new Error(`${address} is not a demo user of the federation`);
-  return { address, password: u.password, webmailUrl: fed.domains[u.domain]!.webmailUrl };
-}
+let world: ChromiumOnFederation;
 
 async function shot(page: Page, name: string): Promise<void> {
   await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: false });
@@ -45,13 +35,7 @@ async function shot(page: Page, name: string): Promise<void> {
  * Returns the milliseconds from the start of the page's navigation to a usable inbox.
  */
 async function signIn(page: Page, address: string): Promise<number> {
-  const u = user(address);
-  await page.goto(u.webmailUrl);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.getByLabel('Email address').fill(u.address);
-  await page.getByLabel('Password').fill(u.password);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.getByRole('heading', { name: 'Inbox' }).waitFor();
+  await signInThroughForm(page, demoUser(world.fed, address));
   await page
     .getByRole('listbox', { name: 'Conversations in Inbox' })
     .or(page.getByText('No conversations here.'))
@@ -115,32 +99,24 @@ async function recordVideo(context: BrowserContext): Promise<{ buffer: Buffer; m
 
 // Debian's chromium is what .ci/run installs; no browser is ever downloaded, so without it there is none to drive.
 describe.skipIf(!existsSync(CHROMIUM))('the webmail in Chromium on the local federation', () => {
-  beforeAll(async () => {
-    const build = await ensureWebmailBuilt(WEBMAIL_ROOT);
-    if (build.status === 'failed' || build.status === 'skipped') throw new Error(`webmail build: ${build.reason}`);
-    await mkdir(ARTIFACTS, { recursive: true });
-    dir = await mkdtemp(join(tmpdir(), 'federizer-webmail-'));
-    fed = await startLocalFederation({ dataDir: join(dir, 'data'), portBase: 0, processes: false, logLevel: 'error' });
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
-  }, 180_000);
-
+  // Registered before the federation's hooks: the report is written once everything is closed.
   afterAll(async () => {
-    for (const c of contexts) await c.close().catch(() => undefined);
-    await browser?.close();
-    await fed?.close();
-    if (dir) await rm(dir, { recursive: true, force: true });
     if (report.length > 0) {
       await writeFile(join(ARTIFACTS, 'report.txt'), `${report.join('\n')}\n`).catch(() => undefined);
       process.stdout.write(`\nwebmail browser test:\n  ${report.join('\n  ')}\n`);
     }
   });
+  world = useChromiumOnFederation('federizer-webmail-');
+  beforeAll(async () => {
+    await mkdir(ARTIFACTS, { recursive: true });
+  });
 
   it('Alice sends a photo and a video; Bob sees it arrive, plays and seeks it, and forwards it to Bobby', async () => {
     const newContext = async (viewport = { width: 1280, height: 800 }, colorScheme: 'light' | 'dark' = 'light') => {
-      const c = await browser.newContext({ viewport, colorScheme });
+      const c = await world.browser.newContext({ viewport, colorScheme });
       // The machine is shared: every wait may take a while, none is a measure.
       c.setDefaultTimeout(60_000);
-      contexts.push(c);
+      world.contexts.push(c);
       return c;
     };
     const aliceContext = await newContext();
@@ -259,7 +235,7 @@ describe.skipIf(!existsSync(CHROMIUM))('the webmail in Chromium on the local fed
 
     // Every server of example.net stops: Bob's page still opens, from the service worker's app shell,
     // with the mail synced into IndexedDB and the photo kept in Cache Storage.
-    await fed.stopDomain('example.net');
+    await world.fed.stopDomain('example.net');
     await bob.reload();
     await bob
       .getByRole('status')

@@ -103,10 +103,12 @@ export interface MailDomainSpec {
 
 export type TsigAlgorithm = 'hmac-sha256' | 'hmac-sha384' | 'hmac-sha512';
 
+export type ConditionStatus = 'True' | 'False' | 'Unknown';
+
 /** metav1.Condition. */
 export interface Condition {
   type: string;
-  status: 'True' | 'False' | 'Unknown';
+  status: ConditionStatus;
   observedGeneration?: number;
   lastTransitionTime: string;
   reason: string;
@@ -124,11 +126,14 @@ export interface SrvRecord {
   ttl: number;
 }
 
+/** An SRV record as status.dnsRecords lists it (crds/maildomain.yaml). */
+export type DnsRecordStatus = SrvRecord & { type: 'SRV' };
+
 export interface MailDomainStatus {
   observedGeneration?: number;
   conditions?: Condition[];
   /** The SRV records the domain needs; with dns.mode none an administrator creates them. */
-  dnsRecords?: (SrvRecord & { type: 'SRV' })[];
+  dnsRecords?: DnsRecordStatus[];
   urls?: DomainUrls;
 }
 

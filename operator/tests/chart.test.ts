@@ -4,7 +4,7 @@
  * operator's own, and values.schema.json refusing bad values.
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -304,15 +304,27 @@ describe('the Dockerfile', () => {
     }
   });
 
-  it('builds on Node 22 slim, builds the webmail, prunes dev dependencies, and runs `federizer` as uid 10001', () => {
+  it('builds the bundle and the webmail on Node 22 slim, ships production dependencies only, runs the bundle as uid 10001', () => {
     expect(dockerfile).toMatch(/^ARG NODE_IMAGE=node:22-bookworm-slim$/m);
     expect(dockerfile.match(/^FROM \$\{NODE_IMAGE\}/gm)).toHaveLength(2);
-    expect(dockerfile).toContain('npm run build -w webmail');
-    expect(dockerfile).toContain('npm prune --omit=dev');
+    // `npm run build` is the bundle (scripts/build.ts) and then the webmail.
+    const { scripts } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: { build: string } };
+    expect(scripts.build).toContain('scripts/build.ts');
+    expect(scripts.build).toContain('npm run build -w webmail');
+    expect(dockerfile).toMatch(/^RUN npm run build$/m);
+    expect(dockerfile).toContain('npm ci --omit=dev');
     const final = dockerfile.slice(dockerfile.lastIndexOf('FROM '));
+    expect(final).toMatch(/^COPY --from=production-dependencies .* \/app\/node_modules \/app\/node_modules$/m);
+    expect(final).toMatch(/^COPY --from=build .* \/app\/dist \/app\/dist$/m);
+    expect(final).toMatch(/^COPY --from=build .* \/app\/webmail\/dist \/app\/webmail\/dist$/m);
     expect(final).toMatch(/^USER 10001:10001$/m);
-    expect(final).toMatch(/^ENTRYPOINT \["federizer"\]$/m);
+    expect(final).toMatch(/^ENTRYPOINT \["node", "\/app\/dist\/federizer\.mjs"\]$/m);
     expect(final).toMatch(/^CMD \["--help"\]$/m);
+    // Every file the first stage copies is in the repository.
+    for (const [, files] of dockerfile.matchAll(/^COPY (?!--)(.+) \S+$/gm)) {
+      for (const file of files!.split(' ').filter((f) => f !== '.'))
+        expect(existsSync(join(ROOT, file)), file).toBe(true);
+    }
     const ignored = readFileSync(join(ROOT, '.dockerignore'), 'utf8').split('\n');
     expect(ignored).toContain('**/node_modules');
     expect(ignored).not.toContain('webmail');

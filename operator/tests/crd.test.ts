@@ -14,10 +14,10 @@ import {
   mailUserIssues,
   withDefaults,
   type MailDomain,
-  type MailDomainSpec,
   type MailUser,
 } from '../src/model.js';
 import { ROOT, crdValidator, manifestIssues, readYamlFile } from '../src/builders/testing/validate.js';
+import { exampleDomain } from './helpers/mail-domains.js';
 
 interface Schema {
   properties?: Record<string, Schema>;
@@ -53,14 +53,7 @@ function walk(schema: Schema, path = '', out = { rules: [] as string[], patterns
   return out;
 }
 
-function domain(spec: Partial<MailDomainSpec> = {}, name = 'example-com'): MailDomain {
-  return {
-    apiVersion: 'federizer.io/v1alpha1',
-    kind: 'MailDomain',
-    metadata: { name, namespace: 'mail' },
-    spec: { domain: 'example.com', ...spec },
-  };
-}
+const domain = exampleDomain;
 
 /** What the schema (Ajv) and the CEL mirror say, in one list of messages. */
 function verdict(object: unknown, old?: MailDomain): string[] {

@@ -9,6 +9,7 @@ import { parseAllDocuments } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../services/cli/src/run.js';
 import { manifestIssues } from '../src/builders/testing/validate.js';
+import { DEFAULT_DOMAIN_OBJECTS } from './helpers/mail-domains.js';
 
 interface Output {
   code: number;
@@ -81,21 +82,7 @@ describe('federizer operator render', () => {
     expect(out.code).toBe(0);
     const objects = docs(out.stdout);
     expect(objects.map((o) => `${o.kind}/${o.metadata.name}`)).toEqual([
-      'Secret/example-com-admin-token',
-      'Secret/example-com-auth-cookie-keys',
-      'Secret/example-com-mta-key',
-      'ConfigMap/example-com-auth',
-      'ConfigMap/example-com-mailbox',
-      'ConfigMap/example-com-webmail',
-      'PersistentVolumeClaim/example-com-auth-data',
-      'PersistentVolumeClaim/example-com-mailbox-data',
-      'Service/example-com-auth',
-      'Service/example-com-mailbox',
-      'Service/example-com-webmail',
-      'Deployment/example-com-auth',
-      'Deployment/example-com-mailbox',
-      'Deployment/example-com-webmail',
-      'Ingress/example-com',
+      ...DEFAULT_DOMAIN_OBJECTS,
       'DNSEndpoint/example-com-srv',
     ]);
     for (const o of objects) expect(manifestIssues(o), `${o.kind}/${o.metadata.name}`).toEqual([]);

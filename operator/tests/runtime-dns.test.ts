@@ -5,27 +5,18 @@
  */
 import { DnsClient } from '@federizer/common';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { DNS_FINALIZER, type DnsUpdater, type OperatorRuntime } from '../src/runtime/index.js';
-import { FakeApiServer, type JsonObject } from './fake-apiserver.js';
+import { DNS_FINALIZER, type DnsUpdater } from '../src/runtime/index.js';
+import type { JsonObject } from './fake-apiserver.js';
 import { findNamed, startBind, type RunningBind } from './helpers/bind.js';
 import { condition, eventually, mailDomain, MD_API, startOperator, testBuilder } from './helpers/runtime-harness.js';
+import { useFakeApiServer } from './helpers/operator-fixture.js';
 
 const named = findNamed();
 
 const NS = 'mail';
-let api: FakeApiServer;
-let operator: OperatorRuntime | undefined;
+const cluster = useFakeApiServer();
 
-beforeEach(async () => {
-  api = await FakeApiServer.start();
-});
-afterEach(async () => {
-  await operator?.close();
-  operator = undefined;
-  await api.close();
-});
-
-const get = () => api.get(MD_API, 'MailDomain', NS, 'example');
+const get = () => cluster.api.get(MD_API, 'MailDomain', NS, 'example');
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 const rfc2136Spec = (server: string) => ({
   domain: 'example.test',
@@ -52,14 +43,14 @@ describe.skipIf(!named.path)(`with a real BIND 9${named.reason ? ` (skipped: ${n
         (a) => a.records.map((r) => `${r.port} ${r.name}`),
         (e: NodeJS.ErrnoException) => e.code,
       );
-    api.create({
+    cluster.api.create({
       apiVersion: 'v1',
       kind: 'Secret',
       metadata: { name: 'dns-tsig', namespace: NS },
       data: { secret: b64(bind.secret) },
     });
-    operator = await startOperator(api, { build: testBuilder() });
-    api.create(mailDomain('example', NS, rfc2136Spec(`${bind.host}:${bind.port}`)));
+    cluster.operator = await startOperator(cluster.api, { build: testBuilder() });
+    cluster.api.create(mailDomain('example', NS, rfc2136Spec(`${bind.host}:${bind.port}`)));
     await eventually(() => {
       const md = get();
       expect((md?.metadata as JsonObject).finalizers).toEqual([DNS_FINALIZER]);
@@ -69,16 +60,20 @@ describe.skipIf(!named.path)(`with a real BIND 9${named.reason ? ` (skipped: ${n
     expect(await lookup('_federizer._rs._tcp.example.test')).toEqual(['443 mail.example.test']);
 
     // A wrong key: BIND refuses the deletion, so the MailDomain must stay, finalizer and records too.
-    api.mergePatch('v1', 'Secret', NS, 'dns-tsig', { data: { secret: Buffer.alloc(32, 1).toString('base64') } });
-    api.delete(MD_API, 'MailDomain', NS, 'example');
+    cluster.api.mergePatch('v1', 'Secret', NS, 'dns-tsig', {
+      data: { secret: Buffer.alloc(32, 1).toString('base64') },
+    });
+    cluster.api.delete(MD_API, 'MailDomain', NS, 'example');
     await eventually(() =>
-      expect(api.list('events.k8s.io/v1', 'Event', NS).map((e) => e.reason)).toContain('DNSRecordsDeleteFailed'),
+      expect(cluster.api.list('events.k8s.io/v1', 'Event', NS).map((e) => e.reason)).toContain(
+        'DNSRecordsDeleteFailed',
+      ),
     );
     expect((get()?.metadata as JsonObject).deletionTimestamp).toEqual(expect.any(String));
     expect(await lookup('_federizer._as._tcp.example.test')).toEqual(['443 as.example.test']);
 
     // The right key again: the records go, then the finalizer, then the object.
-    api.mergePatch('v1', 'Secret', NS, 'dns-tsig', { data: { secret: b64(bind.secret) } });
+    cluster.api.mergePatch('v1', 'Secret', NS, 'dns-tsig', { data: { secret: b64(bind.secret) } });
     await eventually(() => expect(get()).toBeUndefined());
     expect(await lookup('_federizer._as._tcp.example.test')).toBe('ENOTFOUND');
     expect(await lookup('_federizer._rs._tcp.example.test')).toBe('ENOTFOUND');
@@ -98,13 +93,13 @@ describe('with a recording DNS updater', () => {
         calls.push(`delete ${names.join(',')} finalizers=${JSON.stringify((md?.metadata as JsonObject).finalizers)}`);
       },
     };
-    operator = await startOperator(api, { build: testBuilder(), dnsUpdater: async () => updater });
-    api.create(mailDomain('example', NS, rfc2136Spec('192.0.2.53')));
+    cluster.operator = await startOperator(cluster.api, { build: testBuilder(), dnsUpdater: async () => updater });
+    cluster.api.create(mailDomain('example', NS, rfc2136Spec('192.0.2.53')));
     await eventually(() => expect(condition(get(), 'DNSRecordsReady')?.status).toBe('True'));
     // A resync-like reconcile with unchanged records sends nothing more.
-    api.mergePatch(MD_API, 'MailDomain', NS, 'example', { metadata: { labels: { touched: 'yes' } } });
+    cluster.api.mergePatch(MD_API, 'MailDomain', NS, 'example', { metadata: { labels: { touched: 'yes' } } });
     await new Promise((r) => setTimeout(r, 300));
-    api.delete(MD_API, 'MailDomain', NS, 'example');
+    cluster.api.delete(MD_API, 'MailDomain', NS, 'example');
     await eventually(() => expect(get()).toBeUndefined());
     expect(calls).toEqual([
       'replace _federizer._as._tcp.example.test,_federizer._rs._tcp.example.test delete []',
@@ -113,8 +108,8 @@ describe('with a recording DNS updater', () => {
   });
 
   it('says which setting is wrong in the status when the TSIG Secret is missing', async () => {
-    operator = await startOperator(api, { build: testBuilder() });
-    api.create(mailDomain('example', NS, rfc2136Spec('192.0.2.53:53')));
+    cluster.operator = await startOperator(cluster.api, { build: testBuilder() });
+    cluster.api.create(mailDomain('example', NS, rfc2136Spec('192.0.2.53:53')));
     await eventually(() =>
       expect(condition(get(), 'DNSRecordsReady')).toMatchObject({
         status: 'False',

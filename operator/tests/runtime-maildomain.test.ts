@@ -9,11 +9,10 @@ import { DnsClient } from '@federizer/common';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { buildMailDomain } from '../src/builders/index.js';
 import { manifestIssues } from '../src/builders/testing/validate.js';
-import { DNS_FINALIZER, type OperatorRuntime } from '../src/runtime/index.js';
+import { DNS_FINALIZER } from '../src/runtime/index.js';
 import {
   BUILTIN_RESOURCES,
   DNSENDPOINT_RESOURCE,
-  FakeApiServer,
   FEDERIZER_RESOURCES,
   SERVICEMONITOR_RESOURCE,
   type JsonObject,
@@ -28,6 +27,7 @@ import {
   MD_API,
   startOperator,
 } from './helpers/runtime-harness.js';
+import { useFakeApiServer } from './helpers/operator-fixture.js';
 
 const named = findNamed();
 const NS = 'mail';
@@ -39,22 +39,17 @@ const b64 = (s: string) => Buffer.from(s).toString('base64');
 describe.skipIf(!named.path)(
   `a MailDomain built by the real builder, with RFC 2136 DNS on a real BIND 9${named.reason ? ` (skipped: ${named.reason})` : ''}`,
   () => {
-    let api: FakeApiServer;
     let bind: RunningBind;
-    let operator: OperatorRuntime | undefined;
-
     beforeEach(async () => {
       bind = await startBind({ zone: 'example.test', namedPath: named.path! });
-      // A cluster with the Prometheus Operator: the ServiceMonitor is built and applied too.
-      api = await FakeApiServer.start({
-        resources: [...BUILTIN_RESOURCES, ...FEDERIZER_RESOURCES, DNSENDPOINT_RESOURCE, SERVICEMONITOR_RESOURCE],
-      });
     });
     afterEach(async () => {
-      await operator?.close();
-      operator = undefined;
-      await api.close();
       await bind.stop();
+    });
+    // After the hooks above: BIND starts before the API server and stops after it.
+    // A cluster with the Prometheus Operator: the ServiceMonitor is built and applied too.
+    const cluster = useFakeApiServer({
+      resources: [...BUILTIN_RESOURCES, ...FEDERIZER_RESOURCES, DNSENDPOINT_RESOURCE, SERVICEMONITOR_RESOURCE],
     });
 
     it('is served, published in DNS, described in its status, and unpublished before it goes', async () => {
@@ -65,13 +60,13 @@ describe.skipIf(!named.path)(
           (e: NodeJS.ErrnoException) => e.code,
         );
       // The key name comes from the Secret, as `tsig-keygen` users would store it.
-      api.create({
+      cluster.api.create({
         apiVersion: 'v1',
         kind: 'Secret',
         metadata: { name: 'dns-tsig', namespace: NS },
         data: { secret: b64(bind.secret), keyName: b64(bind.keyName) },
       });
-      operator = await startOperator(api, {
+      cluster.operator = await startOperator(cluster.api, {
         build: (md, ctx) => buildMailDomain(md, { ...ctx, image: IMAGE }),
         identity: 'op-0',
         leaderElection: {
@@ -81,7 +76,7 @@ describe.skipIf(!named.path)(
           retryPeriodMs: 500,
         },
       });
-      api.create(
+      cluster.api.create(
         mailDomain('example', NS, {
           domain: 'example.test',
           ingress: { className: 'nginx', tls: { certManager: { issuer: 'letsencrypt' } } },
@@ -92,7 +87,7 @@ describe.skipIf(!named.path)(
           },
         }),
       );
-      const get = () => api.get(MD_API, 'MailDomain', NS, 'example');
+      const get = () => cluster.api.get(MD_API, 'MailDomain', NS, 'example');
 
       // Built and applied; DNS published; not Ready while no pod runs.
       await eventually(() => {
@@ -108,7 +103,7 @@ describe.skipIf(!named.path)(
       expect(await lookup('_federizer._rs._tcp.example.test')).toEqual(['0 0 443 mail.example.test']);
       expect((await dns.resolveSrv('_federizer._as._tcp.example.test')).ttl).toBe(600);
 
-      makeDeploymentsAvailable(api, NS);
+      makeDeploymentsAvailable(cluster.api, NS);
       const ready = await eventually(() => {
         const md = get();
         expect(condition(md, 'Ready')).toMatchObject({ status: 'True', reason: 'Ready' });
@@ -147,7 +142,7 @@ describe.skipIf(!named.path)(
 
       // The objects the real builder makes, with the operator's image and owned by the MailDomain.
       const uid = (ready.metadata as JsonObject).uid;
-      const auth = api.get('apps/v1', 'Deployment', NS, 'example-auth')!;
+      const auth = cluster.api.get('apps/v1', 'Deployment', NS, 'example-auth')!;
       const container = (((auth.spec as JsonObject).template as JsonObject).spec as JsonObject)
         .containers as JsonObject[];
       expect(container[0]).toMatchObject({ image: IMAGE, args: ['auth'] });
@@ -156,29 +151,31 @@ describe.skipIf(!named.path)(
       // The generated Secrets: created once each, and never again, whatever reconciles follow.
       const generated = ['example-admin-token', 'example-auth-cookie-keys', 'example-mta-key'];
       const secretPosts = () =>
-        api.requests.filter((r) => r.method === 'POST' && r.path === `/api/v1/namespaces/${NS}/secrets`);
+        cluster.api.requests.filter((r) => r.method === 'POST' && r.path === `/api/v1/namespaces/${NS}/secrets`);
       expect(secretPosts().map((r) => ((r.body as JsonObject).metadata as JsonObject).name)).toEqual(generated);
-      const values = generated.map((n) => api.get('v1', 'Secret', NS, n)!.data);
+      const values = generated.map((n) => cluster.api.get('v1', 'Secret', NS, n)!.data);
       const configHash = () =>
         (
           (
-            ((api.get('apps/v1', 'Deployment', NS, 'example-mailbox')!.spec as JsonObject).template as JsonObject)
-              .metadata as JsonObject
+            (
+              (cluster.api.get('apps/v1', 'Deployment', NS, 'example-mailbox')!.spec as JsonObject)
+                .template as JsonObject
+            ).metadata as JsonObject
           ).annotations as JsonObject
         )['federizer.io/config-hash'];
       const hashBefore = configHash();
-      api.mergePatch(MD_API, 'MailDomain', NS, 'example', { spec: { logLevel: 'debug' } });
+      cluster.api.mergePatch(MD_API, 'MailDomain', NS, 'example', { spec: { logLevel: 'debug' } });
       await eventually(() => {
         expect((get()!.status as JsonObject).observedGeneration).toBe(2);
         expect(configHash()).not.toBe(hashBefore);
       });
       expect(secretPosts()).toHaveLength(3);
-      expect(generated.map((n) => api.get('v1', 'Secret', NS, n)!.data)).toEqual(values);
+      expect(generated.map((n) => cluster.api.get('v1', 'Secret', NS, n)!.data)).toEqual(values);
       // Unchanged records are not sent again (a real server returns the status' keys sorted: still the same).
       expect(bind.log().match(/adding an RR at '_federizer\._as\._tcp\.example\.test' SRV/g)).toHaveLength(1);
 
       // Every manifest the runtime sent, applied or created, is one an API server accepts.
-      const sent = api.requests
+      const sent = cluster.api.requests
         .filter(
           (r) =>
             (r.contentType === 'application/apply-patch+yaml' || r.method === 'POST') &&
@@ -206,25 +203,30 @@ describe.skipIf(!named.path)(
       ]);
       for (const o of sent) expect(manifestIssues(o), `${o.kind}/${(o.metadata as JsonObject).name}`).toEqual([]);
       // And every request at all, the Lease's included, is one the chart's RBAC grants.
-      expect(api.requests.some((r) => r.path.endsWith('/leases/federizer-operator') && r.method === 'PUT')).toBe(true);
-      expect(await rbacViolations(api.requests)).toEqual([]);
+      // A renewal comes every retryPeriodMs (500 ms): a fast run gets here before the first one.
+      await eventually(() =>
+        expect(
+          cluster.api.requests.some((r) => r.path.endsWith('/leases/federizer-operator') && r.method === 'PUT'),
+        ).toBe(true),
+      );
+      expect(await rbacViolations(cluster.api.requests)).toEqual([]);
 
       // Deletion: the first attempt to remove the finalizer fails, so the moment between is observable.
-      api.inject({
+      cluster.api.inject({
         match: /^PATCH \/apis\/federizer\.io\/v1alpha1\/namespaces\/mail\/maildomains\/example\?/,
         status: 500,
         message: 'injected: etcd is slow',
       });
-      api.delete(MD_API, 'MailDomain', NS, 'example');
-      await eventually(() => expect(api.requests.some((r) => r.status === 500)).toBe(true));
+      cluster.api.delete(MD_API, 'MailDomain', NS, 'example');
+      await eventually(() => expect(cluster.api.requests.some((r) => r.status === 500)).toBe(true));
       // The records are gone from BIND while the finalizer still holds the MailDomain.
       expect((get()!.metadata as JsonObject).finalizers).toEqual([DNS_FINALIZER]);
       expect(await lookup('_federizer._as._tcp.example.test')).toBe('ENOTFOUND');
       expect(await lookup('_federizer._rs._tcp.example.test')).toBe('ENOTFOUND');
       // Then the finalizer goes, and the garbage collector takes what the MailDomain owned, but not the mail.
       await eventually(() => expect(get()).toBeUndefined());
-      expect(api.list('apps/v1', 'Deployment', NS)).toEqual([]);
-      expect(api.list('v1', 'PersistentVolumeClaim', NS).map((c) => (c.metadata as JsonObject).name)).toEqual([
+      expect(cluster.api.list('apps/v1', 'Deployment', NS)).toEqual([]);
+      expect(cluster.api.list('v1', 'PersistentVolumeClaim', NS).map((c) => (c.metadata as JsonObject).name)).toEqual([
         'example-auth-data',
         'example-mailbox-data',
       ]);

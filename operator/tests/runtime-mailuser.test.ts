@@ -8,9 +8,9 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { testDatabases } from '../../services/common/src/testing/databases.js';
 import { ADMIN_TOKEN, startFederation, type Federation } from '../../services/auth/tests/harness.js';
 import { buildMailDomain } from '../src/builders/index.js';
-import { USER_FINALIZER, type OperatorRuntime } from '../src/runtime/index.js';
+import { USER_FINALIZER } from '../src/runtime/index.js';
 import { manifestIssues } from '../src/builders/testing/validate.js';
-import { FakeApiServer, type JsonObject } from './fake-apiserver.js';
+import type { JsonObject } from './fake-apiserver.js';
 import {
   condition,
   eventually,
@@ -19,12 +19,11 @@ import {
   MD_API,
   startOperator,
 } from './helpers/runtime-harness.js';
+import { useFakeApiServer } from './helpers/operator-fixture.js';
 import { rbacViolations } from './helpers/rbac.js';
 
 const NS = 'mail';
 let federation: Federation;
-let api: FakeApiServer;
-let operator: OperatorRuntime | undefined;
 let routed: string[];
 
 beforeAll(async () => {
@@ -35,7 +34,7 @@ afterAll(async () => {
 });
 
 const start = () =>
-  startOperator(api, {
+  startOperator(cluster.api, {
     build: buildMailDomain,
     fetch: (url, init) => {
       routed.push(`${init.method} ${url}`);
@@ -46,26 +45,24 @@ const start = () =>
     },
   });
 
+afterEach(async () => {
+  // Whatever a test left in the shared AS. Registered before the fixture: it runs once the operator is closed.
+  for (const address of ['alice@example.com', 'bob@example.com', 'dave@example.com'])
+    await federation.domains['example.com']!.admin(`/users/${encodeURIComponent(address)}`, { method: 'DELETE' });
+});
+const cluster = useFakeApiServer();
+
 beforeEach(async () => {
   routed = [];
-  api = await FakeApiServer.start();
   // The admin token Secret exists before the domain: the operator keeps it (create-only) and reads it.
-  api.create({
+  cluster.api.create({
     apiVersion: 'v1',
     kind: 'Secret',
     metadata: { name: 'example-admin-token', namespace: NS },
     data: { token: Buffer.from(ADMIN_TOKEN).toString('base64') },
   });
-  operator = await start();
-  api.create(mailDomain('example', NS, { domain: 'example.com', forwarding: { defaultPolicy: 'none' } }));
-});
-afterEach(async () => {
-  await operator?.close();
-  operator = undefined;
-  await api.close();
-  // Whatever a test left in the shared AS.
-  for (const address of ['alice@example.com', 'bob@example.com', 'dave@example.com'])
-    await federation.domains['example.com']!.admin(`/users/${encodeURIComponent(address)}`, { method: 'DELETE' });
+  cluster.operator = await start();
+  cluster.api.create(mailDomain('example', NS, { domain: 'example.com', forwarding: { defaultPolicy: 'none' } }));
 });
 
 const user = (name: string, spec: JsonObject): JsonObject => ({
@@ -75,7 +72,7 @@ const user = (name: string, spec: JsonObject): JsonObject => ({
   spec,
 });
 const password = (name: string, value: string) =>
-  api.create({
+  cluster.api.create({
     apiVersion: 'v1',
     kind: 'Secret',
     metadata: { name, namespace: NS },
@@ -93,22 +90,22 @@ async function settled(): Promise<number> {
     if (routed.length === before) return before;
   }
 }
-const mailUser = (name: string) => api.get(MD_API, 'MailUser', NS, name);
+const mailUser = (name: string) => cluster.api.get(MD_API, 'MailUser', NS, name);
 const finalizers = (name: string) => (mailUser(name)?.metadata as JsonObject | undefined)?.finalizers;
 
-/** Plays the Deployment controller once the operator has made the Deployments, until the AS counts as ready. */
+/** Plays the Deployment controller once the cluster.operator has made the Deployments, until the AS counts as ready. */
 async function serveDomain(): Promise<void> {
-  await eventually(() => expect(api.list('apps/v1', 'Deployment', NS)).toHaveLength(3));
-  makeDeploymentsAvailable(api, NS);
+  await eventually(() => expect(cluster.api.list('apps/v1', 'Deployment', NS)).toHaveLength(3));
+  makeDeploymentsAvailable(cluster.api, NS);
   await eventually(() =>
-    expect(condition(api.get(MD_API, 'MailDomain', NS, 'example'), 'AuthServerReady')?.status).toBe('True'),
+    expect(condition(cluster.api.get(MD_API, 'MailDomain', NS, 'example'), 'AuthServerReady')?.status).toBe('True'),
   );
 }
 
 describe('a MailUser', () => {
   it("waits for the AS, is created with the domain's default forwarding policy, follows its spec and Secret, and is deleted with it", async () => {
     password('alice-password', 'correct horse battery staple');
-    api.create(
+    cluster.api.create(
       user('alice', {
         address: 'alice@example.com',
         displayName: 'Alice',
@@ -144,22 +141,24 @@ describe('a MailUser', () => {
     const status = mailUser('alice')!.status as JsonObject;
     const firstVersion = status.passwordSecretVersion;
     expect(status.address).toBe('alice@example.com');
-    expect(firstVersion).toBe((api.get('v1', 'Secret', NS, 'alice-password')!.metadata as JsonObject).resourceVersion);
+    expect(firstVersion).toBe(
+      (cluster.api.get('v1', 'Secret', NS, 'alice-password')!.metadata as JsonObject).resourceVersion,
+    );
     // What the operator wrote is what the CRD accepts (status.passwordSecretVersion, not another name).
     expect(manifestIssues(mailUser('alice'))).toEqual([]);
     // Once provisioned, a reconcile with nothing new sends nothing but the read.
     const calls = await settled();
-    api.mergePatch(MD_API, 'MailUser', NS, 'alice', { metadata: { labels: { touched: 'yes' } } });
+    cluster.api.mergePatch(MD_API, 'MailUser', NS, 'alice', { metadata: { labels: { touched: 'yes' } } });
     await eventually(() => expect(routed.length).toBeGreaterThan(calls));
     await settled();
     expect(routed.slice(calls)).toEqual(['GET http://example-auth.mail.svc/admin/v1/users/alice%40example.com']);
 
     // The domain's default changes: the user follows, as long as the MailUser names no policy of its own.
-    api.mergePatch(MD_API, 'MailDomain', NS, 'example', { spec: { forwarding: { defaultPolicy: 'manual' } } });
+    cluster.api.mergePatch(MD_API, 'MailDomain', NS, 'example', { spec: { forwarding: { defaultPolicy: 'manual' } } });
     await eventually(async () =>
       expect(await asUser('alice@example.com')).toMatchObject({ forwardingPolicy: 'manual' }),
     );
-    api.mergePatch(MD_API, 'MailUser', NS, 'alice', {
+    cluster.api.mergePatch(MD_API, 'MailUser', NS, 'alice', {
       spec: { displayName: 'Alice A.', forwardingPolicy: 'any', disabled: true },
     });
     await eventually(async () =>
@@ -170,41 +169,41 @@ describe('a MailUser', () => {
       }),
     );
 
-    api.mergePatch('v1', 'Secret', NS, 'alice-password', {
+    cluster.api.mergePatch('v1', 'Secret', NS, 'alice-password', {
       data: { password: Buffer.from('another long password').toString('base64') },
     });
     // A MailUser event (here a label) brings the reconcile that sees the new Secret version.
-    api.mergePatch(MD_API, 'MailUser', NS, 'alice', { metadata: { labels: { rotated: 'yes' } } });
+    cluster.api.mergePatch(MD_API, 'MailUser', NS, 'alice', { metadata: { labels: { rotated: 'yes' } } });
     await eventually(() =>
       expect((mailUser('alice')!.status as JsonObject).passwordSecretVersion).not.toBe(firstVersion),
     );
     expect(routed).toContain('PUT http://example-auth.mail.svc/admin/v1/users/alice%40example.com/password');
 
-    api.delete(MD_API, 'MailUser', NS, 'alice');
+    cluster.api.delete(MD_API, 'MailUser', NS, 'alice');
     await eventually(() => expect(mailUser('alice')).toBeUndefined());
     expect(await asUser('alice@example.com')).toBe(404);
     expect(routed.at(-1)).toBe('DELETE http://example-auth.mail.svc/admin/v1/users/alice%40example.com');
-    expect(api.list('events.k8s.io/v1', 'Event', NS).map((e) => e.reason)).toEqual(
+    expect(cluster.api.list('events.k8s.io/v1', 'Event', NS).map((e) => e.reason)).toEqual(
       expect.arrayContaining(['UserCreated', 'PasswordSet', 'UserDeleted']),
     );
     // Everything the operator asked of the API server, the chart's RBAC allows.
-    expect(await rbacViolations(api.requests)).toEqual([]);
+    expect(await rbacViolations(cluster.api.requests)).toEqual([]);
   });
 
   it('deleted while the operator is down, is deleted from the AS when it comes back (the finalizer)', async () => {
     await serveDomain();
     password('dave-password', 'correct horse battery staple');
-    api.create(user('dave', { address: 'dave@example.com', passwordSecretRef: { name: 'dave-password' } }));
+    cluster.api.create(user('dave', { address: 'dave@example.com', passwordSecretRef: { name: 'dave-password' } }));
     await eventually(() => expect(condition(mailUser('dave'), 'Ready')?.status).toBe('True'));
-    await operator!.close();
-    operator = undefined;
+    await cluster.operator!.close();
+    cluster.operator = undefined;
 
-    api.delete(MD_API, 'MailUser', NS, 'dave');
+    cluster.api.delete(MD_API, 'MailUser', NS, 'dave');
     // The finalizer holds the object, and the user is still in the AS.
     expect((mailUser('dave')!.metadata as JsonObject).deletionTimestamp).toEqual(expect.any(String));
     expect(await asUser('dave@example.com')).toMatchObject({ address: 'dave@example.com' });
 
-    operator = await start();
+    cluster.operator = await start();
     await eventually(() => expect(mailUser('dave')).toBeUndefined());
     expect(await asUser('dave@example.com')).toBe(404);
   });
@@ -212,12 +211,12 @@ describe('a MailUser', () => {
   it('lets go of a deleted MailUser whose MailDomain is gone, without calling an AS that no longer exists', async () => {
     await serveDomain();
     password('dave-password', 'correct horse battery staple');
-    api.create(user('dave', { address: 'dave@example.com', passwordSecretRef: { name: 'dave-password' } }));
+    cluster.api.create(user('dave', { address: 'dave@example.com', passwordSecretRef: { name: 'dave-password' } }));
     await eventually(() => expect(finalizers('dave')).toEqual([USER_FINALIZER]));
-    api.delete(MD_API, 'MailDomain', NS, 'example');
-    await eventually(() => expect(api.get(MD_API, 'MailDomain', NS, 'example')).toBeUndefined());
+    cluster.api.delete(MD_API, 'MailDomain', NS, 'example');
+    await eventually(() => expect(cluster.api.get(MD_API, 'MailDomain', NS, 'example')).toBeUndefined());
     const calls = await settled();
-    api.delete(MD_API, 'MailUser', NS, 'dave');
+    cluster.api.delete(MD_API, 'MailUser', NS, 'dave');
     await eventually(() => expect(mailUser('dave')).toBeUndefined());
     expect(routed.slice(calls)).toEqual([]);
   });
@@ -225,7 +224,7 @@ describe('a MailUser', () => {
   it("reports the AS's refusal in its status, without retrying (weak_password)", async () => {
     await serveDomain();
     password('bob-password', 'short');
-    api.create(user('bob', { address: 'bob@example.com', passwordSecretRef: { name: 'bob-password' } }));
+    cluster.api.create(user('bob', { address: 'bob@example.com', passwordSecretRef: { name: 'bob-password' } }));
     await eventually(() =>
       expect(condition(mailUser('bob'), 'Ready')).toMatchObject({
         status: 'False',
@@ -235,12 +234,12 @@ describe('a MailUser', () => {
     );
     expect(await asUser('bob@example.com')).toBe(404);
     // Deleting it needs no AS call to succeed: the AS answers 404 and the finalizer goes.
-    api.delete(MD_API, 'MailUser', NS, 'bob');
+    cluster.api.delete(MD_API, 'MailUser', NS, 'bob');
     await eventually(() => expect(mailUser('bob')).toBeUndefined());
   });
 
   it('says so when no MailDomain serves its address, or its password Secret is missing', async () => {
-    api.create(user('carol', { address: 'carol@elsewhere.example', passwordSecretRef: { name: 'x' } }));
+    cluster.api.create(user('carol', { address: 'carol@elsewhere.example', passwordSecretRef: { name: 'x' } }));
     await eventually(() =>
       expect(condition(mailUser('carol'), 'Ready')).toMatchObject({
         status: 'False',
@@ -249,7 +248,9 @@ describe('a MailUser', () => {
       }),
     );
     await serveDomain();
-    api.create(user('erin', { address: 'erin@example.com', passwordSecretRef: { name: 'erin-pw', key: 'pw' } }));
+    cluster.api.create(
+      user('erin', { address: 'erin@example.com', passwordSecretRef: { name: 'erin-pw', key: 'pw' } }),
+    );
     await eventually(() =>
       expect(condition(mailUser('erin'), 'Ready')).toMatchObject({
         status: 'False',

@@ -3,32 +3,23 @@
  * `prometheus` package that .ci/run installs), `/healthz` and `/readyz`.
  */
 import { spawnSync } from 'node:child_process';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { OperatorRuntime } from '../src/runtime/index.js';
-import { FakeApiServer } from './fake-apiserver.js';
+import { describe, expect, it } from 'vitest';
 import { condition, eventually, mailDomain, MD_API, startOperator, testBuilder } from './helpers/runtime-harness.js';
+import { useFakeApiServer } from './helpers/operator-fixture.js';
 
 const hasPromtool = spawnSync('promtool', ['--version'], { encoding: 'utf8' }).status === 0;
 
-let api: FakeApiServer;
-let operator: OperatorRuntime | undefined;
-
-beforeEach(async () => {
-  api = await FakeApiServer.start();
-});
-afterEach(async () => {
-  await operator?.close();
-  operator = undefined;
-  await api.close();
-});
+const cluster = useFakeApiServer();
 
 describe('the probe and metrics server', () => {
   it('exposes reconciles by result, their duration, queue depth and leadership', async () => {
-    api.inject({ match: /^PATCH .*\/maildomains\/example\/status/, status: 409, reason: 'Conflict' });
-    operator = await startOperator(api, { build: testBuilder(), http: { host: '127.0.0.1', port: 0 } });
-    api.create(mailDomain('example', 'mail', { domain: 'example.com' }));
-    await eventually(() => expect(condition(api.get(MD_API, 'MailDomain', 'mail', 'example'), 'Ready')).toBeDefined());
-    const res = await fetch(`${operator.url}/metrics`);
+    cluster.api.inject({ match: /^PATCH .*\/maildomains\/example\/status/, status: 409, reason: 'Conflict' });
+    cluster.operator = await startOperator(cluster.api, { build: testBuilder(), http: { host: '127.0.0.1', port: 0 } });
+    cluster.api.create(mailDomain('example', 'mail', { domain: 'example.com' }));
+    await eventually(() =>
+      expect(condition(cluster.api.get(MD_API, 'MailDomain', 'mail', 'example'), 'Ready')).toBeDefined(),
+    );
+    const res = await fetch(`${cluster.operator.url}/metrics`);
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
     const text = await res.text();
@@ -47,27 +38,29 @@ describe('the probe and metrics server', () => {
 
   // promtool comes from Debian's `prometheus` package (installed by .ci/run); without it, only this is skipped.
   it.skipIf(!hasPromtool)('passes `promtool check metrics`', async () => {
-    operator = await startOperator(api, { build: testBuilder(), http: { host: '127.0.0.1', port: 0 } });
-    api.create(mailDomain('example', 'mail', { domain: 'example.com' }));
-    await eventually(() => expect(condition(api.get(MD_API, 'MailDomain', 'mail', 'example'), 'Ready')).toBeDefined());
-    const text = await (await fetch(`${operator.url}/metrics`)).text();
+    cluster.operator = await startOperator(cluster.api, { build: testBuilder(), http: { host: '127.0.0.1', port: 0 } });
+    cluster.api.create(mailDomain('example', 'mail', { domain: 'example.com' }));
+    await eventually(() =>
+      expect(condition(cluster.api.get(MD_API, 'MailDomain', 'mail', 'example'), 'Ready')).toBeDefined(),
+    );
+    const text = await (await fetch(`${cluster.operator.url}/metrics`)).text();
     const check = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
     expect(`${check.stdout}${check.stderr}`).toBe('');
     expect(check.status).toBe(0);
   });
 
   it('answers /healthz, and /readyz once its informers have listed (503 until then)', async () => {
-    api.inject({ match: /^GET \/apis\/federizer\.io\/v1alpha1\/mailusers(\?|$)/, status: 500, times: 3 });
-    operator = await startOperator(api, {
+    cluster.api.inject({ match: /^GET \/apis\/federizer\.io\/v1alpha1\/mailusers(\?|$)/, status: 500, times: 3 });
+    cluster.operator = await startOperator(cluster.api, {
       build: testBuilder(),
       http: { host: '127.0.0.1', port: 0 },
       informer: { backoffMs: 300, maxBackoffMs: 300 },
     });
-    expect((await fetch(`${operator.url}/healthz`)).status).toBe(200);
-    const waiting = await fetch(`${operator.url}/readyz`);
+    expect((await fetch(`${cluster.operator.url}/healthz`)).status).toBe(200);
+    const waiting = await fetch(`${cluster.operator.url}/readyz`);
     expect(waiting.status).toBe(503);
     expect(await waiting.text()).toBe('waiting for informers: MailUser\n');
-    await eventually(async () => expect((await fetch(`${operator!.url}/readyz`)).status).toBe(200));
-    expect((await fetch(`${operator.url}/nothing`)).status).toBe(404);
+    await eventually(async () => expect((await fetch(`${cluster.operator!.url}/readyz`)).status).toBe(200));
+    expect((await fetch(`${cluster.operator.url}/nothing`)).status).toBe(404);
   });
 });

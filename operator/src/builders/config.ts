@@ -26,11 +26,29 @@ const secretEnv = (name: string, secret: string, key: string): EnvVar => ({
   valueFrom: { secretKeyRef: { name: secret, key } },
 });
 
+/**
+ * The database URL variable of a service: a SQLite file on the data volume, a plain setting; or the PostgreSQL
+ * URL, a secret read from the Secret the spec names.
+ */
+function databaseEnv(
+  md: ResolvedMailDomain,
+  variable: string,
+  sqliteFile: string,
+): { config: Record<string, string>; secrets: EnvVar[] } {
+  const { database } = md.spec;
+  if (database.type === 'sqlite') return { config: { [variable]: `sqlite:${DATA_DIR}/${sqliteFile}` }, secrets: [] };
+  return {
+    config: {},
+    secrets: [secretEnv(variable, database.postgres.secretRef.name, database.postgres.secretRef.key)],
+  };
+}
+
 export function authEnv(md: ResolvedMailDomain): { config: Record<string, string>; secrets: EnvVar[] } {
   const { spec } = md;
   const u = urls(md);
   const n = names(md);
   const webmail = spec.webmail.enabled;
+  const database = databaseEnv(md, 'FEDERIZER_AUTH_DATABASE', 'auth.db');
   const config: Record<string, string> = {
     FEDERIZER_DOMAIN: spec.domain,
     FEDERIZER_AUTH_ISSUER: u.issuer,
@@ -43,7 +61,7 @@ export function authEnv(md: ResolvedMailDomain): { config: Record<string, string
     // The Ingress terminates TLS: the AS must believe X-Forwarded-Proto to see its https issuer.
     FEDERIZER_TRUST_PROXY: '1',
     FEDERIZER_LOG_LEVEL: spec.logLevel,
-    ...(spec.database.type === 'sqlite' ? { FEDERIZER_AUTH_DATABASE: `sqlite:${DATA_DIR}/auth.db` } : {}),
+    ...database.config,
     // The webmail signs users in with the authorization code flow from its own origin.
     ...(webmail
       ? {
@@ -58,15 +76,7 @@ export function authEnv(md: ResolvedMailDomain): { config: Record<string, string
     secretEnv('FEDERIZER_AUTH_ADMIN_TOKEN', n.adminToken, SECRET_KEYS.adminToken),
     secretEnv('FEDERIZER_AUTH_COOKIE_KEYS', n.cookieKeys, SECRET_KEYS.cookieKeys),
     secretEnv('FEDERIZER_MTA_JWKS', n.mtaKey, SECRET_KEYS.mtaPublicJwks),
-    ...(spec.database.type === 'postgres'
-      ? [
-          secretEnv(
-            'FEDERIZER_AUTH_DATABASE',
-            spec.database.postgres.secretRef.name,
-            spec.database.postgres.secretRef.key,
-          ),
-        ]
-      : []),
+    ...database.secrets,
   ];
   return { config, secrets };
 }
@@ -75,6 +85,7 @@ export function mailboxEnv(md: ResolvedMailDomain): { config: Record<string, str
   const { spec } = md;
   const u = urls(md);
   const n = names(md);
+  const database = databaseEnv(md, 'FEDERIZER_MAILBOX_DATABASE', 'mailbox.db');
   const config: Record<string, string> = {
     FEDERIZER_DOMAIN: spec.domain,
     FEDERIZER_MAILBOX_PUBLIC_URL: u.mailbox,
@@ -85,7 +96,7 @@ export function mailboxEnv(md: ResolvedMailDomain): { config: Record<string, str
     FEDERIZER_MAX_RESOURCE_SIZE: spec.maxResourceSize,
     FEDERIZER_MAILBOX_QUOTA: spec.mailbox.quota,
     FEDERIZER_LOG_LEVEL: spec.logLevel,
-    ...(spec.database.type === 'sqlite' ? { FEDERIZER_MAILBOX_DATABASE: `sqlite:${DATA_DIR}/mailbox.db` } : {}),
+    ...database.config,
     ...(spec.webmail.enabled
       ? { FEDERIZER_MAILBOX_CORS_ORIGINS: u.webmail, FEDERIZER_WEBMAIL_URL: `${u.webmail}/` }
       : {}),
@@ -95,15 +106,7 @@ export function mailboxEnv(md: ResolvedMailDomain): { config: Record<string, str
   const secrets = [
     secretEnv('FEDERIZER_AUTH_ADMIN_TOKEN', n.adminToken, SECRET_KEYS.adminToken),
     secretEnv('FEDERIZER_MTA_PRIVATE_JWK', n.mtaKey, SECRET_KEYS.mtaPrivateJwk),
-    ...(spec.database.type === 'postgres'
-      ? [
-          secretEnv(
-            'FEDERIZER_MAILBOX_DATABASE',
-            spec.database.postgres.secretRef.name,
-            spec.database.postgres.secretRef.key,
-          ),
-        ]
-      : []),
+    ...database.secrets,
   ];
   return { config, secrets };
 }

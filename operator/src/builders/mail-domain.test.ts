@@ -13,17 +13,12 @@ import { buildMailDomain, type BuildContext } from './mail-domain.js';
 import { CREATE_ONLY_ANNOTATION, type Manifest } from './meta.js';
 import { containerEnv, find } from './testing/manifests.js';
 import { manifestIssues, unknownFields } from './testing/validate.js';
+import { DEFAULT_DOMAIN_OBJECTS, exampleDomain } from '../../tests/helpers/mail-domains.js';
 
 const UID = '2f0c8a9e-55a4-4d38-9d0b-1a7f4d0c9f11';
 
-function domain(spec: Partial<MailDomainSpec> = {}, name = 'example-com'): MailDomain {
-  return {
-    apiVersion: 'federizer.io/v1alpha1',
-    kind: 'MailDomain',
-    metadata: { name, namespace: 'mail', uid: UID, generation: 1 },
-    spec: { domain: 'example.com', ...spec },
-  };
-}
+const domain = (spec: Partial<MailDomainSpec> = {}, name = 'example-com'): MailDomain =>
+  exampleDomain(spec, name, { uid: UID, generation: 1 });
 
 const ctx: BuildContext = { existingSecrets: [], hasServiceMonitorCrd: false };
 
@@ -66,23 +61,7 @@ function namesRead(reader: (env: Record<string, string | undefined>) => unknown,
 describe('buildMailDomain', () => {
   it('makes, for a MailDomain that names only its domain, the objects of a single-replica SQLite domain', () => {
     const { objects, srvRecords } = buildMailDomain(domain(), ctx);
-    expect(objects.map((o) => `${o.kind}/${o.metadata.name}`)).toEqual([
-      'Secret/example-com-admin-token',
-      'Secret/example-com-auth-cookie-keys',
-      'Secret/example-com-mta-key',
-      'ConfigMap/example-com-auth',
-      'ConfigMap/example-com-mailbox',
-      'ConfigMap/example-com-webmail',
-      'PersistentVolumeClaim/example-com-auth-data',
-      'PersistentVolumeClaim/example-com-mailbox-data',
-      'Service/example-com-auth',
-      'Service/example-com-mailbox',
-      'Service/example-com-webmail',
-      'Deployment/example-com-auth',
-      'Deployment/example-com-mailbox',
-      'Deployment/example-com-webmail',
-      'Ingress/example-com',
-    ]);
+    expect(objects.map((o) => `${o.kind}/${o.metadata.name}`)).toEqual(DEFAULT_DOMAIN_OBJECTS);
     expect(srvRecords).toEqual([
       {
         name: '_federizer._as._tcp.example.com',

@@ -6,18 +6,12 @@
  */
 import { randomInt } from 'node:crypto';
 import net from 'node:net';
+import type { SrvRecord } from '../model.js';
 import { signMessage, TsigError, verifyMessage, type TsigKey } from './tsig.js';
 import { encodeEmptyRecord, encodeQuestion, encodeRecord, layout } from './wire.js';
 
-export interface SrvRecordSpec {
-  /** Owner name, e.g. `_federizer._as._tcp.example.com`. */
-  name: string;
-  target: string;
-  port: number;
-  priority: number;
-  weight: number;
-  ttl: number;
-}
+/** The records the builders compute are the ones the server is sent. */
+export type SrvRecordSpec = SrvRecord;
 
 export interface Rfc2136Server {
   /** An IP address or a host name. */

@@ -2,17 +2,9 @@
  * Status conditions as Kubernetes API conventions describe them (`metav1.Condition`): a transition time that
  * moves only when the status does, and the generation each condition was computed from.
  */
+import type { Condition } from '../model.js';
 
-export type ConditionStatus = 'True' | 'False' | 'Unknown';
-
-export interface Condition {
-  type: string;
-  status: ConditionStatus;
-  reason: string;
-  message: string;
-  observedGeneration?: number;
-  lastTransitionTime: string;
-}
+export type { Condition, ConditionStatus } from '../model.js';
 
 export type DesiredCondition = Omit<Condition, 'lastTransitionTime' | 'observedGeneration'>;
 

@@ -3,27 +3,16 @@
  * so that the builders and the model can evolve apart from the runtime.
  */
 import type { KubernetesObject } from '@kubernetes/client-node';
-import type { Condition } from './conditions.js';
+import type { Condition, DnsRecordStatus, SrvRecord } from '../model.js';
 
-export const GROUP = 'federizer.io';
-export const API_VERSION = 'federizer.io/v1alpha1';
+export { API_VERSION, GROUP } from '../model.js';
+export type { DnsRecordStatus, SrvRecord } from '../model.js';
+
 export const DNS_FINALIZER = 'federizer.io/dns-records';
 /** On a MailUser whose user exists in its AS: the user is deleted there before the MailUser goes. */
 export const USER_FINALIZER = 'federizer.io/user';
-/** Objects with this annotation (and every Secret) are created when absent and never written afterwards. */
-export const CREATE_ONLY_ANNOTATION = 'federizer.io/create-only';
-
-export interface SrvRecord {
-  name: string;
-  target: string;
-  port: number;
-  priority: number;
-  weight: number;
-  ttl: number;
-}
-
-/** An SRV record as status.dnsRecords lists it (crds/maildomain.yaml). */
-export type DnsRecordStatus = SrvRecord & { type: 'SRV' };
+// The builders set it and the reconciler honours it: one constant, so that the two cannot drift.
+export { CREATE_ONLY_ANNOTATION } from '../builders/meta.js';
 
 export interface MailDomainStatus {
   observedGeneration?: number;

@@ -45,9 +45,8 @@ export class StateExpiredError extends ApiError {
 export class TooLargeError extends ApiError {
   override readonly name = 'TooLargeError';
 }
-/** 429 and 507: a send quota or the storage quota is used up. */
-export class QuotaError extends ApiError {
-  override readonly name = 'QuotaError';
+/** An answer that may say in its Retry-After header when trying again is worth it. */
+export abstract class RetryAfterError extends ApiError {
   constructor(
     status: number,
     code: string,
@@ -57,17 +56,13 @@ export class QuotaError extends ApiError {
     super(status, code, message);
   }
 }
+/** 429 and 507: a send quota or the storage quota is used up. */
+export class QuotaError extends RetryAfterError {
+  override readonly name = 'QuotaError';
+}
 /** 5xx: try again later. */
-export class ServerError extends ApiError {
+export class ServerError extends RetryAfterError {
   override readonly name = 'ServerError';
-  constructor(
-    status: number,
-    code: string,
-    message: string,
-    readonly retryAfterSeconds: number | undefined,
-  ) {
-    super(status, code, message);
-  }
 }
 /** No answer at all: offline, DNS, CORS, or the connection dropped. */
 export class NetworkError extends ApiError {
@@ -116,6 +111,18 @@ function retryAfter(value: string | null): number | undefined {
   return Number.isNaN(at) ? undefined : Math.max(0, Math.round((at - Date.now()) / 1000));
 }
 
+const ERROR_OF_STATUS: Readonly<
+  Partial<Record<number, new (status: number, code: string, message: string) => ApiError>>
+> = {
+  400: BadRequestError,
+  401: UnauthorizedError,
+  403: ForbiddenError,
+  404: NotFoundError,
+  409: ConflictError,
+  410: StateExpiredError,
+  413: TooLargeError,
+};
+
 /** One place that turns a failed answer into its typed error. */
 export function errorFromResponse(
   status: number,
@@ -125,26 +132,10 @@ export function errorFromResponse(
   const b = (typeof body === 'object' && body !== null ? body : {}) as { error?: unknown; error_description?: unknown };
   const code = typeof b.error === 'string' ? b.error : `http_${status}`;
   const message = typeof b.error_description === 'string' ? b.error_description : `the mailbox answered HTTP ${status}`;
-  switch (status) {
-    case 400:
-      return new BadRequestError(status, code, message);
-    case 401:
-      return new UnauthorizedError(status, code, message);
-    case 403:
-      return new ForbiddenError(status, code, message);
-    case 404:
-      return new NotFoundError(status, code, message);
-    case 409:
-      return new ConflictError(status, code, message);
-    case 410:
-      return new StateExpiredError(status, code, message);
-    case 413:
-      return new TooLargeError(status, code, message);
-    case 429:
-    case 507:
-      return new QuotaError(status, code, message, retryAfter(headers.get('retry-after')));
-    default:
-      if (status >= 500) return new ServerError(status, code, message, retryAfter(headers.get('retry-after')));
-      return new ApiError(status, code, message);
-  }
+  // 507 is a quota, not a server failure: checked before the 5xx range.
+  if (status === 429 || status === 507)
+    return new QuotaError(status, code, message, retryAfter(headers.get('retry-after')));
+  if (status >= 500) return new ServerError(status, code, message, retryAfter(headers.get('retry-after')));
+  const ErrorOfStatus = ERROR_OF_STATUS[status] ?? ApiError;
+  return new ErrorOfStatus(status, code, message);
 }

@@ -3,9 +3,9 @@
  * uses as a browser's), then the whole path against real domains: Alice sends HTML only, Bob's reply
  * quotes its words, not its markup.
  */
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { buildDraft, newMessageId } from '../api/draft.js';
-import { startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
+import { useAliceAndBob } from '../testing/alice-and-bob.js';
 import { loadComposeSeed } from './compose-seeds.js';
 import { htmlToText } from './html-text.js';
 import { MessageCache } from './message-cache.js';
@@ -32,41 +32,32 @@ describe('htmlToText', () => {
 });
 
 describe('loadComposeSeed', () => {
-  let fed: WebmailFederation;
-  let alice: SignedIn;
-  let bob: SignedIn;
-
-  beforeAll(async () => {
-    fed = await startWebmailFederation(['example.com', 'example.net']);
-    alice = await fed.signIn('alice@example.com');
-    bob = await fed.signIn('bob@example.net');
-  });
-  afterAll(() => fed?.close());
+  const world = useAliceAndBob();
 
   it('quotes an HTML-only message by its words in a reply', async () => {
     const html = '<p>Lunch <b>on Friday</b>?</p><p>Say yes.<br>A.</p>';
-    const part = await alice.api.upload(new Blob([html]), { mediaType: 'text/html; charset=UTF-8' });
+    const part = await world.alice.api.upload(new Blob([html]), { mediaType: 'text/html; charset=UTF-8' });
     const messageId = newMessageId('example.com');
     const draft = buildDraft({
-      ...{ from: alice.address, to: 'bob@example.net', cc: '', bcc: '', subject: 'Lunch', messageId },
+      ...{ from: world.alice.address, to: 'bob@example.net', cc: '', bcc: '', subject: 'Lunch', messageId },
       text: part,
       attachments: [],
     });
-    await alice.api.send(draft);
+    await world.alice.api.send(draft);
     let id: string | undefined;
     await vi.waitFor(
       async () => {
-        const m = (await bob.api.listMessages('inbox')).messages.find((x) => x.messageId === messageId);
+        const m = (await world.bob.api.listMessages('inbox')).messages.find((x) => x.messageId === messageId);
         expect(m).toBeDefined();
         // Quoted once the text is fetched from Alice's mailbox.
-        expect((await bob.api.getMessage(m!.id)).resources.map((r) => r.status)).toEqual(['held']);
+        expect((await world.bob.api.getMessage(m!.id)).resources.map((r) => r.status)).toEqual(['held']);
         id = m!.id;
       },
       { timeout: 20_000 },
     );
     const seed = await loadComposeSeed(
       { kind: 'reply', id: id! },
-      { sources: new MessageCache(bob.api, bob.db), me: bob.address },
+      { sources: new MessageCache(world.bob.api, world.bob.db), me: world.bob.address },
     );
     expect(seed).toMatchObject({ to: 'alice@example.com', subject: 'Re: Lunch', inReplyTo: messageId });
     expect(seed!.text).toMatch(/wrote:\n> Lunch on Friday\?\n> \n> Say yes\.\n> A\.$/);
@@ -75,7 +66,10 @@ describe('loadComposeSeed', () => {
 
   it('starts a new message from nothing', async () => {
     await expect(
-      loadComposeSeed({ kind: 'new' }, { sources: new MessageCache(bob.api, bob.db), me: bob.address }),
+      loadComposeSeed(
+        { kind: 'new' },
+        { sources: new MessageCache(world.bob.api, world.bob.db), me: world.bob.address },
+      ),
     ).resolves.toBeUndefined();
   });
 });

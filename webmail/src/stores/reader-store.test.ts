@@ -1,7 +1,8 @@
 /** The open conversation against real domains: read marks, the text, deliveries and unsend. */
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { buildDraft, newMessageId } from '../api/draft.js';
-import { startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
+import type { SignedIn } from '../testing/federation.js';
+import { useAliceAndBob } from '../testing/alice-and-bob.js';
 import { MailActions } from './mail-actions.js';
 import { MailStore } from './mail-store.js';
 import { MessageCache } from './message-cache.js';
@@ -11,16 +12,7 @@ import { SyncEngine } from './sync-engine.js';
 /** Waits long enough for a shared, loaded machine. */
 const PATIENCE = { timeout: 15_000 };
 
-let fed: WebmailFederation;
-let alice: SignedIn;
-let bob: SignedIn;
-
-beforeAll(async () => {
-  fed = await startWebmailFederation(['example.com', 'example.net']);
-  alice = await fed.signIn('alice@example.com');
-  bob = await fed.signIn('bob@example.net');
-});
-afterAll(() => fed?.close());
+const world = useAliceAndBob();
 
 async function reader(user: SignedIn) {
   const mail = new MailStore();
@@ -32,9 +24,9 @@ async function reader(user: SignedIn) {
 }
 
 async function send(to: string, subject: string): Promise<string> {
-  const text = await alice.api.upload(new Blob([`About ${subject}`]), { mediaType: 'text/plain; charset=UTF-8' });
+  const text = await world.alice.api.upload(new Blob([`About ${subject}`]), { mediaType: 'text/plain; charset=UTF-8' });
   const draft = buildDraft({
-    from: alice.address,
+    from: world.alice.address,
     to,
     cc: '',
     bcc: '',
@@ -43,13 +35,13 @@ async function send(to: string, subject: string): Promise<string> {
     text,
     attachments: [],
   });
-  return (await alice.api.send(draft)).id;
+  return (await world.alice.api.send(draft)).id;
 }
 
 describe('ReaderStore', () => {
   it('opens a received conversation: rebuilt, its text read, and marked read here and at the mailbox', async () => {
     await send('bob@example.net', 'Read me');
-    const r = await reader(bob);
+    const r = await reader(world.bob);
     await vi.waitFor(
       async () => {
         await r.sync.syncOnce();
@@ -61,7 +53,7 @@ describe('ReaderStore', () => {
     const id = conversation.latest.id;
     // Once Bob's mailbox fetched the text, the replica learns it (the app's sync loop does this on its own).
     await vi.waitFor(
-      async () => expect((await bob.api.getMessage(id)).resources.every((x) => x.status === 'held')).toBe(true),
+      async () => expect((await world.bob.api.getMessage(id)).resources.every((x) => x.status === 'held')).toBe(true),
       PATIENCE,
     );
     await r.sync.syncOnce();
@@ -71,7 +63,7 @@ describe('ReaderStore', () => {
       const part = entry?.view?.content[0]?.part;
       expect(part && r.reader.state.bodies[part.contentId]).toEqual({ status: 'ready', text: 'About Read me' });
     }, PATIENCE);
-    await vi.waitFor(async () => expect((await bob.api.getMessage(id)).seen).toBe(true), PATIENCE);
+    await vi.waitFor(async () => expect((await world.bob.api.getMessage(id)).seen).toBe(true), PATIENCE);
     expect(r.mail.unreadCounts().inbox).toBe(0);
     expect(r.reader.state.entries[0]!.sent).toBeUndefined();
     r.reader.close();
@@ -80,7 +72,7 @@ describe('ReaderStore', () => {
   it('shows where a sent copy stands and withdraws it before it is transferred', async () => {
     // A domain nobody runs: the transfer waits in the outbox, so the copy can still be withdrawn.
     const id = await send('carol@nowhere.example', 'Take it back');
-    const r = await reader(alice);
+    const r = await reader(world.alice);
     const summary = r.mail.get(id)!;
     r.reader.open(summary.threadId, 'sent');
     await vi.waitFor(

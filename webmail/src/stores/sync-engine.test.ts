@@ -4,27 +4,19 @@
  * mailbox fetched them; what was synced stays readable with the network gone.
  */
 import { IDBFactory } from 'fake-indexeddb';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { MailboxClient } from '../api/client.js';
 import { buildDraft, newMessageId } from '../api/draft.js';
 import { rebuildMessage } from '../api/message-view.js';
 import type { Message, MessageSummary } from '../api/types.js';
-import { localFetch, startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
+import { localFetch, type SignedIn } from '../testing/federation.js';
+import { useAliceAndBob } from '../testing/alice-and-bob.js';
 import { LocalDb, StoppedError } from './local-db.js';
 import { MailStore } from './mail-store.js';
 import { MessageCache } from './message-cache.js';
 import { SyncEngine } from './sync-engine.js';
 
-let fed: WebmailFederation;
-let alice: SignedIn;
-let bob: SignedIn;
-
-beforeAll(async () => {
-  fed = await startWebmailFederation(['example.com', 'example.net']);
-  alice = await fed.signIn('alice@example.com');
-  bob = await fed.signIn('bob@example.net');
-});
-afterAll(() => fed?.close());
+const world = useAliceAndBob();
 
 function replica(user: SignedIn, db: LocalDb = user.db, api: MailboxClient = user.api) {
   const mail = new MailStore();
@@ -51,16 +43,17 @@ async function send(from: SignedIn, to: string, subject: string, text: string): 
 }
 
 /** The network is gone: nothing answers where the mailbox was (port 9, discard, is closed here). */
-const offline = () => new MailboxClient({ apiBase: 'http://127.0.0.1:9/api/v1', tokens: bob.auth, fetch: localFetch });
+const offline = () =>
+  new MailboxClient({ apiBase: 'http://127.0.0.1:9/api/v1', tokens: world.bob.auth, fetch: localFetch });
 
 describe('SyncEngine', () => {
   it('shows new mail from another domain without a restart, then its resources once fetched', async () => {
-    const bobs = replica(bob);
+    const bobs = replica(world.bob);
     await bobs.sync.start();
     await vi.waitFor(() => expect(bobs.sync.state.status).toBe('live'), { timeout: 10_000 });
     expect(bobs.mail.conversations('inbox')).toEqual([]);
 
-    const messageId = await send(alice, 'Bob <bob@example.net>', 'Vacation photo', 'Look at this!');
+    const messageId = await send(world.alice, 'Bob <bob@example.net>', 'Vacation photo', 'Look at this!');
     await vi.waitFor(() => expect(bobs.mail.conversations('inbox')).toHaveLength(1), { timeout: 20_000 });
     const [conversation] = bobs.mail.conversations('inbox');
     expect(conversation).toMatchObject({ subject: 'Vacation photo', unread: 1, senders: ['alice@example.com'] });
@@ -72,17 +65,17 @@ describe('SyncEngine', () => {
     const id = conversation!.latest.id;
     await vi.waitFor(
       async () => {
-        const kept = await bob.db.get<Message>('messages', id);
+        const kept = await world.bob.db.get<Message>('messages', id);
         expect(kept?.resources.map((r) => r.status)).toEqual(['held', 'held']);
       },
       { timeout: 20_000 },
     );
-    const view = rebuildMessage((await bob.db.get<Message>('messages', id))!);
+    const view = rebuildMessage((await world.bob.db.get<Message>('messages', id))!);
     await expect(bobs.cache.text(view.content[0]!.part)).resolves.toBe('Look at this!');
     bobs.sync.stop();
 
     // Offline: a new page on the same IndexedDB shows the mailbox and the text without any request.
-    const later = replica(bob, await LocalDb.open(bob.indexedDB), offline());
+    const later = replica(world.bob, await LocalDb.open(world.bob.indexedDB), offline());
     await later.sync.loadLocal();
     expect(later.mail.conversations('inbox').map((c) => c.latest.messageId)).toEqual([messageId]);
     const again = rebuildMessage(await later.cache.message(id));
@@ -94,10 +87,10 @@ describe('SyncEngine', () => {
     ['a state this account never reached (410 cannot_calculate_changes)', '999999'],
     ['a state the server never issues (400 invalid_state)', 'not-a-state'],
   ])('starts over from GET /state when it holds %s', async (_what, state) => {
-    await send(alice, 'bob@example.net', `Resync ${state}`, 'text');
-    const alices = replica(alice);
-    await alice.db.setKv('sync', { state });
-    await alice.db.write(['summaries'], (t) => t.objectStore('summaries').clear());
+    await send(world.alice, 'bob@example.net', `Resync ${state}`, 'text');
+    const alices = replica(world.alice);
+    await world.alice.db.setKv('sync', { state });
+    await world.alice.db.write(['summaries'], (t) => t.objectStore('summaries').clear());
     await alices.sync.start();
     await vi.waitFor(
       () => expect(alices.mail.conversations('sent').map((c) => c.subject)).toContain(`Resync ${state}`),
@@ -106,9 +99,9 @@ describe('SyncEngine', () => {
       },
     );
     // A state the mailbox issued (it may have moved on since, as Bob fetches).
-    const kept = (await alice.db.kv<{ state: string }>('sync'))!.state;
+    const kept = (await world.alice.db.kv<{ state: string }>('sync'))!.state;
     expect(kept).not.toBe(state);
-    await expect(alice.api.changes(kept)).resolves.toMatchObject({ hasMore: false });
+    await expect(world.alice.api.changes(kept)).resolves.toMatchObject({ hasMore: false });
     alices.sync.stop();
   });
 
@@ -118,7 +111,7 @@ describe('SyncEngine', () => {
   ])('writes nothing back after sign-out when %s finishes after the store was cleared', async (_what, held, synced) => {
     const db = await LocalDb.open(new IDBFactory());
     if (synced) {
-      await replica(bob, db).sync.syncOnce();
+      await replica(world.bob, db).sync.syncOnce();
       await db.write(['summaries'], (t) => t.objectStore('summaries').clear());
     }
     // The request is answered by the real mailbox, but its answer is held back until the sign-out is over.
@@ -133,7 +126,7 @@ describe('SyncEngine', () => {
       }
       return res;
     };
-    const api = new MailboxClient({ apiBase: bob.api.apiBase, tokens: bob.auth, fetch: slow });
+    const api = new MailboxClient({ apiBase: world.bob.api.apiBase, tokens: world.bob.auth, fetch: slow });
     const session = new AbortController();
     const mail = new MailStore();
     const sync = new SyncEngine({
@@ -146,7 +139,7 @@ describe('SyncEngine', () => {
     });
     // A long poll once synchronized: the mail sent below is read as a change.
     const settled = sync.syncOnce(synced ? 5 : 0);
-    if (synced) await send(alice, 'bob@example.net', 'Arrives while signing out', 'text');
+    if (synced) await send(world.alice, 'bob@example.net', 'Arrives while signing out', 'text');
     await vi.waitFor(() => expect(heldRequests).toBe(1), { timeout: 20_000 });
 
     // Sign-out: the session's signal aborts, then the local store is cleared.
@@ -175,10 +168,10 @@ describe('SyncEngine', () => {
 
   it('reports being offline and keeps what it has', async () => {
     const db = await LocalDb.open(new IDBFactory());
-    await replica(bob, db).sync.syncOnce();
+    await replica(world.bob, db).sync.syncOnce();
     const synced = new MailStore();
     synced.replaceAll(await db.getAll<MessageSummary>('summaries'));
-    const r = replica(bob, db, offline());
+    const r = replica(world.bob, db, offline());
     await r.sync.start();
     await vi.waitFor(() => expect(r.sync.state.status).toBe('offline'), { timeout: 10_000 });
     expect(r.sync.state.error).toMatch(/could not be reached/);
