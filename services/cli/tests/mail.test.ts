@@ -428,15 +428,10 @@ describe('federizer mail', () => {
         });
       const first = await sessionOf();
       const renewals: UserSession[] = [];
-      const client = new MailboxClient(
-        http,
-        mailbox.api,
-        { ...first, expiresAt: Date.now() + 5_000 },
-        async () => {
-          renewals.push(await sessionOf());
-          return renewals.at(-1)!;
-        },
-      );
+      const client = new MailboxClient(http, mailbox.api, { ...first, expiresAt: Date.now() + 5_000 }, async () => {
+        renewals.push(await sessionOf());
+        return renewals.at(-1)!;
+      });
       await client.summaries('inbox', 1);
       await client.summaries('inbox', 1);
       expect(renewals).toHaveLength(1);
