@@ -23,7 +23,9 @@
  * Knobs: BENCH_QUICK=1 runs 200 small, 40 large and a 128 MiB big one; BENCH_FED_SMALL, BENCH_FED_LARGE,
  * BENCH_FED_SENDERS, BENCH_FED_BIG_MIB set them one by one; BENCH_FED_PHASES=small,large,big chooses the
  * phases; BENCH_LOG=1 prints the services' logs; BENCH_FED_PROCESSES=0 runs the domains in the bench's own
- * process (for `node --cpu-prof --import tsx bench/run.ts federation`).
+ * process (for `node --cpu-prof --import tsx bench/run.ts federation`); BENCH_FED_OUTBOX_CONCURRENCY and
+ * BENCH_FED_FETCH_CONCURRENCY set the mailboxes' worker concurrency (defaults: the mailbox's, 16 and 8).
+ * The local federation lifts the per-domain transfer rate limit (domain-services.ts), as `npm start` does.
  */
 import { execFileSync } from 'node:child_process';
 import { createCipheriv, createHash, randomBytes, randomUUID } from 'node:crypto';
@@ -65,6 +67,10 @@ const BIG = int('BENCH_FED_BIG_MIB', QUICK ? 128 : 1024) * 1024 * 1024;
 const PHASES = new Set((process.env.BENCH_FED_PHASES ?? 'small,large,big').split(','));
 /** 0: every domain in the bench's own process (to profile them all with `node --cpu-prof`). */
 const PROCESSES = process.env.BENCH_FED_PROCESSES !== '0';
+const WORKERS = {
+  ...(process.env.BENCH_FED_OUTBOX_CONCURRENCY ? { outboxConcurrency: int('BENCH_FED_OUTBOX_CONCURRENCY', 16) } : {}),
+  ...(process.env.BENCH_FED_FETCH_CONCURRENCY ? { fetchConcurrency: int('BENCH_FED_FETCH_CONCURRENCY', 8) } : {}),
+};
 const TARGET_PER_SECOND = 200;
 const TEXT_SIZE = 3 * 1024;
 const ATTACHMENT_SIZE = 1024 * 1024;
@@ -681,6 +687,7 @@ export async function run(): Promise<void> {
     // Info, for the retries of transfers and fetches, which the figures would not explain otherwise.
     logLevel: 'info',
     webmailDist: dist,
+    ...(Object.keys(WORKERS).length > 0 ? { mailbox: WORKERS } : {}),
     log: (domain, line) => {
       serviceEvents.addLog(domain, line);
       if (process.env.BENCH_LOG) console.error(`[${domain}] ${line}`);

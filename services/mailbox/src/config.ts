@@ -48,6 +48,10 @@ export interface MailboxConfig {
   readonly retryBaseSeconds: number;
   /** Transfers accepted per minute from one sending domain; more answer 429 with Retry-After. */
   readonly transferRatePerMinute: number;
+  /** Transfers run at once by this replica (half of them at most to one destination, so none starves the rest). */
+  readonly outboxConcurrency: number;
+  /** Fetches run at once by this replica (half of them at most from one origin). */
+  readonly fetchConcurrency: number;
 }
 
 export interface MailboxSecrets {
@@ -126,6 +130,8 @@ export function mailboxConfig(
     blobGcGraceSeconds: seconds(input.blobGcGraceSeconds ?? 3600, 'blobGcGraceSeconds', 0),
     retryBaseSeconds: seconds(input.retryBaseSeconds ?? 60, 'retryBaseSeconds', 1),
     transferRatePerMinute: count(input.transferRatePerMinute ?? 600, 'transferRatePerMinute', 1),
+    outboxConcurrency: count(input.outboxConcurrency ?? 16, 'outboxConcurrency', 1),
+    fetchConcurrency: count(input.fetchConcurrency ?? 8, 'fetchConcurrency', 1),
   };
   return { config, secrets };
 }
@@ -192,6 +198,8 @@ export function readMailboxEnv(
       blobGcGraceSeconds: duration('FEDERIZER_MAILBOX_GC_GRACE'),
       retryBaseSeconds: duration('FEDERIZER_MAILBOX_RETRY_BASE'),
       transferRatePerMinute: whole('FEDERIZER_MAILBOX_TRANSFER_RATE'),
+      outboxConcurrency: whole('FEDERIZER_MAILBOX_OUTBOX_CONCURRENCY'),
+      fetchConcurrency: whole('FEDERIZER_MAILBOX_FETCH_CONCURRENCY'),
     },
     {
       mtaPrivateJwk: jwk ? (JSON.parse(jwk) as JWK) : undefined,

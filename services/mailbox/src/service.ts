@@ -160,6 +160,7 @@ export class MailboxService implements AsyncDisposable {
       logger,
       now,
       notifyFailure: (share, failed) => this.#failureNotice(share, failed),
+      concurrency: config.outboxConcurrency,
       onOutcome: (outcome, seconds) => {
         this.#metrics?.deliveries.inc({ outcome });
         this.#metrics?.transferDuration.observe(seconds);
@@ -177,6 +178,7 @@ export class MailboxService implements AsyncDisposable {
       logger,
       now,
       maxResourceSize: config.maxResourceSize,
+      concurrency: config.fetchConcurrency,
       onChanged: (addresses) => addresses.forEach((a) => this.notifier.notify(a)),
       onFetched: (bytes, seconds) => {
         this.#metrics?.fetchedBytes.inc(bytes);
@@ -203,10 +205,8 @@ export class MailboxService implements AsyncDisposable {
       onChanged: (addresses, queued) => {
         for (const address of addresses) this.notifier.notify(address);
         if (!this.#workers) return;
-        if (queued.transfers)
-          void this.outbox.poll().catch((err: unknown) => logger.error({ err }, 'outbox poll failed'));
-        if (queued.fetches)
-          void this.fetcher.poll().catch((err: unknown) => logger.error({ err }, 'fetch poll failed'));
+        if (queued.transfers) this.outbox.wake();
+        if (queued.fetches) this.fetcher.wake();
       },
     });
     this.collector = new BlobCollector({
@@ -380,8 +380,7 @@ export class MailboxService implements AsyncDisposable {
           this.forwarder.onReceived(address, messageId, envelope, stored),
         onAccepted: (result) => {
           for (const address of result.accepted) this.notifier.notify(address);
-          if (this.#workers)
-            void this.fetcher.poll().catch((err: unknown) => this.logger.error({ err }, 'fetch poll failed'));
+          if (this.#workers) this.fetcher.wake();
         },
         now,
         rateLimit: { perDomainPerMinute: config.transferRatePerMinute },
@@ -441,8 +440,7 @@ export class MailboxService implements AsyncDisposable {
       // A new transfer need not wait for the next poll; when tests drive the outbox, they poll themselves.
       onSent: (addresses) => {
         for (const address of addresses) this.notifier.notify(address);
-        if (this.#workers)
-          void this.outbox.poll().catch((err: unknown) => this.logger.error({ err }, 'outbox poll failed'));
+        if (this.#workers) this.outbox.wake();
       },
     };
     api.use(sendRouter(sending));

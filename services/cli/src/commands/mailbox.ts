@@ -20,6 +20,8 @@ Runs a mail domain's mailbox and mail agent, configured by the environment:
 Queues and limits (durations like 90, 90s, 30m, 6h, 1d):
   FEDERIZER_MAILBOX_RETRY_BASE     wait after a failed transfer or fetch, doubling up to 1h (default 60s)
   FEDERIZER_MAILBOX_TRANSFER_RATE  transfers accepted per minute from one sending domain (default 600)
+  FEDERIZER_MAILBOX_OUTBOX_CONCURRENCY  transfers run at once by this replica (default 16, half to one domain)
+  FEDERIZER_MAILBOX_FETCH_CONCURRENCY   fetches run at once by this replica (default 8, half from one origin)
   FEDERIZER_MAILBOX_GC_INTERVAL    time between runs of the blob collector (default 1h)
   FEDERIZER_MAILBOX_GC_GRACE       a blob file touched more recently is never deleted (default 1h)
 Stops gracefully on SIGINT or SIGTERM: requests in flight finish, claimed work is handed back.`;

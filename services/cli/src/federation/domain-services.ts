@@ -18,8 +18,23 @@ import { WebmailServer, webmailServerConfig } from './webmail-server.js';
  * of `federizer mailbox`): tests shorten the retry base so a domain that was down is retried in seconds.
  */
 export type MailboxSettings = Partial<
-  Pick<MailboxConfig, 'retryBaseSeconds' | 'transferRatePerMinute' | 'blobGcIntervalSeconds' | 'blobGcGraceSeconds'>
+  Pick<
+    MailboxConfig,
+    | 'retryBaseSeconds'
+    | 'transferRatePerMinute'
+    | 'blobGcIntervalSeconds'
+    | 'blobGcGraceSeconds'
+    | 'outboxConcurrency'
+    | 'fetchConcurrency'
+  >
 >;
+
+/**
+ * The domains of a local federation trust each other and share one machine: the per-domain transfer rate
+ * limit, a protection against a flooding peer on the Internet, would only throttle the federation's own
+ * mail (600 a minute by default, less than a benchmark or a demo sends). A spec may still set its own.
+ */
+export const LOCAL_TRANSFER_RATE_PER_MINUTE = 1_000_000;
 
 /** Everything a domain needs to start; plain data, so that it can cross to a child process. */
 export interface DomainSpec {
@@ -83,6 +98,7 @@ export async function startDomainServices(spec: DomainSpec, logs: DestinationStr
   );
   const mailbox = mailboxConfig(
     {
+      transferRatePerMinute: LOCAL_TRANSFER_RATE_PER_MINUTE,
       ...spec.mailbox,
       domain: spec.domain,
       publicUrl: spec.mailboxUrl,

@@ -46,6 +46,8 @@ export interface FetcherDeps {
   /** Called with the accounts whose messages changed, for long polls. */
   readonly onChanged?: (addresses: readonly string[]) => void;
   readonly concurrency?: number;
+  /** Fetches leased at once from one origin domain, across replicas (default half of `concurrency`). */
+  readonly perOrigin?: number;
   readonly pollMs?: number;
   /**
    * The lease of a claimed fetch (default 60 s), renewed every third of it while the fetch runs: a worker
@@ -80,8 +82,8 @@ export class Fetcher extends LeasedWorker<FetchJob> {
       kind: 'fetch',
       jobs: deps.jobs,
       logger: deps.logger,
-      concurrency: deps.concurrency ?? 4,
-      perDestination: 2,
+      concurrency: deps.concurrency ?? 8,
+      perDestination: deps.perOrigin ?? Math.max(1, Math.floor((deps.concurrency ?? 8) / 2)),
       leaseMs: deps.leaseMs ?? FETCH_LEASE_MS,
       pollMs: deps.pollMs,
     });

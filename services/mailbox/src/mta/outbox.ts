@@ -47,8 +47,9 @@ export class Outbox extends LeasedWorker<TransferJob> {
       kind: 'transfer',
       jobs: deps.jobs,
       logger: deps.logger,
-      concurrency: deps.concurrency ?? 8,
-      perDestination: deps.perDestination ?? 4,
+      concurrency: deps.concurrency ?? 16,
+      // Half the slots at most for one destination: a slow or rate-limiting peer cannot hold them all.
+      perDestination: deps.perDestination ?? Math.max(1, Math.floor((deps.concurrency ?? 16) / 2)),
       leaseMs: 120_000,
       pollMs: deps.pollMs,
     });

@@ -1,7 +1,13 @@
 /**
- * The loop both queue workers share (the outbox and the fetcher): claim due jobs of one kind with a lease,
- * run them concurrently up to a limit, poll again after a pause, and on stop wait for the work in flight
- * and hand back every lease still held, so another replica retries it at once rather than after the lease.
+ * The loop the queue workers share (the outbox, the fetcher, relays, the blob collector): claim due jobs of
+ * one kind with a lease, run them concurrently up to a limit, and on stop wait for the work in flight and
+ * hand back every lease still held, so another replica retries it at once rather than after the lease.
+ *
+ * A started worker claims again as soon as it may have work: when this process queues a job (`wake`), and
+ * when one of its jobs ends and frees a slot while the last claim left due jobs behind (it was full, or a
+ * destination was at its limit); after a claim that emptied the queue, a finished job costs no claim.
+ * Claims never overlap within a worker: wakes arriving during a claim are folded into one more after it. The timer poll remains for what no wake announces: jobs queued by other
+ * replicas, retries coming due, leases expiring.
  */
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '@federizer/common';
@@ -21,8 +27,15 @@ export abstract class LeasedWorker<P> {
   readonly owner: string;
   #timer: NodeJS.Timeout | undefined;
   #running = new Set<Promise<void>>();
+  #started = false;
   #stopped = false;
   #paused = false;
+  /** The claim of the wake loop in progress, if any. */
+  #claiming: Promise<void> | undefined;
+  /** A wake arrived while a claim was in progress: claim once more after it. */
+  #again = false;
+  /** Due jobs may be waiting for a free slot or for their destination's limit: a finished job claims. */
+  #backlog = false;
 
   protected constructor(private readonly options: WorkerOptions) {
     this.owner = `${options.kind}-${randomUUID()}`;
@@ -32,15 +45,38 @@ export abstract class LeasedWorker<P> {
   protected abstract run(job: Job<P>): Promise<void>;
 
   start(): void {
+    this.#started = true;
     const tick = () => {
       if (this.#stopped) return;
-      this.poll()
-        .catch((err: unknown) => this.options.logger.error({ err }, `${this.options.kind} poll failed`))
-        .finally(() => {
-          if (!this.#stopped) this.#timer = setTimeout(tick, this.options.pollMs ?? 1000).unref();
-        });
+      this.wake();
+      this.#timer = setTimeout(tick, this.options.pollMs ?? 1000).unref();
     };
     tick();
+  }
+
+  /**
+   * Tells a started worker that jobs may be due (this process queued one): it claims at once, without
+   * waiting for the batch in flight or the next poll. Does nothing on a worker that was not started
+   * (tests drive those with `poll`).
+   */
+  wake(): void {
+    if (!this.#started || this.#stopped) return;
+    if (this.#claiming !== undefined) {
+      this.#again = true;
+      return;
+    }
+    this.#claiming = this.#claimLoop()
+      .catch((err: unknown) => this.options.logger.error({ err }, `${this.options.kind} poll failed`))
+      .finally(() => {
+        this.#claiming = undefined;
+      });
+  }
+
+  async #claimLoop(): Promise<void> {
+    do {
+      this.#again = false;
+      await this.#claim();
+    } while (this.#again && !this.#stopped && !this.#paused);
   }
 
   /** Holds new claims (work in flight finishes); `resume` lets them go on. For maintenance and tests. */
@@ -50,32 +86,51 @@ export abstract class LeasedWorker<P> {
 
   resume(): void {
     this.#paused = false;
+    this.wake();
   }
 
-  /** Claims and runs due jobs; resolves when this batch is done. Also called to start work at once. */
+  /** Claims and runs due jobs; resolves when this batch is done. For tests and tools driving a worker. */
   async poll(): Promise<void> {
-    if (this.#stopped || this.#paused) return;
-    const free = this.options.concurrency - this.#running.size;
-    if (free <= 0) return;
-    const jobs = await this.options.jobs.claim<P>({
+    const { runs } = await this.#claim();
+    await Promise.all(runs);
+  }
+
+  #free(): number {
+    return this.options.concurrency - this.#running.size;
+  }
+
+  /** Claims up to the free slots and starts the jobs; answers their runs. */
+  async #claim(): Promise<{ runs: Promise<void>[] }> {
+    if (this.#stopped || this.#paused) return { runs: [] };
+    const free = this.#free();
+    if (free <= 0) {
+      // Woken with every slot taken: the job that woke it waits for a slot to end.
+      this.#backlog = true;
+      return { runs: [] };
+    }
+    const { jobs, more } = await this.options.jobs.claimBatch<P>({
       kinds: [this.options.kind],
       owner: this.owner,
       limit: free,
       leaseMs: this.options.leaseMs,
       perDestinationLimit: this.options.perDestination,
     });
-    await Promise.all(
-      jobs.map((job) => {
-        const run = this.run(job).finally(() => this.#running.delete(run));
-        this.#running.add(run);
-        return run;
-      }),
-    );
+    const runs = jobs.map((job) => {
+      const run = this.run(job).finally(() => {
+        this.#running.delete(run);
+        if (this.#backlog) this.wake();
+      });
+      this.#running.add(run);
+      return run;
+    });
+    this.#backlog = more;
+    return { runs };
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#timer);
+    await this.#claiming;
     await Promise.allSettled([...this.#running]);
     await this.options.jobs.release(this.owner);
   }

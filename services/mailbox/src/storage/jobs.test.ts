@@ -172,6 +172,48 @@ describe.each(testDatabases())('JobQueue on $name', (database) => {
     expect(b.map((j) => j.destination)).toEqual(['busy.example']);
   });
 
+  it('says whether a claim left due jobs behind, so a worker knows when a finished job is worth a claim', async () => {
+    const claim = (owner: string, limit: number) =>
+      queue.claimBatch({ kinds: ['transfer'], owner, limit, leaseMs: LEASE, perDestinationLimit: 2 });
+    expect(await claim('w1', 5)).toEqual({ jobs: [], more: false });
+    for (let i = 0; i < 3; i++) await queue.enqueue('transfer', `busy${i}`, 'busy.example', i);
+    await queue.enqueue('transfer', 'quiet0', 'quiet.example', 0);
+    // The limit filled: more may be due.
+    const first = await claim('w1', 1);
+    expect(first.jobs.map((j) => j.key)).toEqual(['busy0']);
+    expect(first.more).toBe(true);
+    // busy2 passed over for its destination's limit of 2: due, yet not claimed.
+    const second = await claim('w1', 5);
+    expect(second.jobs.map((j) => j.key).sort()).toEqual(['busy1', 'quiet0']);
+    expect(second.more).toBe(true);
+    // Nothing claimable while busy.example is at its limit, which is still worth saying.
+    expect(await claim('w2', 5)).toEqual({ jobs: [], more: true });
+    await queue.complete(first.jobs[0]!.id, 'w1');
+    const third = await claim('w2', 5);
+    expect(third.jobs.map((j) => j.key)).toEqual(['busy2']);
+    // The queue is drained: finished jobs need not claim again.
+    expect(third.more).toBe(false);
+    for (const job of [...second.jobs, ...third.jobs]) await queue.complete(job.id, job.leaseOwner!);
+    expect(await claim('w1', 5)).toEqual({ jobs: [], more: false });
+  });
+
+  it('answers claimed jobs as they are stored, lease included', async () => {
+    await queue.enqueue('fetch', 'k1', 'a.example', { n: 1 });
+    await queue.enqueue('fetch', 'k2', 'b.example', { n: 2 });
+    const claimed = await queue.claim({
+      kinds: ['fetch'],
+      owner: 'w1',
+      limit: 5,
+      leaseMs: LEASE,
+      perDestinationLimit: 1,
+    });
+    expect(claimed).toHaveLength(2);
+    for (const job of claimed) {
+      expect(job).toEqual(await queue.get(job.id));
+      expect(job).toMatchObject({ leaseOwner: 'w1', leaseUntil: clock.now() + LEASE, attempts: 1 });
+    }
+  });
+
   it('lets another worker reclaim a job whose lease expired (a crashed worker)', async () => {
     const { job } = await queue.enqueue('fetch', 'k', 'a.example', 1);
     await queue.claim({ kinds: ['fetch'], owner: 'crashed', limit: 1, leaseMs: LEASE });

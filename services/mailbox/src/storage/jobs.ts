@@ -205,6 +205,16 @@ export class JobQueue {
    * ones do not). A job whose lease expired is due again.
    */
   async claim<P = unknown>(options: ClaimOptions): Promise<Job<P>[]> {
+    return (await this.claimBatch<P>(options)).jobs;
+  }
+
+  /**
+   * `claim`, also answering whether due jobs may remain that this claim did not take: it filled `limit`,
+   * passed some over for their destination's limit, or some destination is at its limit (its jobs become
+   * claimable when one of its leases ends). A worker uses it to decide whether a finished job is worth
+   * another claim at once, or whether the queue is empty and the next wake or poll will do.
+   */
+  async claimBatch<P = unknown>(options: ClaimOptions): Promise<{ jobs: Job<P>[]; more: boolean }> {
     if (!Array.isArray(options.kinds) || options.kinds.length === 0) throw new TypeError('kinds must not be empty');
     const kinds = options.kinds.map((k) => checkString(k, 'kind', 16));
     const owner = checkString(options.owner, 'owner', 64);
@@ -214,66 +224,74 @@ export class JobQueue {
       options.perDestinationLimit === undefined
         ? Number.POSITIVE_INFINITY
         : checkLimit(options.perDestinationLimit, 1_000_000, 'perDestinationLimit');
+    const limited = Number.isFinite(perDestination);
     const postgres = isPostgres(this.#knex);
 
-    const ids = await this.#knex.transaction(async (trx) => {
+    const claimed = await this.#knex.transaction(async (trx) => {
       const now = this.#now();
+      const leasedCount = (q: Knex.QueryBuilder) =>
+        q
+          .select('destination')
+          .count({ n: '*' })
+          .from('mail_jobs')
+          .where('status', 'pending')
+          .andWhere('lease_until', '>', now)
+          .groupBy('destination');
+      // Leases held now, per destination: few rows (at most the leases of all workers). Destinations at
+      // their limit are skipped, so they cannot crowd the others out of the candidates.
+      const leased = new Map<string, number>();
+      if (limited) {
+        const counts = (await leasedCount(trx.queryBuilder())) as { destination: string; n: unknown }[];
+        for (const c of counts) leased.set(c.destination, dbNumber(c.n));
+      }
+      const full = [...leased].filter(([, n]) => n >= perDestination).map(([d]) => d);
+      // Whole rows: the claimed jobs are answered from them, without reading them again after the update.
       let candidates = trx('mail_jobs')
-        .select('id', 'destination')
+        .select()
         .where('status', 'pending')
         .whereIn('kind', kinds)
         .andWhere('next_attempt_at', '<=', now)
         .andWhere((q) => q.whereNull('lease_until').orWhere('lease_until', '<=', now));
-      if (Number.isFinite(perDestination)) {
-        // Skip destinations already at their limit, so they cannot crowd the others out of the candidates.
-        candidates = candidates.whereNotIn('destination', (q) =>
-          q
-            .select('destination')
-            .from('mail_jobs')
-            .where('status', 'pending')
-            .andWhere('lease_until', '>', now)
-            .groupBy('destination')
-            .havingRaw('count(*) >= ?', [perDestination]),
-        );
-      }
-      candidates = candidates
-        .orderBy([{ column: 'next_attempt_at' }, { column: 'id' }])
-        .limit(Number.isFinite(perDestination) ? limit * CANDIDATE_FACTOR : limit);
+      for (const part of chunks(full)) candidates = candidates.whereNotIn('destination', part);
+      const candidateLimit = limited ? limit * CANDIDATE_FACTOR : limit;
+      candidates = candidates.orderBy([{ column: 'next_attempt_at' }, { column: 'id' }]).limit(candidateLimit);
       if (postgres) candidates = candidates.forUpdate().skipLocked();
-      const rows = (await candidates) as { id: string; destination: string }[];
-      if (rows.length === 0) return [];
+      const rows = (await candidates) as JobRow[];
+      if (rows.length === 0) return { ids: [], rows: [], updated: 0, more: full.length > 0 };
 
-      const destinations = [...new Set(rows.map((r) => r.destination))].sort();
-      const leased = new Map<string, number>();
-      if (Number.isFinite(perDestination)) {
-        if (postgres) {
-          // Sorted, so two claimers locking overlapping destinations cannot deadlock.
-          for (const d of destinations) {
-            await trx.raw('select pg_advisory_xact_lock(?, hashtext(?))', [ADVISORY_CLASS, d]);
-          }
+      if (limited && postgres) {
+        // Other replicas claim at the same time: the counts above are only a filter. Under a lock per
+        // destination (sorted, so two claimers locking overlapping destinations cannot deadlock), they are
+        // counted again; claims committed meanwhile by others are visible to this statement.
+        const destinations = [...new Set(rows.map((r) => r.destination))].sort();
+        for (const d of destinations) {
+          await trx.raw('select pg_advisory_xact_lock(?, hashtext(?))', [ADVISORY_CLASS, d]);
         }
-        // Counted after the locks: claims committed meanwhile by others are visible to this statement.
         for (const part of chunks(destinations)) {
-          const counts = (await trx('mail_jobs')
-            .select('destination')
-            .count({ n: '*' })
-            .where('status', 'pending')
-            .andWhere('lease_until', '>', now)
-            .whereIn('destination', part)
-            .groupBy('destination')) as { destination: string; n: unknown }[];
+          const counts = (await leasedCount(trx.queryBuilder()).whereIn('destination', part)) as {
+            destination: string;
+            n: unknown;
+          }[];
           for (const c of counts) leased.set(c.destination, dbNumber(c.n));
         }
       }
-      const chosen: string[] = [];
+      // On SQLite the transaction runs alone (one connection): the counts read first are still exact.
+      const chosen: JobRow[] = [];
+      let skipped = false;
       for (const row of rows) {
         if (chosen.length >= limit) break;
         const n = leased.get(row.destination) ?? 0;
-        if (n >= perDestination) continue;
+        if (n >= perDestination) {
+          skipped = true;
+          continue;
+        }
         leased.set(row.destination, n + 1);
-        chosen.push(row.id);
+        chosen.push(row);
       }
-      for (const part of chunks(chosen)) {
-        await trx('mail_jobs')
+      const ids = chosen.map((r) => r.id);
+      let updated = 0;
+      for (const part of chunks(ids)) {
+        updated += await trx('mail_jobs')
           .whereIn('id', part)
           .andWhere('status', 'pending')
           .andWhere((q) => q.whereNull('lease_until').orWhere('lease_until', '<=', now))
@@ -284,9 +302,21 @@ export class JobQueue {
             updated_at: now,
           });
       }
-      return chosen;
+      const leasedRows = chosen.map((r) => ({
+        ...r,
+        lease_owner: owner,
+        lease_until: now + leaseMs,
+        attempts: dbNumber(r.attempts) + 1,
+        updated_at: now,
+      }));
+      const more = full.length > 0 || skipped || chosen.length >= limit || rows.length >= candidateLimit;
+      return { ids, rows: leasedRows, updated, more };
     });
-    if (ids.length === 0) return [];
+    const { ids, more } = claimed;
+    if (ids.length === 0) return { jobs: [], more };
+    // The candidates were locked (PostgreSQL) or the transaction ran alone (SQLite), so every guarded update
+    // applies; should one not have, the jobs this owner really holds are read back instead.
+    if (claimed.updated === ids.length) return { jobs: claimed.rows.map((r) => toJob<P>(r)), more };
     const rows: JobRow[] = [];
     for (const part of chunks(ids)) {
       rows.push(
@@ -294,7 +324,8 @@ export class JobQueue {
       );
     }
     const order = new Map(ids.map((id, i) => [id, i]));
-    return rows.sort((a, b) => (order.get(a.id) ?? 0) - (order.get(b.id) ?? 0)).map((r) => toJob<P>(r));
+    const jobs = rows.sort((a, b) => (order.get(a.id) ?? 0) - (order.get(b.id) ?? 0)).map((r) => toJob<P>(r));
+    return { jobs, more };
   }
 
   /** Marks a leased job done. Only the current lease owner may (`not_lease_owner`). */

@@ -1,0 +1,152 @@
+/**
+ * The wake loop of LeasedWorker on a real queue. The poll timer is set to an hour, so a job that runs was
+ * claimed through a wake or a finished job; a worker that waited for its timer would hang the test.
+ */
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '@federizer/common';
+import { JobQueue, type ClaimOptions, type Job } from '../storage/jobs.js';
+import {
+  clearMailboxTables,
+  openMailboxDatabase,
+  testDatabases,
+  type MailboxTestDatabase,
+} from '../storage/testing.js';
+import { LeasedWorker } from './worker.js';
+
+const HOUR = 3_600_000;
+
+/** A real queue that counts the claims made on it. */
+class CountingQueue extends JobQueue {
+  claims = 0;
+  override async claimBatch<P = unknown>(options: ClaimOptions): Promise<{ jobs: Job<P>[]; more: boolean }> {
+    this.claims++;
+    return super.claimBatch<P>(options);
+  }
+}
+
+/** Runs each job until the test lets it finish, and completes it. */
+class TestWorker extends LeasedWorker<number> {
+  readonly started: number[] = [];
+  readonly #gates = new Map<number, () => void>();
+  #arrived: (() => void) | undefined;
+
+  constructor(
+    private readonly queue: JobQueue,
+    concurrency: number,
+  ) {
+    super({
+      kind: 'test',
+      jobs: queue,
+      logger: silentLogger(),
+      concurrency,
+      perDestination: concurrency,
+      leaseMs: HOUR,
+      pollMs: HOUR,
+    });
+  }
+
+  protected async run(job: Job<number>): Promise<void> {
+    this.started.push(job.payload);
+    await new Promise<void>((resolve) => {
+      this.#gates.set(job.payload, resolve);
+      this.#arrived?.();
+    });
+    await this.queue.complete(job.id, this.owner);
+  }
+
+  /** Resolves once `n` jobs have started. */
+  async startedCount(n: number): Promise<void> {
+    while (this.started.length < n) await new Promise<void>((resolve) => (this.#arrived = resolve));
+  }
+
+  finish(payload: number): void {
+    const gate = this.#gates.get(payload);
+    if (gate === undefined) throw new Error(`job ${payload} is not running`);
+    this.#gates.delete(payload);
+    gate();
+  }
+}
+
+describe.each(testDatabases())('LeasedWorker on $name', (database) => {
+  let db: MailboxTestDatabase;
+  let queue: CountingQueue;
+  let worker: TestWorker | undefined;
+
+  beforeAll(async () => {
+    db = await openMailboxDatabase(database);
+    queue = new CountingQueue(db.knex);
+  });
+
+  afterAll(async () => {
+    await db?.destroy();
+  });
+
+  beforeEach(async () => {
+    await clearMailboxTables(db.knex);
+    queue.claims = 0;
+  });
+
+  afterEach(async () => {
+    await worker?.stop();
+    worker = undefined;
+  });
+
+  it('claims a job this process queued at once, without waiting for its poll', async () => {
+    worker = new TestWorker(queue, 4);
+    worker.start();
+    await queue.enqueue('test', 'a', 'x.example', 1);
+    worker.wake();
+    await worker.startedCount(1);
+    expect(worker.started).toEqual([1]);
+    worker.finish(1);
+  });
+
+  it('takes the next job when a slot frees while jobs wait', async () => {
+    worker = new TestWorker(queue, 1);
+    worker.start();
+    for (let i = 1; i <= 3; i++) await queue.enqueue('test', `k${i}`, 'x.example', i);
+    worker.wake();
+    await worker.startedCount(1);
+    // One slot: the others wait for it, claimed as each job ends (no poll comes within the test).
+    worker.finish(1);
+    await worker.startedCount(2);
+    worker.finish(2);
+    await worker.startedCount(3);
+    expect(worker.started).toEqual([1, 2, 3]);
+    worker.finish(3);
+    await worker.stop();
+    expect(await queue.depth()).toEqual({});
+    worker = undefined;
+  });
+
+  it('folds wakes arriving during a claim into one more claim, never running more than its slots', async () => {
+    worker = new TestWorker(queue, 2);
+    worker.start();
+    for (let i = 1; i <= 5; i++) await queue.enqueue('test', `k${i}`, 'x.example', i);
+    for (let i = 0; i < 10; i++) worker.wake();
+    await worker.startedCount(2);
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    expect(worker.started).toEqual([1, 2]);
+    worker.finish(1);
+    worker.finish(2);
+    await worker.startedCount(4);
+    expect(worker.started.slice(2).sort()).toEqual([3, 4]);
+    worker.finish(3);
+    worker.finish(4);
+    await worker.startedCount(5);
+    worker.finish(5);
+  });
+
+  it('does nothing on a wake before start: tests drive such workers with poll', async () => {
+    worker = new TestWorker(queue, 2);
+    await queue.enqueue('test', 'a', 'x.example', 1);
+    worker.wake();
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    expect(queue.claims).toBe(0);
+    const polled = worker.poll();
+    await worker.startedCount(1);
+    worker.finish(1);
+    await polled;
+    expect(await queue.depth()).toEqual({});
+  });
+});
