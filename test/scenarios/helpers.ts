@@ -651,11 +651,16 @@ export async function partialSize(s: Scenario, domain: string, contentId: string
 
 /** The domains whose processes `occupyFetchWorker` freezes: a federation for it has these two as well. */
 export const HOG_DOMAINS = ['example.org', 'example.edu'] as const;
+/**
+ * The mailbox settings a federation for `occupyFetchWorker` runs with: four fetches at once, two per origin
+ * (the production default is larger), so that two frozen senders of two attachments each fill the worker.
+ */
+export const HOG_MAILBOX = { fetchConcurrency: 4 } as const;
 const HOG_SIZE = 64 * 1024 * 1024;
 
 /**
- * Fills the fetch worker of bob@example.net's mailbox so that a fetch queued next waits: it runs at most
- * four fetches at once and two per origin domain, so the demo users of example.org and example.edu each send
+ * Fills the fetch worker of bob@example.net's mailbox so that a fetch queued next waits: with `HOG_MAILBOX`
+ * it runs at most four fetches at once and two per origin domain, so the demo users of example.org and example.edu each send
  * Bob two large attachments, and once their fetches are under way those two domains' processes are frozen
  * (SIGSTOP) mid-answer. Resolves with the frozen transfers' Content-IDs and `thaw`, which lets them go on
  * (SIGCONT; also to be called in `afterAll`, as a frozen process cannot stop).

@@ -11,6 +11,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   HOG_DOMAINS,
+  HOG_MAILBOX,
   arrived,
   draft,
   messageIdOf,
@@ -34,7 +35,11 @@ describe('the origin domain down when the fetch starts', () => {
   let thaw: () => void = () => undefined;
 
   beforeAll(async () => {
-    s = await startScenario({ processes: true, domains: ['example.com', 'example.net', ...HOG_DOMAINS] });
+    s = await startScenario({
+      processes: true,
+      domains: ['example.com', 'example.net', ...HOG_DOMAINS],
+      mailbox: HOG_MAILBOX,
+    });
   });
   afterAll(async () => {
     thaw();

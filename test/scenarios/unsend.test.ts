@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   FETCH_ROUTE,
   HOG_DOMAINS,
+  HOG_MAILBOX,
   arrived,
   deliveries,
   download,
@@ -35,7 +36,11 @@ describe('scenario 7: unsend before the fetch', () => {
   let thaw: () => void = () => undefined;
 
   beforeAll(async () => {
-    s = await startScenario({ processes: true, domains: ['example.com', 'example.net', ...HOG_DOMAINS] });
+    s = await startScenario({
+      processes: true,
+      domains: ['example.com', 'example.net', ...HOG_DOMAINS],
+      mailbox: HOG_MAILBOX,
+    });
   });
   afterAll(async () => {
     thaw();
