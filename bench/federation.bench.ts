@@ -24,7 +24,8 @@
  * BENCH_FED_SENDERS, BENCH_FED_BIG_MIB set them one by one; BENCH_FED_PHASES=small,large,big chooses the
  * phases; BENCH_LOG=1 prints the services' logs; BENCH_FED_PROCESSES=0 runs the domains in the bench's own
  * process (for `node --cpu-prof --import tsx bench/run.ts federation`); BENCH_FED_OUTBOX_CONCURRENCY and
- * BENCH_FED_FETCH_CONCURRENCY set the mailboxes' worker concurrency (defaults: the mailbox's, 16 and 8).
+ * BENCH_FED_FETCH_CONCURRENCY set the mailboxes' worker concurrency (defaults: the mailbox's, 16 and 8);
+ * BENCH_PROFILE_DIR=dir writes a CPU profile of each domain's process there.
  * The local federation lifts the per-domain transfer rate limit (domain-services.ts), as `npm start` does.
  */
 import { execFileSync } from 'node:child_process';
@@ -71,6 +72,8 @@ const WORKERS = {
   ...(process.env.BENCH_FED_OUTBOX_CONCURRENCY ? { outboxConcurrency: int('BENCH_FED_OUTBOX_CONCURRENCY', 16) } : {}),
   ...(process.env.BENCH_FED_FETCH_CONCURRENCY ? { fetchConcurrency: int('BENCH_FED_FETCH_CONCURRENCY', 8) } : {}),
 };
+/** A CPU profile of each domain's process is written there when the federation stops. */
+const PROFILE_DIR = process.env.BENCH_PROFILE_DIR;
 const TARGET_PER_SECOND = 200;
 const TEXT_SIZE = 3 * 1024;
 const ATTACHMENT_SIZE = 1024 * 1024;
@@ -684,6 +687,7 @@ export async function run(): Promise<void> {
     dataDir: join(dir, 'data'),
     portBase: 0,
     processes: PROCESSES,
+    ...(PROFILE_DIR ? { nodeOptions: ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] } : {}),
     // Info, for the retries of transfers and fetches, which the figures would not explain otherwise.
     logLevel: 'info',
     webmailDist: dist,

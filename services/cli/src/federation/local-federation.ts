@@ -52,6 +52,8 @@ export interface LocalFederationOptions {
   readonly portBase?: number;
   /** One child process per domain (default true), or every domain in this process. */
   readonly processes?: boolean;
+  /** Extra Node.js options for each domain's process (process mode), e.g. `--cpu-prof` for a benchmark. */
+  readonly nodeOptions?: readonly string[];
   /** Level of the services' logs (pino): default 'warn'. */
   readonly logLevel?: string;
   /** Receives every log line of a domain: pino JSON from its services, or raw text its process wrote to stderr. */
@@ -340,7 +342,11 @@ export async function startLocalFederation(options: LocalFederationOptions): Pro
   const launchChild = (state: DomainState): Promise<void> => {
     const { domain } = state.spec;
     const { entry, execArgv } = childEntry();
-    const child = fork(entry, [], { execArgv, stdio: ['ignore', 'pipe', 'pipe', 'ipc'], env: process.env });
+    const child = fork(entry, [], {
+      execArgv: [...(options.nodeOptions ?? []), ...execArgv],
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+      env: process.env,
+    });
     state.child = child;
     for (const stream of [child.stdout!, child.stderr!])
       createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => log(domain, line));
