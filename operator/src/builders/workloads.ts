@@ -8,6 +8,7 @@ import type { ResolvedMailDomain, ResourceRequirements, StorageSpec } from '../m
 import {
   CONTAINER_PORT,
   DATA_DIR,
+  METRICS_PORT,
   authEnv,
   configHash,
   configMap,
@@ -32,6 +33,12 @@ interface WorkloadPlan {
   storage?: { claim: string; spec: StorageSpec & { size: string; accessMode: string; retainOnDelete: boolean } };
   /** The webmail has no dependency to wait for: it is ready when it is alive. */
   readinessPath: '/readyz' | '/healthz';
+  /**
+   * The container port that serves /metrics and the probes: `http` for the AS and the mailbox, whose Ingress
+   * rules list only public paths; `metrics`, a port of its own, for the webmail, whose public port the
+   * Ingress reaches on every path.
+   */
+  metricsPort: 'http' | 'metrics';
   terminationGracePeriodSeconds: number;
 }
 
@@ -48,6 +55,7 @@ function plans(md: ResolvedMailDomain): WorkloadPlan[] {
       // With PostgreSQL the AS keeps no files.
       ...(spec.database.type === 'sqlite' ? { storage: { claim: n.authData, spec: spec.authServer.storage } } : {}),
       readinessPath: '/readyz',
+      metricsPort: 'http',
       terminationGracePeriodSeconds: 30,
     },
     {
@@ -59,6 +67,7 @@ function plans(md: ResolvedMailDomain): WorkloadPlan[] {
       // The resources (blobs) are files whatever the database.
       storage: { claim: n.mailboxData, spec: spec.mailbox.storage },
       readinessPath: '/readyz',
+      metricsPort: 'http',
       // Requests in flight finish and claimed queue work is handed back on SIGTERM.
       terminationGracePeriodSeconds: 60,
     },
@@ -71,15 +80,22 @@ function plans(md: ResolvedMailDomain): WorkloadPlan[] {
       env: webmailEnv(md),
       resources: spec.webmail.resources,
       readinessPath: '/healthz',
+      metricsPort: 'metrics',
       terminationGracePeriodSeconds: 10,
     });
   }
   return result;
 }
 
-function probe(path: string, periodSeconds: number, failureThreshold: number) {
-  return { httpGet: { path, port: 'http' }, periodSeconds, failureThreshold, timeoutSeconds: 3 };
+/** The kubelet probes the pod directly, on the port that serves the probes (never through the Ingress). */
+function probe(port: WorkloadPlan['metricsPort'], path: string, periodSeconds: number, failureThreshold: number) {
+  return { httpGet: { path, port }, periodSeconds, failureThreshold, timeoutSeconds: 3 };
 }
+
+const containerPorts = (plan: WorkloadPlan) => [
+  { name: 'http', containerPort: CONTAINER_PORT, protocol: 'TCP' },
+  ...(plan.metricsPort === 'metrics' ? [{ name: 'metrics', containerPort: METRICS_PORT, protocol: 'TCP' }] : []),
+];
 
 function deployment(md: ResolvedMailDomain, plan: WorkloadPlan): Manifest {
   const { spec } = md;
@@ -95,11 +111,11 @@ function deployment(md: ResolvedMailDomain, plan: WorkloadPlan): Manifest {
     volumes.push({ name: 'data', persistentVolumeClaim: { claimName: plan.storage.claim } });
     mounts.push({ name: 'data', mountPath: DATA_DIR });
   }
-  // Every component serves /metrics on its one port; annotation-based scrapers find it without a ServiceMonitor.
+  // Annotation-based scrapers find /metrics without a ServiceMonitor.
   const podAnnotations: Record<string, string> = {
     [CONFIG_HASH_ANNOTATION]: hash,
     'prometheus.io/scrape': 'true',
-    'prometheus.io/port': String(CONTAINER_PORT),
+    'prometheus.io/port': String(plan.metricsPort === 'metrics' ? METRICS_PORT : CONTAINER_PORT),
     'prometheus.io/path': '/metrics',
   };
   return {
@@ -138,13 +154,13 @@ function deployment(md: ResolvedMailDomain, plan: WorkloadPlan): Manifest {
               image: `${spec.image.repository}:${spec.image.tag}`,
               imagePullPolicy: spec.image.pullPolicy,
               args: plan.args,
-              ports: [{ name: 'http', containerPort: CONTAINER_PORT, protocol: 'TCP' }],
+              ports: containerPorts(plan),
               envFrom: [{ configMapRef: { name } }],
               ...(plan.env.secrets.length > 0 ? { env: plan.env.secrets } : {}),
               // Compiling the TypeScript sources at start takes seconds on a small node.
-              startupProbe: probe('/healthz', 2, 60),
-              livenessProbe: probe('/healthz', 10, 3),
-              readinessProbe: probe(plan.readinessPath, 5, 3),
+              startupProbe: probe(plan.metricsPort, '/healthz', 2, 60),
+              livenessProbe: probe(plan.metricsPort, '/healthz', 10, 3),
+              readinessProbe: probe(plan.metricsPort, plan.readinessPath, 5, 3),
               resources: plan.resources,
               securityContext: {
                 allowPrivilegeEscalation: false,
@@ -163,15 +179,22 @@ function deployment(md: ResolvedMailDomain, plan: WorkloadPlan): Manifest {
   };
 }
 
-function service(md: ResolvedMailDomain, component: Workload): Manifest {
+/**
+ * `http` is what the Ingress sends to; `metrics` is what the ServiceMonitor scrapes, on every Service alike,
+ * leading to whichever container port serves /metrics.
+ */
+function service(md: ResolvedMailDomain, plan: WorkloadPlan): Manifest {
   return {
     apiVersion: 'v1',
     kind: 'Service',
-    metadata: metadata(md, component, names(md)[component]),
+    metadata: metadata(md, plan.component, names(md)[plan.component]),
     spec: {
       type: 'ClusterIP',
-      selector: selectorLabels(md, component),
-      ports: [{ name: 'http', port: 80, targetPort: 'http', protocol: 'TCP' }],
+      selector: selectorLabels(md, plan.component),
+      ports: [
+        { name: 'http', port: 80, targetPort: 'http', protocol: 'TCP' },
+        { name: 'metrics', port: METRICS_PORT, targetPort: plan.metricsPort, protocol: 'TCP' },
+      ],
     },
   };
 }
@@ -215,7 +238,7 @@ export function buildWorkloads(md: ResolvedMailDomain): {
     configMaps: all.map((p) => configMap(md, p.component, p.env.config)),
     claims: all.flatMap((p) => (p.storage ? [claim(md, p.component, p.storage)] : [])),
     deployments: all.map((p) => deployment(md, p)),
-    services: all.map((p) => service(md, p.component)),
+    services: all.map((p) => service(md, p)),
     disruptionBudgets: all.filter((p) => p.replicas > 1).map((p) => disruptionBudget(md, p.component)),
   };
 }

@@ -1,7 +1,8 @@
 /**
  * The webmail's static server over real HTTP: /config.json, the app's routes falling back to index.html,
  * the cache headers of hashed assets and of what changes in place, the page shown before the app is built,
- * its configuration checks, and `federizer webmail` configured by the environment.
+ * /metrics and /healthz on their own listener and never on the public one, its configuration checks, and
+ * `federizer webmail` configured by the environment.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createServer } from 'node:net';
@@ -16,6 +17,16 @@ import {
   webmailServerConfig,
   type WebmailServerConfig,
 } from '../src/federation/webmail-server.js';
+
+// promtool comes from Debian's prometheus package, which .ci/run installs.
+const PROMTOOL = spawnSync('sh', ['-c', 'command -v promtool'], { encoding: 'utf8' }).stdout.trim() || undefined;
+
+/** The exposition passes `promtool check metrics` (the house rule for every /metrics), where promtool is installed. */
+function expectValidExposition(text: string): void {
+  if (!PROMTOOL) return;
+  const lint = spawnSync(PROMTOOL, ['check', 'metrics'], { input: text, encoding: 'utf8' });
+  expect(lint.status, lint.stdout + lint.stderr).toBe(0);
+}
 
 const BIN = new URL('../../../node_modules/.bin/federizer', import.meta.url).pathname;
 const INDEX =
@@ -131,16 +142,39 @@ describe('the webmail server', () => {
     }
   });
 
-  it('has /healthz and /metrics for operators', async () => {
-    expect(await (await get('/healthz')).json()).toEqual({ status: 'ok' });
-    const metrics = await (await get('/metrics')).text();
-    expect(metrics).toMatch(/federizer_webmail_http_request_duration_seconds_count\{[^}]*service="webmail"[^}]*\} \d+/);
-    // promtool comes from Debian's prometheus package, which .ci/run installs.
-    const promtool = spawnSync('sh', ['-c', 'command -v promtool'], { encoding: 'utf8' }).stdout.trim();
-    if (promtool) {
-      const lint = spawnSync(promtool, ['check', 'metrics'], { input: metrics, encoding: 'utf8' });
-      expect(lint.status, lint.stdout + lint.stderr).toBe(0);
+  it('serves /metrics and /healthz on its metrics port only: the public port, which the Ingress reaches, answers 404', async () => {
+    expect(server.metricsPort).not.toBe(server.port);
+    await get('/inbox');
+    // The public port: not the metrics, and not the app's index.html either (every other extensionless path is).
+    for (const path of ['/metrics', '/healthz', '/metrics/', '/METRICS']) {
+      for (const method of ['GET', 'HEAD']) {
+        const res = await get(path, { method });
+        expect(res.status, `${method} ${path}`).toBe(404);
+        if (method === 'GET') expect(await res.text(), path).not.toMatch(/federizer_webmail|<title>|status/);
+      }
     }
+    // The metrics port: Prometheus's text format, counting the public port's requests (the 404s above too).
+    const res = await fetch(`${server.metricsUrl}/metrics`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
+    const metrics = await res.text();
+    const count = (method: string, route: string, code: number) =>
+      Number(
+        metrics.match(
+          new RegExp(
+            `^federizer_webmail_http_request_duration_seconds_count\\{service="webmail",method="${method}",route="${route}",code="${code}"\\} (\\d+)$`,
+            'm',
+          ),
+        )?.[1] ?? 0,
+      );
+    expect(count('GET', 'index.html', 200)).toBeGreaterThanOrEqual(1);
+    expect(count('GET', '/metrics', 404)).toBe(3);
+    expect(count('HEAD', '/healthz', 404)).toBe(1);
+    expectValidExposition(metrics);
+    expect(await (await fetch(`${server.metricsUrl}/healthz`)).json()).toEqual({ status: 'ok' });
+    // Nothing of the app is on the metrics port.
+    for (const path of ['/', '/config.json', '/inbox', '/assets/index-Cx3a9.js'])
+      expect((await fetch(`${server.metricsUrl}${path}`)).status, path).toBe(404);
   });
 
   it('before the app is built, says so and how to build it; a build appears without a restart', async () => {
@@ -178,6 +212,9 @@ describe('the webmail configuration', () => {
     expect(check({ publicUrl: undefined, port: 0 })).toThrow('publicUrl is required with a random port');
     expect(check({ domain: 'not a domain' })).toThrow('domain is not a domain name');
     expect(check({ port: 70000 })).toThrow('port must be an integer from 0 to 65535');
+    expect(check({ metricsPort: -1 })).toThrow('metricsPort must be an integer from 0 to 65535');
+    // The Ingress reaches the public port: /metrics there would be on the Internet.
+    expect(check({ port: 8412, metricsPort: 8412 })).toThrow('metricsPort must differ from port (8412)');
   });
 
   it('fills the defaults: client webmail, the public URL from a fixed port, the trailing slash of the issuer off', () => {
@@ -187,6 +224,9 @@ describe('the webmail configuration', () => {
       publicUrl: 'http://127.0.0.1:8412',
       issuer: base.issuer,
       host: '127.0.0.1',
+      // Embedded (federizer up, tests): any free port, on the webmail's own host.
+      metricsHost: '127.0.0.1',
+      metricsPort: 0,
     });
     expect(config.distDir).toMatch(/\/webmail\/dist$/);
   });
@@ -201,10 +241,28 @@ describe('the webmail configuration', () => {
       FEDERIZER_WEBMAIL_DIST: '/srv/webmail',
       FEDERIZER_DEV: '1',
     };
-    expect(readWebmailEnv(env)).toMatchObject({ port: 8412, distDir: '/srv/webmail', publicUrl: base.publicUrl });
+    // `federizer webmail` (a container's command) has a fixed metrics port, 9090 unless told otherwise.
+    expect(readWebmailEnv(env)).toMatchObject({
+      port: 8412,
+      distDir: '/srv/webmail',
+      publicUrl: base.publicUrl,
+      metricsPort: 9090,
+      metricsHost: '127.0.0.1',
+    });
+    expect(
+      readWebmailEnv({
+        ...env,
+        FEDERIZER_WEBMAIL_METRICS_PORT: '9464',
+        FEDERIZER_WEBMAIL_HOST: '0.0.0.0',
+        FEDERIZER_WEBMAIL_METRICS_HOST: '127.0.0.1',
+      }),
+    ).toMatchObject({ host: '0.0.0.0', metricsPort: 9464, metricsHost: '127.0.0.1' });
     expect(() => readWebmailEnv({ ...env, FEDERIZER_DOMAIN: '' })).toThrow('FEDERIZER_DOMAIN is required');
     expect(() => readWebmailEnv({ ...env, FEDERIZER_WEBMAIL_PORT: 'eighty' })).toThrow(
       'FEDERIZER_WEBMAIL_PORT must be a port number',
+    );
+    expect(() => readWebmailEnv({ ...env, FEDERIZER_WEBMAIL_METRICS_PORT: '9090x' })).toThrow(
+      'FEDERIZER_WEBMAIL_METRICS_PORT must be a port number',
     );
   });
 });
@@ -216,8 +274,10 @@ describe('federizer webmail', () => {
   });
   afterAll(() => rm(dir, { recursive: true, force: true }));
 
-  it('serves the configuration the environment gives, and stops cleanly on SIGTERM', async () => {
+  it('serves the configuration the environment gives, metrics on their port, and stops cleanly on SIGTERM', async () => {
     const port = await freePort();
+    let metricsPort = await freePort();
+    while (metricsPort === port) metricsPort = await freePort();
     const child = spawn(BIN, ['webmail'], {
       env: {
         ...process.env,
@@ -226,6 +286,7 @@ describe('federizer webmail', () => {
         FEDERIZER_MAILBOX_PUBLIC_URL: 'http://mail.example-net.localhost:8421',
         FEDERIZER_WEBMAIL_URL: 'http://webmail.example-net.localhost:8422',
         FEDERIZER_WEBMAIL_PORT: String(port),
+        FEDERIZER_WEBMAIL_METRICS_PORT: String(metricsPort),
         FEDERIZER_WEBMAIL_DIST: dir,
         FEDERIZER_DEV: '1',
       },
@@ -248,6 +309,10 @@ describe('federizer webmail', () => {
       mailboxUrl: 'http://mail.example-net.localhost:8421',
     });
     expect((await fetch(`http://127.0.0.1:${port}/`)).status).toBe(503);
+    expect((await fetch(`http://127.0.0.1:${port}/metrics`)).status).toBe(404);
+    const metrics = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
+    expect(metrics.status).toBe(200);
+    expectValidExposition(await metrics.text());
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
     expect(output).toMatch(/webmail stopped/);

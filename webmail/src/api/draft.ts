@@ -3,6 +3,7 @@
  * from what the user wrote. The text is an uploaded resource like any attachment; the mailbox stamps
  * Date and the digests when it sends (§4.2).
  */
+import type { ContentBlock } from './message-view.js';
 import { externalContentType, parseAddressList, ProtocolError, type Header, type Part } from './protocol.js';
 import type { Draft, UploadedResource } from './types.js';
 
@@ -25,6 +26,11 @@ export interface DraftInput {
   readonly inReplyTo?: string;
   readonly references?: string;
   readonly text: UploadedResource | undefined;
+  /**
+   * The text as parts already stored, in place of `text`: a reopened draft's own, written back as they were
+   * (an HTML part with its plain alternative stays a multipart/alternative of the two).
+   */
+  readonly keptText?: readonly ContentBlock[];
   readonly attachments: readonly DraftAttachment[];
 }
 
@@ -40,7 +46,7 @@ function quoted(value: string): string {
   return `"${value.replace(/[\r\n]+/g, ' ').replace(/(["\\])/g, '\\$1')}"`;
 }
 
-function leaf(resource: UploadedResource, disposition: string): Part {
+function leaf(resource: Pick<UploadedResource, 'contentId' | 'size' | 'mediaType'>, disposition: string): Part {
   return {
     headers: [
       { 'Content-Disposition': disposition },
@@ -66,7 +72,17 @@ export function buildDraft(input: DraftInput): Draft {
   if (input.references) headers.push({ References: input.references });
   headers.push({ 'Content-Type': 'multipart/mixed' });
   const parts: Part[] = [];
-  if (input.text) parts.push(leaf(input.text, 'inline'));
+  if (input.keptText && input.keptText.length > 0) {
+    for (const block of input.keptText) {
+      if (block.kind === 'html' && block.plain)
+        parts.push({
+          headers: [{ 'Content-Type': 'multipart/alternative' }],
+          // RFC 2046 §5.1.4: the alternatives from the plainest to the richest.
+          parts: [leaf(block.plain, 'inline'), leaf(block.part, 'inline')],
+        });
+      else parts.push(leaf(block.part, 'inline'));
+    }
+  } else if (input.text) parts.push(leaf(input.text, 'inline'));
   for (const a of input.attachments)
     parts.push(leaf(a.resource, a.inline ? 'inline' : `attachment; filename=${quoted(a.filename)}`));
   return { envelope: [{ headers }], body: { parts } };

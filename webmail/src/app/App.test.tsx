@@ -4,18 +4,16 @@
  * the title and a sentence for screen readers; it opens, reads, and answers it from the keyboard and
  * the mouse, with the compose form's validation tied to its fields.
  */
-import { act, render, screen, waitFor, within } from '@testing-library/react';
+import { act, screen, waitFor, within } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
 import { IDBFactory } from 'fake-indexeddb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildDraft, newMessageId } from '../api/draft.js';
 import { rebuildMessage } from '../api/message-view.js';
 import { installListboxLayout, uninstallListboxLayout } from '../testing/layout.js';
-import { localFetch, startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
+import { startApp } from '../testing/app-page.js';
+import { startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
 import { LocalDb } from '../stores/local-db.js';
-import { AppStore } from './app-store.js';
-import { App } from './App.js';
-import type { WebmailConfig } from './config.js';
 
 let fed: WebmailFederation;
 let alice: SignedIn;
@@ -32,42 +30,9 @@ afterAll(async () => {
   await fed?.close();
 });
 
-/** The page's network: config.json from the webmail's origin, everything else to the real services. */
-function pageFetch(config: WebmailConfig): typeof fetch {
-  return (async (input: RequestInfo | URL, init?: RequestInit) => {
-    const url = String(input instanceof Request ? input.url : input);
-    if (url === '/config.json')
-      return new Response(JSON.stringify(config), { headers: { 'content-type': 'application/json' } });
-    return localFetch(url, init);
-  }) as typeof fetch;
-}
-
-function start(
-  config: WebmailConfig,
-  indexedDB: IDBFactory,
-  options: { sessionChannel?: string; render?: boolean } = {},
-) {
-  const assigned: string[] = [];
-  const store = new AppStore({
-    sessionChannel: options.sessionChannel ?? false,
-    location: {
-      href: 'http://webmail.test/',
-      pathname: '/',
-      assign: (u: string | URL) => assigned.push(String(u)),
-      replace: () => undefined,
-    },
-    history: { replaceState: () => undefined },
-    fetch: pageFetch(config),
-    indexedDB,
-  });
-  void store.start();
-  if (options.render !== false) render(<App store={store} />);
-  return { store, assigned };
-}
-
 describe('the webmail', () => {
   it('offers the sign-in and goes to the AS with PKCE and a DPoP key thumbprint', async () => {
-    const { assigned } = start(fed.config('example.net'), new IDBFactory());
+    const { assigned } = startApp(fed.config('example.net'), new IDBFactory());
     const button = await screen.findByRole('button', { name: 'Sign in' });
     expect(screen.getByText('example.net')).toBeTruthy();
     await userEvent.click(button);
@@ -81,7 +46,7 @@ describe('the webmail', () => {
 
   it('shows new mail without a reload, reads it, and answers it', async () => {
     window.location.hash = '';
-    const { store } = start(bob.config, bob.indexedDB);
+    const { store } = startApp(bob.config, bob.indexedDB);
     const user = userEvent.setup();
     await screen.findByRole('heading', { name: 'Inbox' });
     await screen.findByText('No conversations here.');
@@ -165,8 +130,8 @@ describe('the webmail', () => {
     window.location.hash = '#/drafts';
     // Two tabs of one browser: the same IndexedDB, and a BroadcastChannel between them.
     const channel = `session-${Math.random()}`;
-    const other = start(carol.config, carol.indexedDB, { sessionChannel: channel, render: false });
-    const { store } = start(carol.config, carol.indexedDB, { sessionChannel: channel });
+    const other = startApp(carol.config, carol.indexedDB, { sessionChannel: channel, render: false });
+    const { store } = startApp(carol.config, carol.indexedDB, { sessionChannel: channel });
     const user = userEvent.setup();
     await screen.findByRole('heading', { name: 'Drafts' });
     await user.click(await screen.findByRole('option', { name: /Not yet sent/ }, { timeout: 20_000 }));

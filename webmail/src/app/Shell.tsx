@@ -187,7 +187,8 @@ export function Shell() {
       <Main>
         <Suspense fallback={<p style={{ padding: '1rem' }}>Loading…</p>}>
           {route.name === 'mailbox' && <MailScene mailbox={route.mailbox} threadId={route.threadId} />}
-          {route.name === 'compose' && <ComposeScene key={routeHref(route)} intent={route.intent} />}
+          {/* A new compose on each visit; the same one while it follows its draft's new ids (router.replace). */}
+          {route.name === 'compose' && <ComposeScene key={router.visit} intent={route.intent} />}
           {route.name === 'settings' && <SettingsScene />}
         </Suspense>
       </Main>

@@ -54,20 +54,56 @@ export function routeHref(route: Route): string {
 /** The current route, following `hashchange`. */
 export class RouterStore extends Store<Route> {
   #location: Pick<Location, 'hash'>;
+  #history: Pick<History, 'replaceState' | 'state'>;
+  #visit = 0;
 
-  constructor(target: Pick<Window, 'addEventListener'> & { location: Pick<Location, 'hash'> } = window) {
+  constructor(
+    target: Pick<Window, 'addEventListener'> & {
+      location: Pick<Location, 'hash'>;
+      history: Pick<History, 'replaceState' | 'state'>;
+    } = window,
+  ) {
     super(parseRoute(target.location.hash));
     this.#location = target.location;
+    this.#history = target.history;
     target.addEventListener('hashchange', () => {
       const next = parseRoute(this.#location.hash);
-      if (routeHref(next) !== routeHref(this.state)) this.setState(() => next);
+      if (routeHref(next) !== routeHref(this.state)) this.#enter(next);
     });
+  }
+
+  /**
+   * Counts the visits: going to a route (a link, `go`, the back button) is a new one; `replace` is not. A
+   * scene keyed by it starts afresh on each visit and keeps its state when its own URL is replaced.
+   */
+  get visit(): number {
+    return this.#visit;
+  }
+
+  #enter(route: Route): void {
+    this.#visit++;
+    this.setState(() => route);
   }
 
   go(route: Route): void {
     const href = routeHref(route);
     if (this.#location.hash !== href) this.#location.hash = href;
     // Set at once too: the hashchange event comes later, and the view should not wait for it.
+    const next = parseRoute(href);
+    if (routeHref(next) !== routeHref(this.state)) this.#enter(next);
+  }
+
+  /**
+   * Says where the current scene now is, in place: no new history entry, no new visit. E.g. a compose
+   * whose draft was saved (a new id each time), so that a reload or the back button reopens that draft.
+   * Nothing is done once the URL is no longer the router's (a link was followed, its hashchange not yet
+   * handled): the place it leads to wins.
+   */
+  replace(route: Route): void {
+    if (routeHref(parseRoute(this.#location.hash)) !== routeHref(this.state)) return;
+    const href = routeHref(route);
+    if (href === routeHref(this.state)) return;
+    this.#history.replaceState(this.#history.state, '', href);
     this.setState(() => parseRoute(href));
   }
 }

@@ -4,7 +4,8 @@
  */
 import { useEffect, useLayoutEffect, useRef, useState, type KeyboardEvent } from 'react';
 import styled from 'styled-components';
-import type { ComposeIntent } from '../app/router.js';
+import { NotFoundError } from '../api/errors.js';
+import { routeHref, type ComposeIntent } from '../app/router.js';
 import { useServices, useStore } from '../app/use-store.js';
 import { Button, IconButton } from '../components/Button.js';
 import { Field } from '../components/Field.js';
@@ -63,6 +64,14 @@ const Alert = styled.p`
   color: ${(p) => p.theme.color.danger};
 `;
 
+const Notice = styled.p`
+  margin: 0 0 0.6rem;
+  padding: 0.5rem 0.6rem;
+  border-left: 3px solid ${(p) => p.theme.color.border};
+  color: ${(p) => p.theme.color.textMuted};
+  font-size: 0.9rem;
+`;
+
 const FileLabel = styled.label`
   display: inline-flex;
   align-items: center;
@@ -104,6 +113,14 @@ function ComposeForm({ store, title }: { store: ComposeStore; title: string }) {
     if (!s.sent) return;
     router.go({ name: 'mailbox', mailbox: 'sent', threadId: undefined });
   }, [s.sent, router]);
+
+  // The address follows the saved draft, which gets a new id at every save (the mailbox replaces it): a
+  // reload, or coming back to this page, opens the draft as it was last saved, not a new message or a draft
+  // id that no longer exists.
+  useEffect(() => {
+    if (s.draftId !== undefined && !s.sent)
+      router.replace({ name: 'compose', intent: { kind: 'draft', id: s.draftId } });
+  }, [s.draftId, s.sent, router]);
 
   const send = () => void store.send();
   const onKeyDown = (e: KeyboardEvent) => {
@@ -147,6 +164,7 @@ function ComposeForm({ store, title }: { store: ComposeStore; title: string }) {
         />
       ))}
       <Field label="Subject" name="subject" value={s.subject} onChange={(v) => store.set('subject', v)} />
+      {s.textNotice && <Notice role="note">{s.textNotice}</Notice>}
       <Field label="Message" name="text" value={s.text} onChange={(v) => store.set('text', v)} multiline rows={12} />
       {s.attachments.length > 0 && (
         <Attachments aria-label="Attachments" ref={list}>
@@ -222,11 +240,16 @@ const TITLES: Record<ComposeIntent['kind'], string> = {
   draft: 'Edit draft',
 };
 
-/** Reads what the compose starts from (the message replied to, or the draft) and makes its store. */
-export function ComposeScene({ intent }: { intent: ComposeIntent }) {
+/**
+ * Reads what the compose starts from (the message replied to, or the draft) and makes its store. The intent
+ * is the one it was opened with: the URL then follows the draft as it is saved (router.replace), which
+ * starts nothing new.
+ */
+export function ComposeScene({ intent: opened }: { intent: ComposeIntent }) {
   const { api, account, cache } = useServices();
+  const [intent] = useState(opened);
   const [store, setStore] = useState<ComposeStore>();
-  const [error, setError] = useState<string>();
+  const [error, setError] = useState<{ message: string; gone: boolean }>();
 
   const kind = intent.kind;
   const id = intent.kind === 'new' ? undefined : intent.id;
@@ -245,7 +268,7 @@ export function ComposeScene({ intent }: { intent: ComposeIntent }) {
         seed,
       });
       setStore(made);
-    })().catch((e: unknown) => live && setError((e as Error).message));
+    })().catch((e: unknown) => live && setError({ message: (e as Error).message, gone: e instanceof NotFoundError }));
     return () => {
       live = false;
       // Leaving keeps what was written: the draft is saved, then the store stops.
@@ -253,10 +276,18 @@ export function ComposeScene({ intent }: { intent: ComposeIntent }) {
     };
   }, [api, account, cache, kind, id]);
 
+  if (error && kind === 'draft' && error.gone)
+    // Sent, discarded, or saved again elsewhere (a new id) since this address was made.
+    return (
+      <Alert role="alert">
+        This draft is no longer here: it was sent, discarded or saved again since. Its latest version, if any, is in{' '}
+        <a href={routeHref({ name: 'mailbox', mailbox: 'drafts', threadId: undefined })}>Drafts</a>.
+      </Alert>
+    );
   if (error)
     return (
       <Alert role="alert">
-        {kind === 'draft' ? 'This draft cannot be opened' : 'This message cannot be answered'}: {error}
+        {kind === 'draft' ? 'This draft cannot be opened' : 'This message cannot be answered'}: {error.message}
       </Alert>
     );
   if (!store) return <p style={{ padding: '1rem' }}>Loading…</p>;

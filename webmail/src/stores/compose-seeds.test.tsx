@@ -1,12 +1,17 @@
 /**
  * Turning an HTML-only message into the text a reply quotes (in jsdom, whose DOMParser the function
  * uses as a browser's), then the whole path against real domains: Alice sends HTML only, Bob's reply
- * quotes its words, not its markup.
+ * quotes its words, not its markup. And a draft reopened whole: every text part, its HTML version kept
+ * while the text is unchanged and dropped, as the user is told, once it is changed.
  */
 import { describe, expect, it, vi } from 'vitest';
 import { buildDraft, newMessageId } from '../api/draft.js';
+import { rebuildMessage, type MessageView } from '../api/message-view.js';
+import { externalContentType, type Part } from '../api/protocol.js';
+import type { UploadedResource } from '../api/types.js';
 import { useAliceAndBob } from '../testing/alice-and-bob.js';
-import { loadComposeSeed } from './compose-seeds.js';
+import { draftSeed, HTML_DROPPED_NOTICE, HTML_KEPT_NOTICE, loadComposeSeed } from './compose-seeds.js';
+import { ComposeStore } from './compose-store.js';
 import { htmlToText } from './html-text.js';
 import { MessageCache } from './message-cache.js';
 
@@ -71,5 +76,143 @@ describe('loadComposeSeed', () => {
         { sources: new MessageCache(world.bob.api, world.bob.db), me: world.bob.address },
       ),
     ).resolves.toBeUndefined();
+  });
+});
+
+describe('a draft reopened in the compose', () => {
+  const world = useAliceAndBob();
+
+  const inline = (r: UploadedResource): Part => ({
+    headers: [
+      { 'Content-Disposition': 'inline' },
+      { 'Content-ID': r.contentId },
+      { 'Content-Type': externalContentType(r.size, r.mediaType) },
+    ],
+  });
+  /** How the draft's body is made of resources: the Content-IDs, nested as its parts are. */
+  const shape = (parts: readonly Part[]): unknown[] =>
+    parts.map((p) => (p.parts ? shape(p.parts) : p.headers.find((h) => 'Content-ID' in h)!['Content-ID']));
+
+  it('has every text part, keeps its HTML version while the text is unchanged, and drops it, as it says, once it changes', async () => {
+    const { alice } = world;
+    const upload = (text: string, mediaType: string) => alice.api.upload(new Blob([text]), { mediaType });
+    const plain = await upload('Dear Bob,\nthe plan.', 'text/plain; charset=UTF-8');
+    const html = await upload('<p>Dear Bob,</p><p>the <b>plan</b>.</p>', 'text/html; charset=UTF-8');
+    const ps = await upload('P.S. Bring the map.', 'text/plain; charset=UTF-8');
+    const map = await upload('%PDF-1.7 a map', 'application/pdf');
+    const headers = buildDraft({
+      ...{ from: alice.address, to: 'bob@example.net', cc: '', bcc: '', subject: 'Formatted' },
+      messageId: newMessageId('example.com'),
+      text: undefined,
+      attachments: [],
+    }).envelope;
+    const attachment: Part = {
+      headers: [
+        { 'Content-Disposition': 'attachment; filename="map.pdf"' },
+        { 'Content-ID': map.contentId },
+        { 'Content-Type': externalContentType(map.size, map.mediaType) },
+      ],
+    };
+    // Another client's draft, shaped as the protocol's own draft example: multipart/alternative, then more.
+    const body = {
+      parts: [
+        { headers: [{ 'Content-Type': 'multipart/alternative' }], parts: [inline(plain), inline(html)] },
+        inline(ps),
+        attachment,
+      ],
+    };
+    const saved = await alice.api.createDraft({ envelope: headers, body });
+    const sources = new MessageCache(alice.api, alice.db);
+    const reopen = async (id: string) => {
+      const seed = await loadComposeSeed({ kind: 'draft', id }, { sources, me: alice.address });
+      return new ComposeStore({
+        api: alice.api,
+        from: alice.address,
+        domain: 'example.com',
+        maxResourceSize: 1024 ** 3,
+        seed,
+      });
+    };
+
+    const c = await reopen(saved.id);
+    // Before: only 'Dear Bob,\nthe plan.' (the first text part), and the next save dropped the rest unsaid.
+    expect(c.state.text).toBe('Dear Bob,\nthe plan.\n\nP.S. Bring the map.');
+    expect(c.state.textNotice).toBe(HTML_KEPT_NOTICE);
+    expect(c.state.attachments.map((a) => a.name)).toEqual(['map.pdf']);
+
+    // Another field changed: the text parts are saved as they were, the HTML with its plain alternative.
+    c.set('subject', 'Formatted, still');
+    await c.saveNow();
+    const kept = await alice.api.getMessage(c.state.draftId!);
+    expect(shape(kept.body.parts)).toEqual([[plain.contentId, html.contentId], ps.contentId, map.contentId]);
+    expect(rebuildMessage(kept).content.map((b) => b.kind)).toEqual(['html', 'text']);
+
+    // The text changed, then changed back: still kept; changed for good: one plain part, as the notice says.
+    c.set('text', `${c.state.text} Thanks.`);
+    expect(c.state.textNotice).toBe(HTML_DROPPED_NOTICE);
+    c.set('text', 'Dear Bob,\nthe plan.\n\nP.S. Bring the map.');
+    expect(c.state.textNotice).toBe(HTML_KEPT_NOTICE);
+    await c.saveNow();
+    expect(shape((await alice.api.getMessage(c.state.draftId!)).body.parts)[0]).toEqual([
+      plain.contentId,
+      html.contentId,
+    ]);
+    c.set('text', 'Dear Bob,\nthe plan.\n\nP.S. Bring the map. Thanks.');
+    expect(c.state.textNotice).toBe(HTML_DROPPED_NOTICE);
+    await c.saveNow();
+    const edited = rebuildMessage(await alice.api.getMessage(c.state.draftId!));
+    expect(edited.content.map((b) => b.kind)).toEqual(['text']);
+    expect(await sources.text(edited.content[0]!.part)).toBe('Dear Bob,\nthe plan.\n\nP.S. Bring the map. Thanks.');
+    expect(edited.attachments.map((a) => a.filename)).toEqual(['map.pdf']);
+    c.dispose();
+
+    // Reopened now, it is plain text: nothing more to say.
+    const again = await reopen(c.state.draftId!);
+    expect(again.state.text).toBe('Dear Bob,\nthe plan.\n\nP.S. Bring the map. Thanks.');
+    expect(again.state.textNotice).toBeUndefined();
+    again.dispose();
+  });
+
+  it('edits an HTML-only draft as its words, keeping the HTML until they change', async () => {
+    const { alice } = world;
+    const html = await alice.api.upload(new Blob(['<p>Only <i>this</i>.</p>']), { mediaType: 'text/html' });
+    const draft = buildDraft({
+      ...{ from: alice.address, to: 'bob@example.net', cc: '', bcc: '', subject: 'HTML only' },
+      messageId: newMessageId('example.com'),
+      text: html,
+      attachments: [],
+    });
+    const saved = await alice.api.createDraft(draft);
+    const sources = new MessageCache(alice.api, alice.db);
+    const seed = await loadComposeSeed({ kind: 'draft', id: saved.id }, { sources, me: alice.address });
+    expect(seed).toMatchObject({ text: 'Only this.', textNotice: { kept: HTML_KEPT_NOTICE } });
+    const c = new ComposeStore({
+      api: alice.api,
+      from: alice.address,
+      domain: 'example.com',
+      maxResourceSize: 1e9,
+      seed,
+    });
+    c.set('to', 'Bob <bob@example.net>');
+    await c.saveNow();
+    const kept = rebuildMessage(await alice.api.getMessage(c.state.draftId!));
+    expect(kept.content).toEqual([expect.objectContaining({ kind: 'html', plain: undefined })]);
+    expect(kept.content[0]!.part.contentId).toBe(html.contentId);
+    c.dispose();
+  });
+
+  it('refuses to open a draft whose text cannot all be read, rather than lose the rest at the next save', () => {
+    const part = {
+      ...{ contentId: '<x>', mediaType: 'text/plain', baseType: 'text/plain', size: 3 },
+      ...{ disposition: 'inline' as const, filename: undefined, status: 'pending' as const },
+    };
+    const view = {
+      ...{ id: 'd1', messageId: '<m@example.com>', threadId: '<m@example.com>', subject: 's', from: 'a@example.com' },
+      ...{ to: undefined, cc: undefined, bcc: undefined, date: 0, references: undefined, inReplyTo: undefined },
+      ...{ forwards: [], content: [{ kind: 'text' as const, part }], media: [], attachments: [] },
+    } satisfies MessageView;
+    expect(() => draftSeed(view, { text: '', missing: 1, html: false }, 'd1')).toThrow(
+      '1 of its text parts cannot be read from the mailbox yet',
+    );
   });
 });

@@ -66,19 +66,44 @@ export function replySeed(view: MessageView, text: string | undefined, me: strin
   };
 }
 
-/** A saved draft opened again: its fields, its text, and the attachments it already references. */
-export function draftSeed(view: MessageView, text: string | undefined, draftId: string): ComposeSeed {
+/** Shown while a reopened draft's HTML is kept (its text unchanged), and once it no longer is. */
+export const HTML_KEPT_NOTICE =
+  'This draft also has a formatted (HTML) version, which this editor cannot show. It is kept as long as the ' +
+  'message text is not changed; once it is, the draft is saved as plain text, without that formatting.';
+export const HTML_DROPPED_NOTICE =
+  'The text was changed: this draft is now saved as plain text, without the formatting of its HTML version. ' +
+  'Undo the change to keep that version.';
+
+/**
+ * A saved draft opened again: its fields, its text, and the attachments it already references.
+ *
+ * The editor is one plain text field, so the text is every text part of the draft in order (see
+ * `composeText`), and the parts themselves are kept as `textParts`: while the text is unchanged, saving or
+ * sending the draft writes them back as they were. What the field cannot represent is lost only once the
+ * text is changed, when the draft is saved with one plain part holding the edited text instead:
+ * - the HTML of a part (its formatting, links, images it shows): only its plain alternative, or else its
+ *   words, were edited. The user is told so (HTML_KEPT_NOTICE, then HTML_DROPPED_NOTICE) before and after
+ *   the change, never silently;
+ * - the boundaries between several plain parts (their words are all kept, in one part), and their charsets
+ *   (the new part is UTF-8). Nothing a reader sees is lost, so nothing is said.
+ * Other alternatives (a calendar beside the text, say) were attachments already, and stay attachments.
+ */
+export function draftSeed(view: MessageView, body: ComposeText, draftId: string): ComposeSeed {
   const attachments: DraftAttachment[] = [...view.media, ...view.attachments].map((r) => ({
     resource: { contentId: r.contentId, size: r.size, mediaType: r.mediaType },
     filename: r.filename ?? 'attachment',
     inline: r.disposition === 'inline',
   }));
+  // Every text part is a draft's own upload, so none should be missing; if one is, editing would lose it.
+  if (body.missing > 0) throw new Error(`${body.missing} of its text parts cannot be read from the mailbox yet`);
   return {
     to: view.to ?? '',
     cc: view.cc ?? '',
     bcc: view.bcc ?? '',
     subject: view.subject,
-    text: text ?? '',
+    text: body.text,
+    ...(view.content.length > 0 ? { textParts: view.content } : {}),
+    ...(body.html ? { textNotice: { kept: HTML_KEPT_NOTICE, dropped: HTML_DROPPED_NOTICE } } : {}),
     // A new conversation has its own Message-ID as thread id: it needs no X-Thread-ID of its own.
     threadId: view.threadId === view.messageId ? undefined : view.threadId,
     references: view.references,
@@ -96,17 +121,37 @@ export interface SeedSources {
   text(ref: ResourceRef): Promise<string>;
 }
 
-/**
- * The text a compose starts from: the message's first text, its plain alternative when it has one, else
- * the words of its HTML (a reply quotes text, and a draft is edited as text). Undefined while the part
- * is still being fetched from the sender.
- */
-export async function composeText(view: MessageView, sources: Pick<SeedSources, 'text'>, parse?: ParseHtml) {
-  const first = view.content[0];
-  const ref = first?.kind === 'html' ? (first.plain ?? first.part) : first?.part;
-  if (!ref || ref.status !== 'held') return undefined;
-  const text = await sources.text(ref);
-  return ref.baseType === 'text/html' ? htmlToText(text, parse) : text;
+/** The text of a message as the compose shows it, and what of it a plain text field cannot. */
+export interface ComposeText {
+  /**
+   * Every text block, in order, separated by a blank line: a plain part as it is, an HTML part by its plain
+   * alternative when it has one, else by its words.
+   */
+  readonly text: string;
+  /** Text blocks left out because their part is still being fetched from the sender. */
+  readonly missing: number;
+  /** Whether some block is HTML, whose formatting the text does not carry. */
+  readonly html: boolean;
+}
+
+/** The text a compose starts from (a reply quotes it, a draft is edited as it); see ComposeText. */
+export async function composeText(
+  view: MessageView,
+  sources: Pick<SeedSources, 'text'>,
+  parse?: ParseHtml,
+): Promise<ComposeText> {
+  const texts: string[] = [];
+  let missing = 0;
+  for (const block of view.content) {
+    const ref = block.kind === 'html' ? (block.plain ?? block.part) : block.part;
+    if (ref.status !== 'held') {
+      missing++;
+      continue;
+    }
+    const text = await sources.text(ref);
+    texts.push(ref.baseType === 'text/html' ? htmlToText(text, parse) : text);
+  }
+  return { text: texts.join('\n\n'), missing, html: view.content.some((b) => b.kind === 'html') };
 }
 
 /** What a compose of `intent` starts from; undefined for a new message. */
@@ -119,5 +164,6 @@ export async function loadComposeSeed(
   const text = await composeText(view, options.sources, options.parseHtml);
   return intent.kind === 'draft'
     ? draftSeed(view, text, intent.id)
-    : replySeed(view, text, options.me, intent.kind === 'reply-all');
+    : // A reply quotes what has arrived of the text; none of it yet, no quote.
+      replySeed(view, text.text || undefined, options.me, intent.kind === 'reply-all');
 }

@@ -5,6 +5,7 @@
  */
 import type { MailboxClient, UploadProgress } from '../api/client.js';
 import { buildDraft, newMessageId, recipientError, recipientsOf, type DraftAttachment } from '../api/draft.js';
+import type { ContentBlock } from '../api/message-view.js';
 import { AbortedError } from '../api/errors.js';
 import type { Draft, SendResult, UploadedResource } from '../api/types.js';
 import { Store } from './store.js';
@@ -34,6 +35,8 @@ export interface ComposeState {
   /** Per field, why it is not valid; `form` for what stops sending as a whole. */
   readonly errors: Readonly<Partial<Record<'to' | 'cc' | 'bcc' | 'form', string>>>;
   readonly attachments: readonly ComposeAttachment[];
+  /** What the user must know of the text's parts before changing it (a reopened draft's HTML, see draftSeed). */
+  readonly textNotice: string | undefined;
   readonly draftId: string | undefined;
   readonly save: SaveStatus;
   readonly saveError: string | undefined;
@@ -54,6 +57,10 @@ export interface ComposeSeed {
   readonly messageId?: string;
   readonly draftId?: string;
   readonly attachments?: readonly DraftAttachment[];
+  /** A reopened draft's text parts: saved as they are while the text is still `text` (see draftSeed). */
+  readonly textParts?: readonly ContentBlock[];
+  /** What is said while those parts are kept, and once the text changed and they no longer are. */
+  readonly textNotice?: { readonly kept: string; readonly dropped: string };
 }
 
 export interface ComposeOptions {
@@ -102,6 +109,7 @@ export class ComposeStore extends Store<ComposeState> {
         resource: a.resource,
         inline: a.inline ?? false,
       })),
+      textNotice: seed.textNotice?.kept,
       draftId: seed.draftId,
       save: seed.draftId ? 'saved' : 'idle',
       saveError: undefined,
@@ -118,6 +126,8 @@ export class ComposeStore extends Store<ComposeState> {
 
   set(field: ComposeField, value: string): void {
     this.setState({ [field]: value } as Partial<ComposeState>);
+    const notice = this.#o.seed?.textNotice;
+    if (field === 'text' && notice) this.setState({ textNotice: this.#keepsText() ? notice.kept : notice.dropped });
     // A field already marked wrong is checked again as it is corrected.
     if ((field === 'to' || field === 'cc' || field === 'bcc') && this.state.errors[field]) this.validate(field);
     this.#changed();
@@ -199,10 +209,17 @@ export class ComposeStore extends Store<ComposeState> {
     return [s.to, s.cc, s.bcc, s.subject, s.text].every((v) => v.trim() === '') && s.attachments.length === 0;
   }
 
+  /** Whether the reopened draft's own text parts are still what the text field shows. */
+  #keepsText(): boolean {
+    const seed = this.#o.seed;
+    return seed?.textParts !== undefined && this.state.text === (seed.text ?? '');
+  }
+
   async #build(): Promise<Draft> {
     const s = this.state;
+    const keptText = this.#keepsText() ? this.#o.seed?.textParts : undefined;
     let text: UploadedResource | undefined;
-    if (s.text !== '') {
+    if (s.text !== '' && !keptText) {
       if (this.#text?.value !== s.text) {
         const resource = await this.#o.api.upload(new Blob([s.text], { type: TEXT_TYPE }), { mediaType: TEXT_TYPE });
         this.#text = { value: s.text, resource };
@@ -221,6 +238,7 @@ export class ComposeStore extends Store<ComposeState> {
       inReplyTo: seed.inReplyTo,
       references: seed.references,
       text,
+      ...(keptText ? { keptText } : {}),
       attachments: s.attachments
         .filter((a) => a.status === 'done' && a.resource)
         .map((a) => ({ resource: a.resource!, filename: a.name, inline: a.inline })),

@@ -35,3 +35,30 @@ export function containerEnv(
   }
   return env;
 }
+
+/** A named container port of a Deployment's container, as a Service's named targetPort reaches it. */
+export interface ContainerPort {
+  readonly name: string;
+  readonly containerPort: number;
+}
+
+/**
+ * Where a Service's port leads, as kube-proxy resolves it: the Deployment whose pods the Service selects,
+ * and the container port its targetPort names. Throws when the chain is broken (no such port or pod).
+ */
+export function serviceTarget(objects: readonly Manifest[], service: string, portName: string): ContainerPort {
+  const svc = find(objects, 'Service', service);
+  const port = (svc.spec.ports as { name: string; targetPort: string | number }[]).find((p) => p.name === portName);
+  if (!port) throw new Error(`Service ${service} has no port ${portName}`);
+  const selects = (labels: Record<string, string>) =>
+    Object.entries(svc.spec.selector as Record<string, string>).every(([k, v]) => labels[k] === v);
+  const pods = objects.filter((o) => o.kind === 'Deployment' && selects((o as Loose).spec.template.metadata.labels));
+  if (pods.length !== 1) throw new Error(`Service ${service} selects ${pods.length} Deployments`);
+  const ports = (pods[0] as Loose).spec.template.spec.containers[0].ports as ContainerPort[];
+  const target = ports.find((p) =>
+    typeof port.targetPort === 'string' ? p.name === port.targetPort : p.containerPort === port.targetPort,
+  );
+  if (!target)
+    throw new Error(`Service ${service} port ${portName} targets ${port.targetPort}, which no container port is`);
+  return { name: target.name, containerPort: target.containerPort };
+}

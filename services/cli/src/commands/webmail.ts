@@ -1,4 +1,4 @@
-import { readWebmailEnv, WebmailServer } from '../federation/webmail-server.js';
+import { DEFAULT_WEBMAIL_METRICS_PORT, readWebmailEnv, WebmailServer } from '../federation/webmail-server.js';
 import type { CommandIo } from '../io.js';
 import { UsageError } from '../io.js';
 import { untilSignal } from '../signals.js';
@@ -13,7 +13,10 @@ Serves a domain's webmail (the built app in webmail/dist) and its /config.json, 
                                 then http://HOST:PORT); the AS must list <it>/callback as a redirect URI
   FEDERIZER_WEBMAIL_HOST (127.0.0.1), FEDERIZER_WEBMAIL_PORT, FEDERIZER_WEBMAIL_CLIENT_ID (webmail),
   FEDERIZER_WEBMAIL_DIST (the repository's webmail/dist), FEDERIZER_DEV=1 (http URLs), FEDERIZER_LOG_LEVEL.
-/healthz and /metrics are for operators. Stops gracefully on SIGINT or SIGTERM.`;
+  FEDERIZER_WEBMAIL_METRICS_PORT (${DEFAULT_WEBMAIL_METRICS_PORT}), FEDERIZER_WEBMAIL_METRICS_HOST (the webmail's host):
+                                /metrics and /healthz, for Prometheus and probes. They are served there only,
+                                never on the public port, which answers 404 for them.
+Stops gracefully on SIGINT or SIGTERM.`;
 
 export async function webmailCommand(args: readonly string[], io: CommandIo): Promise<number> {
   if (args.includes('--help') || args.includes('-h')) {

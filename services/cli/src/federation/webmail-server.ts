@@ -4,6 +4,11 @@
  * change in place (index.html, the service worker, the manifest), and `/config.json`, which tells the
  * app which domain it serves and where its AS and mailbox are. Until the app is built, every page says
  * how to build it (checked per request, so a build in another terminal needs no restart).
+ *
+ * `/metrics` and `/healthz` are served on a second listener, the metrics port, and never on the public
+ * one: the public Ingress gives the webmail every path (a single-page application's routes are its own),
+ * so what is for Prometheus and the kubelet must not be on the port the Ingress reaches. The public port
+ * answers 404 for both rather than the app's index.html.
  */
 import { stat } from 'node:fs/promises';
 import { basename, join, resolve, sep } from 'node:path';
@@ -19,6 +24,8 @@ import {
   type RunningServer,
 } from '@federizer/common';
 
+type Registry = ReturnType<typeof createRegistry>;
+
 export interface WebmailServerConfig {
   readonly domain: string;
   /** The domain's Authorization Server. */
@@ -32,9 +39,19 @@ export interface WebmailServerConfig {
   readonly distDir: string;
   readonly host: string;
   readonly port: number;
+  /** Where /metrics and /healthz are served (never on the public port); by default on `host`. */
+  readonly metricsHost: string;
+  /** 0: any free port (the embedded default: `federizer up`, tests); `federizer webmail` defaults to 9090. */
+  readonly metricsPort: number;
   /** Development mode: http URLs allowed. */
   readonly dev: boolean;
 }
+
+/** The metrics port of `federizer webmail` when FEDERIZER_WEBMAIL_METRICS_PORT is not set (the pod's `metrics` port). */
+export const DEFAULT_WEBMAIL_METRICS_PORT = 9090;
+
+/** Paths of the metrics listener: the public port answers 404 for them, not the app. */
+const OPERATIONAL_PATHS = ['/metrics', '/healthz'];
 
 /** What `GET /config.json` answers: the webmail's whole configuration. */
 export interface WebmailClientConfig {
@@ -80,6 +97,12 @@ export function webmailServerConfig(
   const port = input.port ?? 0;
   if (!Number.isSafeInteger(port) || port < 0 || port > 65535)
     throw new TypeError(`port must be an integer from 0 to 65535, not ${input.port}`);
+  const metricsPort = input.metricsPort ?? 0;
+  if (!Number.isSafeInteger(metricsPort) || metricsPort < 0 || metricsPort > 65535)
+    throw new TypeError(`metricsPort must be an integer from 0 to 65535, not ${input.metricsPort}`);
+  // One port for both would put /metrics where the Ingress sends the public.
+  if (metricsPort !== 0 && metricsPort === port)
+    throw new TypeError(`metricsPort must differ from port (${port}): /metrics is never served on the public port`);
   if (input.publicUrl === undefined && port === 0)
     throw new TypeError('publicUrl is required with a random port: the redirect URIs must be known in advance');
   const issuerUrl = new URL(input.issuer);
@@ -94,6 +117,8 @@ export function webmailServerConfig(
     distDir: resolve(input.distDir ?? DEFAULT_WEBMAIL_DIST),
     host,
     port,
+    metricsHost: input.metricsHost ?? host,
+    metricsPort,
     dev,
   };
 }
@@ -105,9 +130,14 @@ export function readWebmailEnv(env: Readonly<Record<string, string | undefined>>
     if (value === undefined || value === '') throw new TypeError(`${name} is required`);
     return value;
   };
-  const port = env.FEDERIZER_WEBMAIL_PORT;
-  if (port !== undefined && port !== '' && !/^\d+$/.test(port))
-    throw new TypeError(`FEDERIZER_WEBMAIL_PORT must be a port number, not ${JSON.stringify(port)}`);
+  const portOf = (name: string): number | undefined => {
+    const value = env[name];
+    if (value === undefined || value === '') return undefined;
+    if (!/^\d+$/.test(value)) throw new TypeError(`${name} must be a port number, not ${JSON.stringify(value)}`);
+    return Number(value);
+  };
+  const port = portOf('FEDERIZER_WEBMAIL_PORT');
+  const metricsPort = portOf('FEDERIZER_WEBMAIL_METRICS_PORT') ?? DEFAULT_WEBMAIL_METRICS_PORT;
   const dev = env.FEDERIZER_DEV === '1' || env.FEDERIZER_DEV === 'true';
   return webmailServerConfig({
     domain: need('FEDERIZER_DOMAIN'),
@@ -117,7 +147,9 @@ export function readWebmailEnv(env: Readonly<Record<string, string | undefined>>
     clientId: env.FEDERIZER_WEBMAIL_CLIENT_ID || undefined,
     distDir: env.FEDERIZER_WEBMAIL_DIST || undefined,
     host: env.FEDERIZER_WEBMAIL_HOST || undefined,
-    port: port === undefined || port === '' ? undefined : Number(port),
+    port,
+    metricsHost: env.FEDERIZER_WEBMAIL_METRICS_HOST || undefined,
+    metricsPort,
     dev,
   });
 }
@@ -176,14 +208,26 @@ export class WebmailServer implements AsyncDisposable {
   private constructor(
     readonly config: WebmailServerConfig,
     private readonly server: RunningServer,
+    private readonly metrics: RunningServer,
     private readonly logger: Logger,
   ) {}
 
   static async start(config: WebmailServerConfig, overrides: WebmailServerOverrides = {}): Promise<WebmailServer> {
     const logger = overrides.logger ?? createLogger({ name: 'federizer-webmail', base: { domain: config.domain } });
-    const server = await listen(webmailApp(config, logger), { host: config.host, port: config.port });
-    logger.info({ url: server.url, publicUrl: config.publicUrl, distDir: config.distDir }, 'webmail listening');
-    return new WebmailServer(config, server, logger);
+    const registry = createRegistry('webmail');
+    const server = await listen(webmailApp(config, logger, registry), { host: config.host, port: config.port });
+    let metrics: RunningServer;
+    try {
+      metrics = await listen(webmailMetricsApp(registry), { host: config.metricsHost, port: config.metricsPort });
+    } catch (e) {
+      await server.close();
+      throw e;
+    }
+    logger.info(
+      { url: server.url, metricsUrl: metrics.url, publicUrl: config.publicUrl, distDir: config.distDir },
+      'webmail listening',
+    );
+    return new WebmailServer(config, server, metrics, logger);
   }
 
   get url(): string {
@@ -194,8 +238,18 @@ export class WebmailServer implements AsyncDisposable {
     return this.server.port;
   }
 
+  /** The metrics listener: /metrics and /healthz. */
+  get metricsUrl(): string {
+    return this.metrics.url;
+  }
+
+  get metricsPort(): number {
+    return this.metrics.port;
+  }
+
   async close(): Promise<void> {
     await this.server.close();
+    await this.metrics.close();
     this.logger.info('webmail stopped');
   }
 
@@ -204,8 +258,18 @@ export class WebmailServer implements AsyncDisposable {
   }
 }
 
-export function webmailApp(config: WebmailServerConfig, logger: Logger): express.Express {
-  const registry = createRegistry('webmail');
+/** The metrics listener: Prometheus's /metrics and the kubelet's /healthz, nothing else. */
+export function webmailMetricsApp(registry: Registry): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.get('/healthz', (_req, res) => void res.json({ status: 'ok' }));
+  app.get('/metrics', metricsHandler(registry));
+  app.use((req, res) => void res.status(404).type('text').send(`not found: ${req.path}\n`));
+  return app;
+}
+
+/** The public listener; its requests are counted in `registry`, which the metrics listener serves. */
+export function webmailApp(config: WebmailServerConfig, logger: Logger, registry: Registry): express.Express {
   const distDir = config.distDir;
   const indexFile = join(distDir, 'index.html');
   const clientConfig = webmailClientConfig(config);
@@ -217,8 +281,11 @@ export function webmailApp(config: WebmailServerConfig, logger: Logger): express
     res.set('X-Content-Type-Options', 'nosniff');
     next();
   });
-  app.get('/healthz', (_req, res) => void res.json({ status: 'ok' }));
-  app.get('/metrics', metricsHandler(registry));
+  // Without this they would be app routes, answered with index.html. (Counted under their own route, 404.)
+  for (const path of OPERATIONAL_PATHS)
+    app.all(path, (req, res) => {
+      res.status(404).type('text').set('Cache-Control', 'no-store').send(`not found: ${req.path}\n`);
+    });
   app.get('/config.json', (_req, res) => void res.set('Cache-Control', REVALIDATE).json(clientConfig));
 
   const sendIndex = async (req: Request, res: Response, next: NextFunction) => {

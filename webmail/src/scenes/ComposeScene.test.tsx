@@ -1,0 +1,162 @@
+/**
+ * The compose scene in the whole app (jsdom, real AS and mailbox): its address follows the draft as it is
+ * saved (the mailbox gives each saved version a new id), so that a reload reopens the draft as last saved,
+ * never a new message or an id that no longer exists; a draft that is gone says where its latest version
+ * is; and a draft with an HTML version tells the user what the plain text editor keeps of it.
+ */
+import { cleanup, screen, waitFor, within } from '@testing-library/react';
+import userEvent from '@testing-library/user-event';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildDraft, newMessageId } from '../api/draft.js';
+import { externalContentType, type Part } from '../api/protocol.js';
+import type { UploadedResource } from '../api/types.js';
+import { HTML_DROPPED_NOTICE, HTML_KEPT_NOTICE } from '../stores/compose-seeds.js';
+import { startApp } from '../testing/app-page.js';
+import { startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
+
+let fed: WebmailFederation;
+
+beforeAll(async () => {
+  fed = await startWebmailFederation(['example.com']);
+});
+afterAll(() => fed?.close());
+
+const drafts = async (user: SignedIn) => (await user.api.listMessages('drafts')).messages.map((m) => m.id);
+const field = (label: string) => screen.getByLabelText(label, { exact: true }) as HTMLInputElement;
+
+/** Opens the page at `hash` in the user's browser (its IndexedDB keeps the session, as across a reload). */
+async function openPage(user: SignedIn, hash: string) {
+  window.location.hash = hash;
+  const page = startApp(user.config, user.indexedDB);
+  await screen.findByRole('heading', { name: /^(New message|Edit draft)$/ });
+  return page;
+}
+
+/** What a reload does to this test's page: the app goes, its URL stays, and the app starts again from it. */
+async function reload(page: ReturnType<typeof startApp>, user: SignedIn) {
+  cleanup();
+  page.store.close();
+  return openPage(user, window.location.hash);
+}
+
+describe('the compose scene', () => {
+  it('follows its draft in the address as it is saved, so that a reload reopens it, again and again', async () => {
+    const dave = await fed.signIn('dave@example.com');
+    const user = userEvent.setup();
+    let page = await openPage(dave, '#/compose');
+    const historyLength = window.history.length;
+    await user.type(field('To'), 'carol@example.com');
+    await user.type(field('Subject'), 'Reload me');
+    await user.type(field('Message'), 'First words.');
+    const textarea = field('Message');
+
+    // Saved on its own: the address now names the draft, in place (no new history entry).
+    await screen.findByText('Draft saved');
+    const [first] = await drafts(dave);
+    await waitFor(() => expect(window.location.hash).toBe(`#/compose?draft=${first}`));
+    expect(window.history.length).toBe(historyLength);
+    // The same compose goes on (not started again from the draft): same form, same title.
+    expect(field('Message')).toBe(textarea);
+    expect(screen.getByRole('heading', { name: 'New message' })).toBeTruthy();
+
+    // Saved again: a new id, which the address follows.
+    await user.type(field('Message'), ' More.');
+    await waitFor(async () => expect(await drafts(dave)).not.toEqual([first]));
+    const [second] = await drafts(dave);
+    await waitFor(() => expect(window.location.hash).toBe(`#/compose?draft=${second}`));
+    expect(field('Message')).toBe(textarea);
+
+    page = await reload(page, dave);
+    expect(screen.getByRole('heading', { name: 'Edit draft' })).toBeTruthy();
+    expect(screen.queryByRole('alert')).toBeNull();
+    expect(field('To').value).toBe('carol@example.com');
+    expect(field('Subject').value).toBe('Reload me');
+    expect(field('Message').value).toBe('First words. More.');
+
+    // The reported case: a draft reopened, changed, saved on its own (the id in the address is replaced),
+    // then the page reloaded.
+    await user.type(field('Message'), ' Last.');
+    await waitFor(async () => expect(await drafts(dave)).not.toEqual([second]));
+    const [third] = await drafts(dave);
+    await waitFor(() => expect(window.location.hash).toBe(`#/compose?draft=${third}`));
+    page = await reload(page, dave);
+    expect(screen.queryByRole('alert')).toBeNull();
+    expect(field('Message').value).toBe('First words. More. Last.');
+    expect(await drafts(dave)).toEqual([third]);
+    cleanup();
+    page.store.close();
+  });
+
+  it('says where the latest version is when the draft in the address is gone (sent, discarded, saved elsewhere)', async () => {
+    const erin = await fed.signIn('erin@example.com');
+    const text = await erin.api.upload(new Blob(['soon gone']), { mediaType: 'text/plain; charset=UTF-8' });
+    const input = {
+      from: erin.address,
+      to: 'dave@example.com',
+      cc: '',
+      bcc: '',
+      subject: 'Gone',
+      text,
+      attachments: [],
+    };
+    const saved = await erin.api.createDraft(buildDraft({ ...input, messageId: newMessageId('example.com') }));
+    // Saved again in another tab: the id this address names is replaced.
+    await erin.api.updateDraft(saved.id, buildDraft({ ...input, subject: 'Gone, saved again' }));
+    window.location.hash = `#/compose?draft=${saved.id}`;
+    const page = startApp(erin.config, erin.indexedDB);
+    const alert = await screen.findByRole('alert');
+    expect(alert.textContent).toMatch(/^This draft is no longer here: it was sent, discarded or saved again since\./);
+    expect(within(alert).getByRole('link', { name: 'Drafts' }).getAttribute('href')).toBe('#/drafts');
+    cleanup();
+    page.store.close();
+  });
+
+  it('opens a draft with an HTML version and a second text part whole, and says what editing the text drops', async () => {
+    const fay = await fed.signIn('fay@example.com');
+    const upload = (text: string, mediaType: string) => fay.api.upload(new Blob([text]), { mediaType });
+    const inline = (r: UploadedResource): Part => ({
+      headers: [
+        { 'Content-Disposition': 'inline' },
+        { 'Content-ID': r.contentId },
+        { 'Content-Type': externalContentType(r.size, r.mediaType) },
+      ],
+    });
+    const plain = await upload('Dear Dave,\nthe plan.', 'text/plain; charset=UTF-8');
+    const html = await upload('<p>Dear Dave,</p><p>the <b>plan</b>.</p>', 'text/html; charset=UTF-8');
+    const ps = await upload('P.S. Bring the map.', 'text/plain; charset=UTF-8');
+    // What another client may save: the protocol's own draft example has this multipart/alternative.
+    const draft = buildDraft({
+      ...{ from: fay.address, to: 'dave@example.com', cc: '', bcc: '', subject: 'Formatted' },
+      messageId: newMessageId('example.com'),
+      text: undefined,
+      attachments: [],
+    });
+    const saved = await fay.api.createDraft({
+      ...draft,
+      body: {
+        parts: [
+          { headers: [{ 'Content-Type': 'multipart/alternative' }], parts: [inline(plain), inline(html)] },
+          inline(ps),
+        ],
+      },
+    });
+
+    const user = userEvent.setup();
+    const page = await openPage(fay, `#/compose?draft=${saved.id}`);
+    // Both text parts, the HTML one by its plain alternative.
+    expect(field('Message').value).toBe('Dear Dave,\nthe plan.\n\nP.S. Bring the map.');
+    expect(screen.getByRole('note').textContent).toBe(HTML_KEPT_NOTICE);
+    await user.type(field('Message'), ' Thanks.');
+    expect(screen.getByRole('note').textContent).toBe(HTML_DROPPED_NOTICE);
+    // Saved as the notice says: the edited text as one plain part.
+    await waitFor(() => expect(window.location.hash).not.toBe(`#/compose?draft=${saved.id}`));
+    const [edited] = await drafts(fay);
+    const body = (await fay.api.getMessage(edited!)).body;
+    expect(body.parts).toHaveLength(1);
+    expect(body.parts[0]!.headers).toContainEqual({
+      'Content-Type': [expect.any(String), 'text/plain; charset=UTF-8'],
+    });
+    cleanup();
+    page.store.close();
+  });
+});
