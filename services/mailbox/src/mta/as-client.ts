@@ -11,6 +11,8 @@ import type { HttpClient } from '@federizer/common';
 export const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
 const JWT = 'urn:ietf:params:oauth:token-type:jwt';
+/** A token endpoint's answer is a few KiB: a longer one is not read into memory. */
+const MAX_ANSWER_BYTES = 1024 * 1024;
 
 export interface IssuedToken {
   readonly token: string;
@@ -163,9 +165,19 @@ export class AsClient {
       dpop: await createDpopProof(key, { htm: 'POST', htu: this.#tokenEndpoint }),
     };
     await this.#authenticate(body, headers);
-    let res;
+    let status: number;
+    let retryAfterHeader: string | undefined;
+    let text: string;
     try {
-      res = await this.options.http.fetch(this.#tokenEndpoint, { method: 'POST', headers, body: body.toString() });
+      const res = await this.options.http.request(this.#tokenEndpoint, {
+        method: 'POST',
+        headers,
+        body: body.toString(),
+      });
+      status = res.status;
+      retryAfterHeader = res.header('retry-after');
+      // Read inside the try: an answer cut off halfway is a failure to answer, retried like one.
+      text = await res.text(MAX_ANSWER_BYTES);
     } catch (e) {
       throw new ExchangeFailure(
         'temporarily_unavailable',
@@ -175,19 +187,19 @@ export class AsClient {
         { cause: e },
       );
     }
-    const text = await res.text();
     let json: Record<string, unknown> = {};
     try {
       json = JSON.parse(text) as Record<string, unknown>;
     } catch {
       // a non-JSON answer (a proxy's error page) is described by its status below
     }
-    if (res.status !== 200) {
-      const retryAfter = Number(res.headers.get('retry-after'));
+    if (status !== 200) {
+      // As before: an absent header reads as 0 (what WHATWG fetch's `headers.get` gave: Number(null)).
+      const retryAfter = Number(retryAfterHeader ?? 0);
       throw new ExchangeFailure(
         String(json.error ?? 'server_error'),
-        String(json.error_description ?? `HTTP ${res.status}`),
-        res.status,
+        String(json.error_description ?? `HTTP ${status}`),
+        status,
         Number.isFinite(retryAfter) ? retryAfter : undefined,
       );
     }

@@ -5,7 +5,6 @@
  * blob, resuming with Range after an interruption. The bytes are published only if their digest is the
  * Content-ID; a mismatch is discarded and retried. One fetch serves every local recipient.
  */
-import { Readable } from 'node:stream';
 import type { HttpClient, Logger } from '@federizer/common';
 import {
   createDpopProof,
@@ -58,6 +57,8 @@ export interface FetcherDeps {
 }
 
 export const FETCH_LEASE_MS = 60_000;
+/** How much of an error answer is read for its reason: a longer one is cut off. */
+const ERROR_ANSWER_BYTES = 64 * 1024;
 
 class Permanent extends Error {}
 class Temporary extends Error {}
@@ -193,7 +194,7 @@ export class Fetcher extends LeasedWorker<FetchJob> {
       if (partial.size > 0) headers.range = `bytes=${partial.size}-`;
       let res;
       try {
-        res = await this.deps.http.fetch(origin.fetch_endpoint, {
+        res = await this.deps.http.request(origin.fetch_endpoint, {
           method: 'POST',
           headers,
           body: JSON.stringify({ envelope, content_id: contentId, domain: this.deps.domain }),
@@ -204,7 +205,9 @@ export class Fetcher extends LeasedWorker<FetchJob> {
         throw new Temporary(`${origin.fetch_endpoint} did not answer: ${describeError(e)}`, { cause: e });
       }
       if (res.status !== 200 && res.status !== 206) {
-        const text = await res.text();
+        // Only the start of an error answer is kept for the reason; a long one closes its connection.
+        const text = await res.text(ERROR_ANSWER_BYTES).catch((e: unknown) => `(${describeError(e)})`);
+        if (signal.aborted) throw signal.reason; // the lease was lost meanwhile: decide nothing
         const why = `${origin.fetch_endpoint} answered ${res.status}: ${text.slice(0, 300)}`;
         if (res.status === 429 || res.status >= 500) throw new Temporary(why);
         if (res.status === 416) {
@@ -215,15 +218,14 @@ export class Fetcher extends LeasedWorker<FetchJob> {
       }
       if (res.status === 200 && partial.size > 0) {
         // The origin ignored the Range: the whole representation follows; start the partial over.
+        await res.discard();
         await partial.discard();
-        await res.body?.cancel().catch(() => undefined);
         return this.#fetch(job, signal);
       }
-      if (!res.body) throw new Temporary('the answer had no body');
       const before = partial.size;
       // The blob store stops reading but never destroys a stream it is given; on any early stop the
       // answer is destroyed here, or its connection would stay busy for good.
-      const body = Readable.fromWeb(res.body as never);
+      const body = res.body;
       // An origin that stops sending (frozen, a dead link) would otherwise hold the renewed lease for good.
       const cut = new AbortController();
       const stalled = new Temporary(`${origin.fetch_endpoint} sent nothing for ${this.#leaseMs / 1000} s`);

@@ -9,6 +9,7 @@ import type { HttpClient, Logger } from '@federizer/common';
 import { createDpopProof, importDpopKey, type JwsAlg, type MailboxMetadata } from '@federizer/protocol';
 import type { JWK } from 'jose';
 import { LeasedWorker } from './worker.js';
+import { describeError } from './as-client.js';
 import type { Job, JobQueue, MessageStore, ShareStore } from '../storage/index.js';
 import type { TransferJob } from '../api/send.js';
 
@@ -30,6 +31,9 @@ export interface OutboxDeps {
   readonly perDestination?: number;
   readonly pollMs?: number;
 }
+
+/** A transfer's answer lists recipients: far below this. A longer one is not read into memory. */
+const MAX_ANSWER_BYTES = 1024 * 1024;
 
 class Permanent extends Error {}
 class Temporary extends Error {
@@ -112,8 +116,9 @@ export class Outbox extends LeasedWorker<TransferJob> {
     const key = await importDpopKey(share.dpopKey as JWK, ((share.dpopKey as JWK).alg ?? 'ES256') as JwsAlg);
     const assertion = (share.envelope[0] as { 'jwt-assertion': string })['jwt-assertion'];
     let res;
+    let text: string;
     try {
-      res = await this.deps.http.fetch(endpoint, {
+      res = await this.deps.http.request(endpoint, {
         method: 'POST',
         headers: {
           'content-type': 'application/json',
@@ -122,10 +127,12 @@ export class Outbox extends LeasedWorker<TransferJob> {
         },
         body: JSON.stringify({ message: { envelope: share.envelope, body: sent.body } }),
       });
+      // Read inside the try: an answer cut off halfway (or too long to be a transfer's) is retried, and the
+      // transfer is idempotent at the receiver, so a retry after it accepted changes nothing.
+      text = await res.text(MAX_ANSWER_BYTES);
     } catch (e) {
-      throw new Temporary(`${endpoint} did not answer: ${(e as Error).message}`);
+      throw new Temporary(`${endpoint} did not answer: ${describeError(e)}`);
     }
-    const text = await res.text();
     let json: {
       accepted?: string[];
       rejected?: { address: string; reason: string }[];
@@ -148,7 +155,7 @@ export class Outbox extends LeasedWorker<TransferJob> {
     }
     const why = `${endpoint} answered ${res.status}${json.error ? ` ${json.error}: ${json.error_description ?? ''}` : ''}`;
     if (res.status === 429 || res.status >= 500) {
-      const retryAfter = Number(res.headers.get('retry-after'));
+      const retryAfter = Number(res.header('retry-after'));
       throw new Temporary(why, Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : undefined);
     }
     throw new Permanent(why);
