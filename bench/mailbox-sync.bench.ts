@@ -8,8 +8,11 @@
  *   (token signature, DPoP proof, replay record) included. The handler's own part is its `Server-Timing`,
  *   and the client's view (proof made beforehand) is printed beside them.
  * - A long poll (`wait=30`) woken by a change made through the API by another client: target ≤ 50 ms from
- *   the change being sent to the poll's answer arriving. Then one woken by a change the API did not make (as
- *   another replica's would be), which only the notifier's periodic check sees: printed, not a target here.
+ *   the change being sent to the poll's answer arriving. Then one woken by a change written past the API (as
+ *   a worker's delivery status is), which only the notifier's periodic check sees: printed, not a target here.
+ * - On PostgreSQL, a second replica of the mailbox (its own pool and listening connection, same database and
+ *   blob directory): a long poll held by the first replica woken by a change made through the second's API,
+ *   which reaches it by LISTEN/NOTIFY. Same measure and target as the first wake.
  *
  * The messages (and 10,000 of another account, so the index has to tell accounts apart) are written through
  * MessageStore, 1,000 to a transaction. SQLite by default; MAILBOX_DATABASE=pg runs it on PostgreSQL at
@@ -21,9 +24,13 @@ import { randomUUID } from 'node:crypto';
 import { exportJWK } from 'jose';
 import { Agent, request, type Dispatcher } from 'undici';
 import { createDpopProof, jwkThumbprint, type DpopKey } from '@federizer/protocol';
+import { createKnex, silentLogger, type DatabaseConfig } from '@federizer/common';
 import { testDatabases } from '../services/common/src/testing/databases.js';
 import { signIn, testHttp } from '../services/auth/tests/exchange-client.js';
+import { ADMIN_TOKEN } from '../services/auth/tests/harness.js';
 import { startMailFederation, type MailFederation } from '../services/mailbox/tests/mail-federation.js';
+import { MailboxService } from '../services/mailbox/src/index.js';
+import { PgChangeChannel } from '../services/mailbox/src/api/notifier.js';
 import { MessageStore, type NewMessage } from '../services/mailbox/src/storage/index.js';
 import { loadAverageText, medianOf, versusTarget } from './lib.js';
 
@@ -105,18 +112,22 @@ async function sessionOf(fed: MailFederation, address: string): Promise<Session>
   }
 }
 
-/** A request with its DPoP proof made in advance, so that the clock measures only the exchange. */
+/**
+ * A request with its DPoP proof made in advance, so that the clock measures only the exchange. It goes to
+ * `replica` (default: the harness's mailbox); the proof names the public URL, as behind a load balancer.
+ */
 async function prepared(
   fed: MailFederation,
   session: Session,
   method: 'GET' | 'PATCH',
   path: string,
   json?: unknown,
+  replica?: MailboxService,
 ): Promise<{ url: string; options: NonNullable<Parameters<typeof request>[1]> }> {
   const { publicUrl, mailbox } = fed.domains['example.com']!;
   const htu = `${publicUrl}/api/v1${path}`;
   return {
-    url: `${mailbox.url}/api/v1${path}`,
+    url: `${(replica ?? mailbox).url}/api/v1${path}`,
     options: {
       method,
       headers: {
@@ -168,12 +179,37 @@ function handlerMs(headers: Dispatcher.ResponseData['headers']): number | undefi
   return match ? Number(match[1]) : undefined;
 }
 
+/**
+ * A second replica of example.com's mailbox: the same configuration and database (its own pool, so its own
+ * listening connection), on a port of its own, as a second pod behind the same public URL.
+ */
+async function secondReplica(fed: MailFederation, databases: readonly DatabaseConfig[]): Promise<MailboxService> {
+  const first = fed.domains['example.com']!.mailbox;
+  const { rows } = (await first.knex.raw('select current_schema() as schema')) as { rows: { schema: string }[] };
+  const db = databases.find((d) => d.client === 'postgres' && d.schema === rows[0]!.schema);
+  if (db === undefined) throw new Error("the mailbox's database was not among those created");
+  const as = fed.auth.domains['example.com']!;
+  return MailboxService.start(
+    { ...first.config, port: 0 },
+    { mtaKey: { key: as.mtaKey.privateKey, alg: 'ES256', kid: as.mtaKey.jwk.kid! }, authAdminToken: ADMIN_TOKEN },
+    { knex: createKnex(db), logger: silentLogger() },
+  );
+}
+
 export async function run(): Promise<void> {
   const pg = process.env.MAILBOX_DATABASE === 'pg';
   const database = testDatabases().find((d) => d.name === (pg ? 'postgres' : 'sqlite'))!;
-  const fed = await startMailFederation(['example.com'], { database: () => database.create() });
+  const created: DatabaseConfig[] = [];
+  const fed = await startMailFederation(['example.com'], {
+    database: async () => {
+      const db = await database.create();
+      created.push(db.config);
+      return db;
+    },
+  });
   const clock = new ServerClock();
   const dispatcher = new Agent({ connections: 2 });
+  let replica: MailboxService | undefined;
   try {
     const alice = 'alice@example.com';
     for (const address of [alice, 'bob@example.com']) {
@@ -257,7 +293,7 @@ export async function run(): Promise<void> {
     const target = ids[ids.length - 1]!;
     const wake = async (change: () => Promise<void>): Promise<{ fromSent: number; fromDone: number }> => {
       const current = await mailbox.changes.state(alice);
-      const poll = await prepared(fed, aliceSession, 'GET', `/changes?since=${current}&wait=30`);
+      const poll = await prepared(fed, aliceSession, 'GET', `/changes?since=${current}&wait=30`, undefined, mailbox);
       let answered = 0;
       const polling = request(poll.url, { ...poll.options, dispatcher }).then(async (res) => {
         const body = (await res.body.json()) as { state?: string; updated?: string[] };
@@ -307,13 +343,45 @@ export async function run(): Promise<void> {
       );
     }
     console.log(
-      `long poll, woken by a change written past this replica's API (another replica, in effect)  median ` +
+      `long poll, woken by a change written past the API (as a worker's delivery status is)  median ` +
         `${ms(medianOf(behindTheApi.map((w) => w.fromSent)))}, max ${ms(Math.max(...behindTheApi.map((w) => w.fromSent)))} ` +
         `(5 polls; seen only by the notifier's periodic check)`,
     );
+
+    if (pg) {
+      // The same long polls on the first replica, the changes made through a second one's API.
+      replica = await secondReplica(fed, created);
+      const channels = [mailbox, replica].map((r) => r.notifier.channel);
+      await Promise.all(channels.map((c) => (c instanceof PgChangeChannel ? c.listening() : undefined)));
+      const before = mailbox.notifier.wakeCounts();
+      const acrossReplicas = [];
+      for (let i = 0; i < WAKES; i++) {
+        seen = !seen;
+        const patch = await prepared(fed, otherTab, 'PATCH', `/messages/${target}`, { seen }, replica);
+        acrossReplicas.push(
+          await wake(async () => {
+            const res = await request(patch.url, { ...patch.options, dispatcher });
+            await res.body.dump();
+            if (res.statusCode !== 200) throw new Error(`PATCH answered ${res.statusCode}`);
+          }),
+        );
+      }
+      const after = mailbox.notifier.wakeCounts();
+      const median = medianOf(acrossReplicas.map((w) => w.fromSent));
+      console.log(
+        `long poll on replica A, woken by a change through replica B's API (PostgreSQL NOTIFY)  median ` +
+          `${ms(median)} from sending the change to the poll's answer, max ` +
+          `${ms(Math.max(...acrossReplicas.map((w) => w.fromSent)))}; median ` +
+          `${ms(medianOf(acrossReplicas.map((w) => w.fromDone)))} after the change was answered  (${WAKES} polls; ` +
+          `woken by NOTIFY ${after.replica - before.replica}, by the periodic check ${after.check - before.check}; ` +
+          `target ≤ ${TARGET_WAKE_MS} ms: ${versusTarget(median, TARGET_WAKE_MS, true)})`,
+      );
+    }
   } finally {
     clock.close();
     await dispatcher.close();
+    await replica?.close();
+    await replica?.knex.destroy();
     await fed.close();
   }
 }

@@ -52,6 +52,12 @@ export interface MailboxConfig {
   readonly outboxConcurrency: number;
   /** Fetches run at once by this replica (half of them at most from one origin). */
   readonly fetchConcurrency: number;
+  /**
+   * How often the long polls' accounts are checked for changes no notification announced (a delivery status
+   * recorded by a worker, a notification lost while the PostgreSQL channel between replicas reconnected).
+   * Changes made through any replica's API wake the polls at once: on PostgreSQL through LISTEN/NOTIFY.
+   */
+  readonly longPollCheckSeconds: number;
 }
 
 export interface MailboxSecrets {
@@ -132,6 +138,7 @@ export function mailboxConfig(
     transferRatePerMinute: count(input.transferRatePerMinute ?? 600, 'transferRatePerMinute', 1),
     outboxConcurrency: count(input.outboxConcurrency ?? 16, 'outboxConcurrency', 1),
     fetchConcurrency: count(input.fetchConcurrency ?? 8, 'fetchConcurrency', 1),
+    longPollCheckSeconds: seconds(input.longPollCheckSeconds ?? 1, 'longPollCheckSeconds', 1),
   };
   return { config, secrets };
 }
@@ -200,6 +207,7 @@ export function readMailboxEnv(
       transferRatePerMinute: whole('FEDERIZER_MAILBOX_TRANSFER_RATE'),
       outboxConcurrency: whole('FEDERIZER_MAILBOX_OUTBOX_CONCURRENCY'),
       fetchConcurrency: whole('FEDERIZER_MAILBOX_FETCH_CONCURRENCY'),
+      longPollCheckSeconds: duration('FEDERIZER_MAILBOX_LONG_POLL_CHECK'),
     },
     {
       mtaPrivateJwk: jwk ? (JSON.parse(jwk) as JWK) : undefined,

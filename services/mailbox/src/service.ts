@@ -28,7 +28,7 @@ import {
 import type { Discovery } from '@federizer/protocol';
 import { externalContentType, formatDate, type SrvResolver, type TrustResolver } from '@federizer/protocol';
 import { messagesRouter } from './api/messages.js';
-import { ChangeNotifier } from './api/notifier.js';
+import { ChangeNotifier, PgChangeChannel } from './api/notifier.js';
 import { resourcesRouter } from './api/resources.js';
 import { syncRouter } from './api/sync.js';
 import { sendRouter, type SendDeps } from './api/send.js';
@@ -102,7 +102,7 @@ export class MailboxService implements AsyncDisposable {
   readonly forwarder: Forwarder;
   /** Deletes the blobs nothing refers to any more, once the share window has passed. */
   readonly collector: BlobCollector;
-  /** Wakes long polls of /changes when an account changes (other replicas are noticed within a second). */
+  /** Wakes long polls of /changes when an account changes, on every replica (PostgreSQL LISTEN/NOTIFY). */
   readonly notifier: ChangeNotifier;
   #server: RunningServer | undefined;
   #closed = false;
@@ -130,6 +130,15 @@ export class MailboxService implements AsyncDisposable {
     this.forwarding = new ForwardingStore(knex, clock);
     this.notifier = new ChangeNotifier({
       changes: this.changes,
+      intervalMs: config.longPollCheckSeconds * 1000,
+      // Replicas share a PostgreSQL database, and tell each other of changes through it; SQLite has one process.
+      channel:
+        knex.client.dialect === 'postgresql'
+          ? new PgChangeChannel(knex, {
+              onError: (err) => logger.warn({ err }, 'the change channel between replicas failed; opening it again'),
+              onListening: (channel) => logger.info({ channel }, 'listening for the other replicas’ changes'),
+            })
+          : undefined,
       onError: (err, address) => logger.warn({ err, address }, 'change check failed'),
     });
     this.directory = new UserDirectory(config.authAdminUrl, secrets.authAdminToken ?? '', httpClient, now);
@@ -397,6 +406,7 @@ export class MailboxService implements AsyncDisposable {
         messages: this.messages,
         blobs: this.blobs,
         now,
+        onChanged: (address) => this.notifier.notify(address),
       }),
     );
 
@@ -479,13 +489,15 @@ export class MailboxService implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.notifier.close();
+    // Long polls answer first, so that they do not hold the server's close; the channel closes meanwhile.
+    const notifierClosed = this.notifier.close();
     await this.#server?.close();
     await this.outbox.stop();
     await this.fetcher.stop();
     await this.forwarder.relays.stop();
     await this.collector.stop();
     await this.httpClient.close();
+    await notifierClosed;
     if (this.ownsKnex) await this.knex.destroy();
     this.logger.info('mailbox stopped');
   }

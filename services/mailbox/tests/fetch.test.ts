@@ -255,6 +255,13 @@ describe.each(testDatabases())('fetch between two real domains ($name)', (databa
           400,
           'invalid_request',
         );
+        // A domain DNS cannot be asked about is the request's fault, not a passing outage (503).
+        await expectRefused(
+          await postFetch({ body: { envelope: m1.envelope, content_id: photo.contentId, domain: 'example..net' } }),
+          400,
+          'invalid_request',
+          /not a domain name/,
+        );
       });
 
       it('PROTOCOL §6.2: a malformed envelope answers 400 invalid_message', async () => {

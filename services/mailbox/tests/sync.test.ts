@@ -18,7 +18,7 @@ import { signIn, testHttp } from '../../auth/tests/exchange-client.js';
 import { MailboxService, mailboxConfig } from '../src/index.js';
 import { ChangeLog, ForwardingStore, MessageStore, ShareStore, type NewMessage } from '../src/storage/index.js';
 import { IssuerKeys, requireUser } from '../src/api/user-auth.js';
-import { ChangeNotifier } from '../src/api/notifier.js';
+import { ChangeNotifier, type ChangeChannel, type ChangeListener } from '../src/api/notifier.js';
 import { syncRouter } from '../src/api/sync.js';
 import { messagesRouter } from '../src/api/messages.js';
 
@@ -257,11 +257,12 @@ describe.each(testDatabases())('sync over HTTP: GET /api/v1/changes ($name)', (d
     expect(notifyOnly.openPolls()).toBe(0);
   });
 
-  it('a long poll answers when another replica writes (no notify: the periodic state check wakes it)', async () => {
+  it('a long poll answers a change no notify announced (the periodic state check wakes it)', async () => {
     const s = await state(alice);
     const pending = poll(alice, `since=${s}&wait=10`);
     await openPolls(1);
-    // Written straight to the database, as another replica or a background job would.
+    // Written straight to the database, as a worker recording a delivery status does (or another replica
+    // while the channel between replicas is down).
     const id = await messages.create(newMessage(alice.address));
     const answer = await pending;
     expect(answer).toMatchObject({ created: [id], updated: [], destroyed: [] });
@@ -428,6 +429,58 @@ describe('ChangeNotifier', () => {
     expect(await open).toBe('timeout');
     expect(await notifier.wait('a@example.com', undefined, 10_000)).toBe('timeout');
     expect(notifier.openPolls()).toBe(0);
+  });
+
+  /** A channel between replicas that the test drives: what `notify` publishes, and the listener to call. */
+  function fakeChannel() {
+    const published: string[] = [];
+    let listener: ChangeListener | undefined;
+    let closed = false;
+    const channel: ChangeChannel = {
+      start: (l) => {
+        listener = l;
+      },
+      publish: (address) => void published.push(address),
+      close: async () => {
+        closed = true;
+      },
+    };
+    return { channel, published, listener: () => listener!, closed: () => closed };
+  }
+
+  it("notify publishes to the other replicas; their notifications wake this replica's waiters", async () => {
+    const fake = fakeChannel();
+    const notifier = new ChangeNotifier({ changes: stubLog('1'), intervalMs: 3_600_000, channel: fake.channel });
+    const local = notifier.wait('a@example.com', undefined, 10_000);
+    notifier.notify('a@example.com');
+    expect(await local).toBe('changed');
+    expect(fake.published).toEqual(['a@example.com']);
+    const remote = notifier.wait('b@example.com', undefined, 10_000);
+    const other = notifier.wait('c@example.com', undefined, 10_000);
+    fake.listener().changed('b@example.com');
+    expect(await remote).toBe('changed');
+    expect(notifier.openPolls()).toBe(1);
+    expect(notifier.wakeCounts()).toEqual({ local: 1, replica: 1, check: 0 });
+    // A replica's own notify is not published again by what it receives.
+    expect(fake.published).toEqual(['a@example.com']);
+    await notifier.close();
+    expect(await other).toBe('timeout');
+    expect(fake.closed()).toBe(true);
+    notifier.notify('a@example.com');
+    expect(fake.published).toEqual(['a@example.com']);
+  });
+
+  it('after a gap in the channel (resync), every waiting account is checked at once', async () => {
+    const fake = fakeChannel();
+    const log = stubLog('7');
+    const notifier = new ChangeNotifier({ changes: log, intervalMs: 3_600_000, channel: fake.channel });
+    const behind = notifier.wait('a@example.com', undefined, 10_000, { state: '6' });
+    const current = notifier.wait('b@example.com', undefined, 200, { state: '7' });
+    fake.listener().resync();
+    expect(await behind).toBe('changed');
+    expect(await current).toBe('timeout');
+    expect(notifier.wakeCounts()).toEqual({ local: 0, replica: 0, check: 1 });
+    await notifier.close();
   });
 
   it('a failing state read is reported and the check carries on', async () => {

@@ -3,6 +3,12 @@
  * token from its own AS, presents the envelope it received and asks for one resource. Each check is a
  * named step with its own error, in the protocol's order; the answer streams the bytes with Range,
  * Repr-Digest (RFC 9530) and the resource's declared type.
+ *
+ * The checks ask DNS about the fetching domain (its issuer, its keys, its `mta_client_id`) and, for a
+ * forwarded copy, about every hop's domain. When that domain does not answer (`discovery_failed`: a DNS
+ * time-out or SERVFAIL, a refused connection, a 5xx), nothing is known against the request yet: the answer is
+ * 503 `temporarily_unavailable` with Retry-After, which the fetcher retries, rather than a refusal it would
+ * take as final. A definitive answer (no SRV record, another issuer, a bad signature) still refuses.
  */
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import type { JWTPayload } from 'jose';
@@ -27,6 +33,7 @@ import {
   type TrustResolver,
 } from '@federizer/protocol';
 import { parseRange, type DiskBlobStore } from '../blobs/index.js';
+import { DISCOVERY_RETRY_AFTER_SECONDS } from './errors.js';
 import { leaves } from '../api/send.js';
 import type { MessageStore, Share, ShareStore } from '../storage/index.js';
 
@@ -40,6 +47,8 @@ export interface FetchEndpointDeps {
   readonly blobs: DiskBlobStore;
   readonly now: () => number;
   readonly onFetched?: (domain: string, bytes: number) => void;
+  /** The sender's deliveries changed (marked fetched), for her long polls. */
+  readonly onChanged?: (address: string) => void;
 }
 
 export class FetchError extends Error {
@@ -47,10 +56,29 @@ export class FetchError extends Error {
     readonly status: number,
     readonly error: string,
     message: string,
+    /** Seconds, for a 503. */
+    readonly retryAfter?: number,
   ) {
     super(message);
   }
 }
+
+/** The fetching domain's records or metadata could not be read: try again later (PROTOCOL §11 `discovery_failed`). */
+function unavailable(what: string, e: ProtocolError): FetchError {
+  return new FetchError(
+    503,
+    'temporarily_unavailable',
+    `${what}: ${e.message}; try again later`,
+    DISCOVERY_RETRY_AFTER_SECONDS,
+  );
+}
+
+function isDiscoveryOutage(e: unknown): e is ProtocolError {
+  return e instanceof ProtocolError && e.code === 'discovery_failed';
+}
+
+/** RFC 1123 host name syntax, lower-cased: what discovery can ask DNS about. */
+const DOMAIN = /^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$/;
 
 interface FetchRequest {
   readonly envelope: readonly Block[];
@@ -68,12 +96,16 @@ export function readRequest(body: unknown): FetchRequest {
       'the body is {"envelope": [...], "content_id": "<...>", "domain": "..."}',
     );
   }
+  const domain = b.domain.toLowerCase();
+  // Not left to discovery, whose refusal of a malformed name would read as a passing outage (503).
+  if (!DOMAIN.test(domain))
+    throw new FetchError(400, 'invalid_request', `domain ${JSON.stringify(b.domain)} is not a domain name`);
   try {
     validateMessage({ envelope: b.envelope, body: { parts: [] } });
   } catch (e) {
     throw new FetchError(400, 'invalid_message', (e as Error).message);
   }
-  return { envelope: b.envelope as Block[], contentId: b.content_id, domain: b.domain.toLowerCase() };
+  return { envelope: b.envelope as Block[], contentId: b.content_id, domain };
 }
 
 /** Steps 2–4: the access token the fetcher's AS issued (RFC 9068), bound to the DPoP proof of this request. */
@@ -101,6 +133,8 @@ export async function checkAccessToken(
     payload = claims;
   } catch (e) {
     if (e instanceof FetchError) throw e;
+    // The issuer or its JWKS did not answer: the token is neither accepted nor refused yet.
+    if (isDiscoveryOutage(e)) throw unavailable(`the issuer of ${fetch.domain}`, e);
     throw new FetchError(401, 'invalid_token', `access token: ${(e as Error).message}`);
   }
   if (typeof payload.exp !== 'number' || payload.exp <= now - 30)
@@ -129,7 +163,13 @@ export async function checkAccessToken(
     throw new FetchError(401, 'invalid_dpop_proof', `DPoP proof: ${(e as Error).message}`);
   }
   // §6.3 check 3: azp (and client_id) are the DNS-bound client identity of the fetching domain.
-  const expectedAzp = await deps.trust.mtaClientIdFor(fetch.domain);
+  let expectedAzp: string;
+  try {
+    expectedAzp = await deps.trust.mtaClientIdFor(fetch.domain);
+  } catch (e) {
+    if (isDiscoveryOutage(e)) throw unavailable(`the mailbox of ${fetch.domain}`, e);
+    throw new FetchError(401, 'invalid_token', `the MTA of ${fetch.domain}: ${(e as Error).message}`);
+  }
   for (const claim of ['azp', 'client_id'] as const) {
     if (payload[claim] !== undefined && payload[claim] !== expectedAzp) {
       throw new FetchError(
@@ -212,6 +252,8 @@ export async function checkAccess(
       recipients = chain.newest.recipients;
       sharedWith = chain.hops[1]!.senderDomain;
     } catch (e) {
+      // A hop's domain did not answer: the chain is not known to fail, so the fetcher asks again later.
+      if (isDiscoveryOutage(e)) throw unavailable('a domain of the forward chain', e);
       throw new FetchError(403, 'invalid_chain', `the forward chain does not hold: ${(e as Error).message}`);
     }
     if (!recipients.map(domainOf).includes(fetch.domain))
@@ -240,9 +282,11 @@ export async function checkAccess(
 async function markFetched(deps: FetchEndpointDeps, share: Share, domain: string, fetchedBy: string): Promise<void> {
   try {
     const copies = await deps.shares.sharesOf(share.message);
+    let changed = 0;
     for (const copy of copies.filter((c) => c.recipients.map(domainOf).includes(domain))) {
-      await deps.shares.setDelivery(copy.id, { domain }, 'fetched', { fetchedBy });
+      changed += await deps.shares.setDelivery(copy.id, { domain }, 'fetched', { fetchedBy });
     }
+    if (changed > 0) deps.onChanged?.(share.address);
   } catch {
     // Only the sender's status view is behind; the next complete fetch of the message marks it again.
   }
@@ -288,6 +332,7 @@ export function fetchRouter(deps: FetchEndpointDeps): Router {
             'WWW-Authenticate',
             `DPoP error="${e.error}", error_description="${e.message.replace(/["\\]/g, "'")}"`,
           );
+        if (e.retryAfter !== undefined) res.set({ 'Retry-After': String(e.retryAfter), 'Cache-Control': 'no-store' });
         return void res.status(e.status).json({ error: e.error, error_description: e.message });
       }
       next(e);
