@@ -169,6 +169,7 @@ export class MailboxService implements AsyncDisposable {
       logger,
       now,
       notifyFailure: (share, failed) => this.#failureNotice(share, failed),
+      onChanged: (address) => this.notifier.notify(address),
       concurrency: config.outboxConcurrency,
       onOutcome: (outcome, seconds) => {
         this.#metrics?.deliveries.inc({ outcome });

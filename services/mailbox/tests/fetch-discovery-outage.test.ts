@@ -165,7 +165,8 @@ describe.each(testDatabases())('fetch while example.net cannot be discovered ($n
   beforeAll(async () => {
     fed = await startMailFederation(['example.com', 'example.net'], {
       database: database.create,
-      config: { longPollCheckSeconds: 3600 },
+      // A retry base of 1 s, so that a wait of 30 s after a 503 can only come from its Retry-After.
+      config: { longPollCheckSeconds: 3600, retryBaseSeconds: 1 },
     });
     dns = fed.auth.dns;
     http = testHttp();
@@ -243,6 +244,8 @@ describe.each(testDatabases())('fetch while example.net cannot be discovered ($n
       expect(first).toMatchObject({ status: 'pending', attempts: 1 });
       expect(first.lastError).toMatch(/answered 503/);
       expect(first.lastError).toMatch(/temporarily_unavailable/);
+      // RFC 9110 §10.2.3: the fetcher waits as long as the origin's Retry-After (30 s) asks, not its backoff (1 to 2 s).
+      expect(first.nextAttemptAt - first.updatedAt).toBeGreaterThan(29_000); // less the milliseconds between the two clocks
       net().fetcher.pause();
     });
     // example.com finds example.net's AS again (once its short negative cache has passed); the retry made due

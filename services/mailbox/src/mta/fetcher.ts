@@ -61,7 +61,20 @@ export const FETCH_LEASE_MS = 60_000;
 const ERROR_ANSWER_BYTES = 64 * 1024;
 
 class Permanent extends Error {}
-class Temporary extends Error {}
+class Temporary extends Error {
+  /** From the answer's Retry-After: the next attempt waits at least this long. */
+  readonly retryAfterMs: number | undefined;
+  constructor(message: string, options?: ErrorOptions & { retryAfterMs?: number }) {
+    super(message, options);
+    this.retryAfterMs = options?.retryAfterMs;
+  }
+}
+
+/** Retry-After in seconds (RFC 9110 §10.2.3; an HTTP-date is not used by the peers this talks to). */
+function retryAfterMs(value: string | undefined): number | undefined {
+  const seconds = Number(value);
+  return value !== undefined && Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : undefined;
+}
 
 /** The domain of the newest signed block's sender: whose AS issued the newest assertion. */
 function newestSenderDomain(envelope: readonly Block[]): string {
@@ -138,7 +151,13 @@ export class Fetcher extends LeasedWorker<FetchJob> {
     if (e instanceof Permanent) {
       await this.deps.jobs.fail(job.id, this.owner, reason);
     } else {
-      const retried = await this.deps.jobs.retry(job.id, this.owner, reason);
+      const wait = e instanceof Temporary ? e.retryAfterMs : undefined;
+      const retried = await this.deps.jobs.retry(
+        job.id,
+        this.owner,
+        reason,
+        wait === undefined ? {} : { notBefore: this.deps.now() + wait },
+      );
       if (!retried.gaveUp) {
         this.deps.logger.info(
           { contentId: job.payload.contentId, reason, err, nextAttemptAt: retried.nextAttemptAt },
@@ -209,7 +228,8 @@ export class Fetcher extends LeasedWorker<FetchJob> {
         const text = await res.text(ERROR_ANSWER_BYTES).catch((e: unknown) => `(${describeError(e)})`);
         if (signal.aborted) throw signal.reason; // the lease was lost meanwhile: decide nothing
         const why = `${origin.fetch_endpoint} answered ${res.status}: ${text.slice(0, 300)}`;
-        if (res.status === 429 || res.status >= 500) throw new Temporary(why);
+        if (res.status === 429 || res.status >= 500)
+          throw new Temporary(why, { retryAfterMs: retryAfterMs(res.header('retry-after')) });
         if (res.status === 416) {
           await partial.discard(); // our partial is longer than the resource: start over
           throw new Temporary(why);

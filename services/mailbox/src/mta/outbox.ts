@@ -27,6 +27,8 @@ export interface OutboxDeps {
     failed: readonly { address: string; reason: string }[],
   ) => Promise<void>;
   readonly onOutcome?: (outcome: 'transferred' | 'retried' | 'failed', seconds: number) => void;
+  /** The sender's account changed (a delivery status), so that its long polls answer at once. */
+  readonly onChanged?: (address: string) => void;
   readonly concurrency?: number;
   readonly perDestination?: number;
   readonly pollMs?: number;
@@ -91,6 +93,7 @@ export class Outbox extends LeasedWorker<TransferJob> {
       if (share) {
         const reason = e instanceof Temporary ? `gave up after 5 days: ${e.message}` : (e as Error).message;
         await this.deps.shares.setDelivery(share.id, { domain: job.destination }, 'failed', { detail: reason });
+        this.deps.onChanged?.(share.address);
         const failed = share.recipients
           .filter((r) => r.endsWith(`@${job.destination}`))
           .map((address) => ({ address, reason }));
@@ -150,6 +153,7 @@ export class Outbox extends LeasedWorker<TransferJob> {
       const rejected = json.rejected ?? [];
       for (const r of rejected)
         await this.deps.shares.setDelivery(share.id, { recipient: r.address }, 'failed', { detail: r.reason });
+      this.deps.onChanged?.(share.address);
       if (rejected.length > 0) await this.deps.notifyFailure(share, rejected);
       return;
     }
