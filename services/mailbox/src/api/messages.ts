@@ -46,8 +46,6 @@ const DEFAULT_PAGE_SIZE = 50;
 const MAX_PAGE_SIZE = 200;
 const MAX_BATCH_IDS = 200;
 const MAX_FORWARDING_TARGETS = 10;
-/** How many messages of a batch read are read at once. */
-const BATCH_CONCURRENCY = 8;
 /** More recipients than any copy has; bounds the work of one unsend. */
 const MAX_UNSEND_RECIPIENTS = 1000;
 /** RFC 5322 §2.1.1: a header line, hence a Message-ID or X-Thread-ID, is at most 998 characters. */
@@ -219,12 +217,15 @@ export function messagesRouter(deps: MessagesDeps): Router {
     if (ids.length > MAX_BATCH_IDS) throw badRequest(`ids holds at most ${MAX_BATCH_IDS} ids, not ${ids.length}`);
     if (!ids.every((id): id is string => typeof id === 'string')) throw badRequest('ids must be strings');
     const unique = [...new Set(ids)];
-    const read: (Awaited<ReturnType<typeof readMessage>> | undefined)[] = [];
-    // A few at a time: a batch must not take every connection of the pool.
-    for (let i = 0; i < unique.length; i += BATCH_CONCURRENCY) {
-      const part = unique.slice(i, i + BATCH_CONCURRENCY);
-      read.push(...(await Promise.all(part.map((id) => (ID_PATTERN.test(id) ? readMessage(address, id) : undefined)))));
-    }
+    // Two statements for the whole batch (the messages, then their resources), not two per message.
+    const found = await deps.messages.getMany(
+      address,
+      unique.filter((id) => ID_PATTERN.test(id)),
+    );
+    const read = unique.map((id) => {
+      const hit = found.get(id);
+      return hit === undefined ? undefined : messageJson(hit.message, hit.resources);
+    });
     send(res, 200, {
       messages: read.filter((m) => m !== undefined),
       notFound: unique.filter((_, i) => read[i] === undefined),

@@ -7,6 +7,7 @@ import {
   cid,
   clearMailboxTables,
   openMailboxDatabase,
+  statementsOf,
   testClock,
   testDatabases,
   warmPool,
@@ -58,6 +59,48 @@ describe.each(testDatabases())('AccountStore on $name', (database) => {
     const rows = (await db.knex('mail_accounts').select('address')) as { address: string }[];
     expect(rows.map((r) => r.address)).toEqual([ALICE]);
     expect(await accounts.storageUsed(ALICE)).toBe(0);
+  });
+
+  it('creates a known account with no statement, in any store of the database, until the rows are deleted', async () => {
+    await accounts.ensure(ALICE);
+    expect(await statementsOf(db.knex, () => accounts.ensure(ALICE))).toEqual([]);
+    expect(await statementsOf(db.knex, () => new AccountStore(db.knex).ensure(ALICE))).toEqual([]);
+    // A test emptying the tables forgets what the stores knew: the account is created again, and holds.
+    await clearMailboxTables(db.knex);
+    await accounts.ensure(ALICE);
+    const rows = (await db.knex('mail_accounts').select('address')) as { address: string }[];
+    expect(rows.map((r) => r.address)).toEqual([ALICE]);
+    expect(await accounts.addResource(ALICE, { contentId: cid('a'), size: 5 })).toEqual({
+      added: true,
+      storageUsed: 5,
+    });
+  });
+
+  it('does not take an account row created by a transaction that rolled back for one that exists', async () => {
+    // Bob's first resource is refused for the quota: the transaction that created his row rolls back.
+    const refused = await accounts.addResource(BOB, { contentId: cid('big'), size: 2000 }, { quota: 1000 }).then(
+      () => 'added',
+      (e: unknown) => (isMailStoreError(e) ? e.code : String(e)),
+    );
+    expect(refused).toBe('quota_exceeded');
+    expect(await db.knex('mail_accounts').select('address')).toEqual([]);
+    // Had the store remembered him, this would skip creating his row and find no counter to add to.
+    expect(await accounts.addResource(BOB, { contentId: cid('small'), size: 10 }, { quota: 1000 })).toEqual({
+      added: true,
+      storageUsed: 10,
+    });
+    expect(await accounts.storageUsed(BOB)).toBe(10);
+  });
+
+  it('adds a resource to a known account in one read and two writes', async () => {
+    // Created inside a transaction, the account is known once a later insert of it finds it committed.
+    await accounts.addResource(ALICE, { contentId: cid('first'), size: 1 });
+    await accounts.addResource(ALICE, { contentId: cid('second'), size: 1 });
+    const sql = await statementsOf(db.knex, () => accounts.addResource(ALICE, { contentId: cid('a'), size: 300 }));
+    // On PostgreSQL the resource's advisory lock and the account's row lock come first.
+    const locks = database.name === 'postgres' ? 2 : 0;
+    expect(sql).toHaveLength(locks + 3);
+    expect(sql.filter((q) => /^insert into .mail_accounts/i.test(q))).toEqual([]);
   });
 
   it('holds a resource once, counting its size once', async () => {
@@ -228,7 +271,13 @@ describe.each(testDatabases())('AccountStore on $name', (database) => {
 
   it('shares a held resource with another account only while some account holds it', async () => {
     const a = cid('held');
-    expect(await accounts.shareHeld(BOB, { contentId: a, size: 5 })).toBeUndefined();
+    let shared: unknown = 'not called';
+    const sql = await statementsOf(db.knex, async () => {
+      shared = await accounts.shareHeld(BOB, { contentId: a, size: 5 });
+    });
+    expect(shared).toBeUndefined();
+    // Held by nobody: on SQLite one read, with no transaction; PostgreSQL reads under the resource's lock.
+    expect(sql).toHaveLength(database.name === 'postgres' ? 2 : 1);
     expect(await accounts.hasResource(BOB, a)).toBe(false);
     await accounts.addResource(ALICE, { contentId: a, size: 5, mediaType: 'text/plain' });
     expect(await accounts.shareHeld(BOB, { contentId: a, size: 5 }, { quota: 100 })).toEqual({

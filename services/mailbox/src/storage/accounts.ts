@@ -19,9 +19,13 @@ import {
   checkLimit,
   checkSize,
   chunks,
+  isPostgres,
+  knownAccounts,
   lockAccounts,
   lockContent,
+  rememberAccount,
   type Clock,
+  type KnownAccounts,
   type StoreOptions,
 } from './sql.js';
 
@@ -159,14 +163,25 @@ export async function holdResource(
   now: number,
 ): Promise<AddResourceResult> {
   const { address, contentId, size, mediaType, quota } = input;
-  const account = (await trx('mail_accounts').first('storage_used').where({ address })) as {
-    storage_used: unknown;
-  };
-  const used = dbNumber(account.storage_used);
-  const held = (await trx('mail_resources').first('refs').where({ address, content_id: contentId })) as
-    { refs: unknown } | undefined;
-  if (held !== undefined) {
-    if (dbNumber(held.refs) === 0) {
+  // One statement: the account's counter, whether it holds the resource, and (only when it does not) how
+  // many of its messages reference it already: messages may reference the resource before the account
+  // holds it (a received message waiting for its fetch); they count from the start.
+  const counted = trx('mail_message_resources as mr')
+    .join('mail_messages as m', 'm.id', 'mr.message')
+    .count('*')
+    .where('m.address', trx.ref('a.address'))
+    .andWhere('mr.content_id', contentId);
+  const row = (await trx('mail_accounts as a')
+    .leftJoin('mail_resources as r', (j) => j.on('r.address', 'a.address').andOnVal('r.content_id', contentId))
+    .first(
+      'a.storage_used',
+      'r.refs',
+      trx.raw('case when ?? is null then ? else 0 end as ??', ['r.refs', counted, 'counted']),
+    )
+    .where('a.address', address)) as { storage_used: unknown; refs: unknown; counted: unknown };
+  const used = dbNumber(row.storage_used);
+  if (row.refs !== null && row.refs !== undefined) {
+    if (dbNumber(row.refs) === 0) {
       await trx('mail_resources').where({ address, content_id: contentId }).update({ unreferenced_at: now });
     }
     return { added: false, storageUsed: used };
@@ -177,15 +192,7 @@ export async function holdResource(
       `${address} holds ${used} bytes; ${size} more would exceed the quota of ${quota}`,
     );
   }
-  // Messages may reference the resource before the account holds it (a received message waiting for
-  // its fetch); they count from the start.
-  const counted = (await trx('mail_message_resources as mr')
-    .join('mail_messages as m', 'm.id', 'mr.message')
-    .where('m.address', address)
-    .andWhere('mr.content_id', contentId)
-    .count({ n: '*' })
-    .first()) as { n: unknown } | undefined;
-  const refs = dbNumber(counted?.n ?? 0);
+  const refs = dbNumber(row.counted);
   await trx('mail_resources').insert({
     address,
     content_id: contentId,
@@ -202,19 +209,27 @@ export async function holdResource(
 export class AccountStore {
   readonly #knex: Knex;
   readonly #now: Clock;
+  readonly #known: KnownAccounts;
 
   constructor(knex: Knex, options: StoreOptions = {}) {
     this.#knex = knex;
     this.#now = options.now ?? Date.now;
+    this.#known = knownAccounts(knex);
   }
 
-  /** Creates the account row if missing (accounts also appear on their first message or resource). */
+  /**
+   * Creates the account row if missing (accounts also appear on their first message or resource). An
+   * account this process knows to exist costs no statement.
+   */
   async ensure(address: string): Promise<void> {
     checkAddress(address);
+    if (this.#known.has(address)) return;
     await this.#knex('mail_accounts')
       .insert({ address, storage_used: 0, created_at: this.#now() })
       .onConflict('address')
       .ignore();
+    // Outside any transaction: the row is committed now, whoever inserted it.
+    rememberAccount(this.#known, address);
   }
 
   /** Bytes of the resources the account holds; 0 for an unknown account. */
@@ -257,6 +272,12 @@ export class AccountStore {
     options: { quota?: number } = {},
   ): Promise<AddResourceResult | undefined> {
     const input = checkResourceInput(address, resource, options);
+    if (!isPostgres(this.#knex)) {
+      // SQLite's one connection runs this read alone, as it would in the transaction: held by nobody, there
+      // is nothing to add and no transaction is needed.
+      const holder = await this.#knex('mail_resources').first('address').where({ content_id: input.contentId });
+      if (holder === undefined) return undefined;
+    }
     return this.#knex.transaction(async (trx) => {
       await lockContent(trx, input.contentId);
       const holder = await trx('mail_resources').first('address').where({ content_id: input.contentId });
@@ -267,7 +288,7 @@ export class AccountStore {
 
   async #add(trx: Knex.Transaction, input: CheckedResource): Promise<AddResourceResult> {
     const now = this.#now();
-    await lockAccounts(trx, [input.address], now);
+    await lockAccounts(trx, [input.address], now, this.#known);
     return holdResource(trx, input, now);
   }
 
@@ -307,7 +328,7 @@ export class AccountStore {
     const ids = checkContentIds(contentIds);
     if (ids.length === 0) return;
     await this.#knex.transaction(async (trx) => {
-      await lockAccounts(trx, [address], this.#now());
+      await lockAccounts(trx, [address], this.#now(), this.#known);
       await referenceResources(trx, address, ids);
     });
   }
@@ -319,7 +340,7 @@ export class AccountStore {
     if (ids.length === 0) return;
     await this.#knex.transaction(async (trx) => {
       const now = this.#now();
-      await lockAccounts(trx, [address], now);
+      await lockAccounts(trx, [address], now, this.#known);
       await unreferenceResources(trx, address, ids, now);
     });
   }
@@ -412,6 +433,7 @@ export class AccountStore {
         trx,
         before.map((r) => r.address),
         now,
+        this.#known,
       );
       const rows = (await trx('mail_resources').select().where({ content_id: contentId })) as ResourceRow[];
       for (const row of rows) {
@@ -433,7 +455,7 @@ export class AccountStore {
     checkAddress(address);
     checkContentId(contentId);
     return this.#knex.transaction(async (trx) => {
-      await lockAccounts(trx, [address], this.#now());
+      await lockAccounts(trx, [address], this.#now(), this.#known);
       const row = (await trx('mail_resources').first('size', 'refs').where({ address, content_id: contentId })) as
         { size: unknown; refs: unknown } | undefined;
       if (row === undefined || dbNumber(row.refs) > 0) return false;

@@ -7,6 +7,7 @@ import {
   T0,
   clearMailboxTables,
   openMailboxDatabase,
+  statementsOf,
   testClock,
   testDatabases,
   warmPool,
@@ -65,6 +66,9 @@ describe.each(testDatabases())('ChangeLog on $name', (database) => {
     expect(state).toMatch(/^[1-9][0-9]*$/);
     expect(await log.state(BOB)).toBe('0');
     expect(await log.since(ALICE, state)).toEqual({ state, created: [], updated: [], destroyed: [], hasMore: false });
+    // A long poll re-checks the state often: one statement; a read of changes, two.
+    expect(await statementsOf(db.knex, () => log.state(ALICE))).toHaveLength(1);
+    expect(await statementsOf(db.knex, () => log.since(ALICE, '0'))).toHaveLength(2);
   });
 
   it('collapses several changes of one object into one list', async () => {

@@ -11,7 +11,15 @@
 import type { Knex } from 'knex';
 import { dbNumber } from '@federizer/common';
 import { MailStoreError } from './errors.js';
-import { checkAddress, checkLimit, lockAccounts, type Clock, type StoreOptions } from './sql.js';
+import {
+  checkAddress,
+  checkLimit,
+  knownAccounts,
+  lockAccounts,
+  type Clock,
+  type KnownAccounts,
+  type StoreOptions,
+} from './sql.js';
 
 export type ChangeOp = 'created' | 'updated' | 'destroyed';
 
@@ -39,8 +47,8 @@ export const KEEP_CHANGES = 100_000;
 const STATE = /^(0|[1-9][0-9]{0,15})$/;
 
 /**
- * Appends changes for one account inside the caller's transaction, taking the account lock first (a no-op
- * when the transaction already holds it).
+ * Appends changes for one account inside the caller's transaction, taking the account lock first (a no-op,
+ * costing no statement, when the transaction already holds it).
  */
 export async function recordChanges(
   trx: Knex.Transaction,
@@ -65,30 +73,28 @@ function parseState(state: unknown): number {
 export class ChangeLog {
   readonly #knex: Knex;
   readonly #now: Clock;
+  readonly #known: KnownAccounts;
 
   constructor(knex: Knex, options: StoreOptions = {}) {
     this.#knex = knex;
     this.#now = options.now ?? Date.now;
+    this.#known = knownAccounts(knex);
   }
 
-  /** The account's current state: cheap (two index lookups), for long polls that re-check it often. */
+  /** The account's current state: cheap (one statement, two index lookups), for long polls that re-check it often. */
   async state(address: string): Promise<string> {
     const { newest, floor } = await this.#bounds(checkAddress(address));
     return String(Math.max(newest, floor));
   }
 
   async #bounds(address: string): Promise<{ newest: number; floor: number }> {
-    const [newest, account] = await Promise.all([
-      this.#knex('mail_changes').max({ seq: 'seq' }).where({ address }).first() as Promise<
-        { seq: unknown } | undefined
-      >,
-      this.#knex('mail_accounts').first('changes_pruned_through').where({ address }) as Promise<
-        { changes_pruned_through: unknown } | undefined
-      >,
-    ]);
+    const row = (await this.#knex.first(
+      this.#knex('mail_changes').max('seq').where({ address }).as('newest'),
+      this.#knex('mail_accounts').select('changes_pruned_through').where({ address }).as('floor'),
+    )) as { newest: unknown; floor: unknown } | undefined;
     return {
-      newest: newest?.seq === null || newest?.seq === undefined ? 0 : dbNumber(newest.seq),
-      floor: account === undefined ? 0 : dbNumber(account.changes_pruned_through),
+      newest: row?.newest === null || row?.newest === undefined ? 0 : dbNumber(row.newest),
+      floor: row?.floor === null || row?.floor === undefined ? 0 : dbNumber(row.floor),
     };
   }
 
@@ -155,6 +161,7 @@ export class ChangeLog {
         trx,
         highest.map((h) => h.address),
         this.#now(),
+        this.#known,
       );
       for (const h of highest) {
         await trx('mail_accounts')

@@ -8,6 +8,7 @@ import {
   T0,
   clearMailboxTables,
   openMailboxDatabase,
+  statementsOf,
   testClock,
   testDatabases,
   warmPool,
@@ -95,6 +96,21 @@ describe.each(testDatabases())('JobQueue on $name', (database) => {
     const settled = await Promise.all(Array.from({ length: 10 }, () => queue.enqueue('fetch', 'same', 'x.example', 1)));
     expect(new Set(settled.map((s) => s.job.id)).size).toBe(1);
     expect(settled.filter((s) => s.created)).toHaveLength(1);
+  });
+
+  it('queues a new job in one statement, and a duplicate key inserts nothing', async () => {
+    let first: Awaited<ReturnType<JobQueue['enqueue']>> | undefined;
+    expect(
+      await statementsOf(db.knex, async () => {
+        first = await queue.enqueue('fetch', '<cid>', 'example.org', { n: 1 });
+      }),
+    ).toHaveLength(1);
+    // The job answered without reading it back is the one stored.
+    expect(await queue.get(first!.job.id)).toEqual(first!.job);
+    const again = await queue.enqueue('fetch', '<cid>', 'example.net', { n: 2 });
+    expect(again).toEqual({ job: first!.job, created: false });
+    const rows = (await db.knex('mail_jobs').select('id').where({ kind: 'fetch', key: '<cid>' })) as unknown[];
+    expect(rows).toHaveLength(1);
   });
 
   it('claims due jobs only, oldest due first, leasing them to the owner', async () => {
@@ -195,6 +211,21 @@ describe.each(testDatabases())('JobQueue on $name', (database) => {
     expect(third.more).toBe(false);
     for (const job of [...second.jobs, ...third.jobs]) await queue.complete(job.id, job.leaseOwner!);
     expect(await claim('w1', 5)).toEqual({ jobs: [], more: false });
+  });
+
+  it('answers a claim that finds nothing due in one statement, still saying whether a destination is full', async () => {
+    const claim = (owner: string) =>
+      queue.claimBatch({ kinds: ['transfer'], owner, limit: 5, leaseMs: LEASE, perDestinationLimit: 2 });
+    let empty: unknown;
+    const sql = await statementsOf(db.knex, async () => {
+      empty = await claim('w1');
+    });
+    expect(empty).toEqual({ jobs: [], more: false });
+    expect(sql).toHaveLength(1);
+    for (let i = 0; i < 2; i++) await queue.enqueue('transfer', `busy${i}`, 'busy.example', i);
+    expect((await claim('w1')).jobs).toHaveLength(2);
+    // Nothing is due, and busy.example is at its limit: as a claim that read its candidates answers.
+    expect(await claim('w2')).toEqual({ jobs: [], more: true });
   });
 
   it('answers claimed jobs as they are stored, lease included', async () => {

@@ -12,7 +12,7 @@
  * runs alone.
  */
 import type { Knex } from 'knex';
-import { dbNumber, dbOptionalNumber } from '@federizer/common';
+import { dbBoolean, dbNumber, dbOptionalNumber } from '@federizer/common';
 import { MailStoreError } from './errors.js';
 import { createIdGenerator } from './ids.js';
 import { checkLimit, checkSize, chunks, isPostgres, parseJson, type Clock, type StoreOptions } from './sql.js';
@@ -168,25 +168,31 @@ export class JobQueue {
     checkString(key, 'key', 512);
     checkString(destination, 'destination', 253);
     const now = this.#now();
+    const row: JobRow = {
+      id: this.#newId(),
+      kind,
+      key,
+      destination,
+      payload: JSON.stringify(payload ?? null),
+      status: 'pending',
+      attempts: 0,
+      next_attempt_at: Math.max(now, options.notBefore ?? now),
+      lease_owner: null,
+      lease_until: null,
+      last_error: null,
+      created_at: now,
+      updated_at: now,
+    };
     const inserted = (await this.#knex('mail_jobs')
-      .insert({
-        id: this.#newId(),
-        kind,
-        key,
-        destination,
-        payload: JSON.stringify(payload ?? null),
-        status: 'pending',
-        attempts: 0,
-        next_attempt_at: Math.max(now, options.notBefore ?? now),
-        created_at: now,
-        updated_at: now,
-      })
+      .insert(row)
       .onConflict(['kind', 'key'])
       .ignore()
       .returning('id')) as unknown[];
+    // Queued now: the job is the row just written, with no need to read it back.
+    if (inserted.length > 0) return { job: toJob<P>(row), created: true };
     const job = await this.find<P>(kind, key);
     if (job === undefined) throw new Error('queued job vanished');
-    return { job, created: inserted.length > 0 };
+    return { job, created: false };
   }
 
   async get<P = unknown>(id: string): Promise<Job<P> | undefined> {
@@ -226,6 +232,31 @@ export class JobQueue {
         : checkLimit(options.perDestinationLimit, 1_000_000, 'perDestinationLimit');
     const limited = Number.isFinite(perDestination);
     const postgres = isPostgres(this.#knex);
+
+    // Most claims of a quiet queue find nothing (timer polls, wakes for jobs an earlier claim took): one read,
+    // outside a transaction, says so, with whether some destination is at its limit (the `more` such a claim
+    // answers). Otherwise the claim proper decides, in its transaction.
+    const probeNow = this.#now();
+    const due = this.#knex('mail_jobs')
+      .select(this.#knex.raw('1'))
+      .where('status', 'pending')
+      .whereIn('kind', kinds)
+      .andWhere('next_attempt_at', '<=', probeNow)
+      .andWhere((q) => q.whereNull('lease_until').orWhere('lease_until', '<=', probeNow));
+    // Some destination holds `perDestination` leases (only asked when there is a limit).
+    const atLimit = limited
+      ? this.#knex('mail_jobs')
+          .select('destination')
+          .where('status', 'pending')
+          .andWhere('lease_until', '>', probeNow)
+          .groupBy('destination')
+          .havingRaw('count(*) >= ?', [perDestination])
+      : undefined;
+    const probe = (await this.#knex.first(
+      this.#knex.raw('exists ? as ??', [due, 'due']),
+      atLimit === undefined ? this.#knex.raw('0 as ??', ['full']) : this.#knex.raw('exists ? as ??', [atLimit, 'full']),
+    )) as { due: unknown; full: unknown };
+    if (!dbBoolean(probe.due)) return { jobs: [], more: dbBoolean(probe.full) };
 
     const claimed = await this.#knex.transaction(async (trx) => {
       const now = this.#now();

@@ -10,6 +10,7 @@ import {
   cid,
   clearMailboxTables,
   openMailboxDatabase,
+  statementsOf,
   testClock,
   testDatabases,
   warmPool,
@@ -114,6 +115,51 @@ describe.each(testDatabases())('MessageStore on $name', (database) => {
       ].sort((x, y) => (x.contentId < y.contentId ? -1 : 1)),
     );
     expect(await changes.since(ALICE, '0')).toMatchObject({ created: [id], updated: [], destroyed: [] });
+  });
+
+  it('locks a known account once per transaction, with no insert of its row', async () => {
+    await new AccountStore(db.knex).ensure(ALICE);
+    const sql = await statementsOf(db.knex, () =>
+      messages.create(draft(ALICE, { resources: [{ contentId: cid('a'), size: 1, status: 'held' }] })),
+    );
+    // SQLite's one connection serializes the transaction without a lock; PostgreSQL locks the row once,
+    // although both the message and its change log entry take the account lock.
+    const accountStatements = sql.filter((q) => /mail_accounts/.test(q));
+    expect(accountStatements).toHaveLength(database.name === 'postgres' ? 1 : 0);
+    expect(accountStatements.every((q) => /^select .* for update$/i.test(q))).toBe(true);
+  });
+
+  it('reads a batch of messages with their resources as get and resourcesOf do, in two statements', async () => {
+    const a = cid('a');
+    const b = cid('b');
+    const ids: string[] = [];
+    for (let i = 0; i < 70; i++) {
+      const resources =
+        i % 3 === 0
+          ? []
+          : [
+              { contentId: b, size: 2, status: 'pending' as const },
+              { contentId: a, size: 1, status: 'held' as const },
+            ];
+      ids.push(await messages.create(draft(ALICE, { resources })));
+    }
+    const bobs = await messages.create(draft(BOB));
+    const wanted = [...ids, bobs, '0'.repeat(ids[0]!.length)];
+    let found: Awaited<ReturnType<MessageStore['getMany']>> | undefined;
+    const sql = await statementsOf(db.knex, async () => {
+      found = await messages.getMany(ALICE, wanted);
+    });
+    expect(sql).toHaveLength(2);
+    // Another account's message and an unknown id are absent, as `get` answers them.
+    expect([...found!.keys()].sort()).toEqual([...ids].sort());
+    for (const id of ids) {
+      expect(found!.get(id)).toEqual({
+        message: await messages.get(ALICE, id),
+        resources: await messages.resourcesOf(id),
+      });
+    }
+    expect(await messages.getMany(ALICE, [])).toEqual(new Map());
+    expect(await messages.getMany(BOB, [ids[0]!])).toEqual(new Map());
   });
 
   it('pages through 250 messages newest first, without duplicates or gaps', async () => {
@@ -285,5 +331,22 @@ describe.each(testDatabases())('MessageStore on $name', (database) => {
     expect(await accounts.addResource(BOB, { contentId: r, size: 4000 })).toEqual({ added: false, storageUsed: 4000 });
     await messages.delete(BOB, m1);
     expect(await accounts.resource(BOB, r)).toMatchObject({ refs: 1 });
+  });
+
+  it('reads the media type from the body for a reference stored before it was kept (migration 0003)', async () => {
+    const r = cid('old photo');
+    const leaf: Part = {
+      headers: [{ 'Content-ID': r }, { 'Content-Type': externalContentType(10, 'image/png') }],
+    };
+    const id = await messages.create(
+      draft(BOB, { body: { parts: [leaf] }, resources: [{ contentId: r, size: 10, status: 'pending' }] }),
+    );
+    expect(await db.knex('mail_message_resources').first('media_type').where({ message: id })).toEqual({
+      media_type: 'image/png',
+    });
+    await db.knex('mail_message_resources').where({ message: id }).update({ media_type: null });
+    await messages.markResources(r, 'held');
+    const accounts = new AccountStore(db.knex, { now: clock.now });
+    expect(await accounts.resource(BOB, r)).toMatchObject({ size: 10, mediaType: 'image/png', refs: 1 });
   });
 });

@@ -15,11 +15,15 @@ import {
   checkContentId,
   checkLimit,
   checkSize,
+  CHUNK,
   chunks,
+  isPostgres,
+  knownAccounts,
   lockAccounts,
   lockContent,
   parseJson,
   type Clock,
+  type KnownAccounts,
   type StoreOptions,
 } from './sql.js';
 
@@ -165,6 +169,34 @@ function toMessage(row: MessageRow): StoredMessage {
   };
 }
 
+interface ResourceRow {
+  content_id: string;
+  size: unknown;
+  status: string;
+  updated_at: unknown;
+}
+
+function toMessageResource(r: ResourceRow): MessageResource {
+  return {
+    contentId: r.content_id,
+    size: dbNumber(r.size),
+    status: r.status as ResourceStatus,
+    updatedAt: dbNumber(r.updated_at),
+  };
+}
+
+/** The lengths `padIds` rounds up to (the last is `CHUNK`, the most a chunk holds). */
+const PADDED_LENGTHS = [1, 2, 4, 8, 16, 32, 64, 128, 256, CHUNK];
+
+/** The ids, repeated at the end up to one of a few lengths: an IN list of any length then has few SQL texts. */
+function padIds(ids: readonly string[]): string[] {
+  if (ids.length === 0) return [];
+  const length = PADDED_LENGTHS.find((n) => n >= ids.length) ?? ids.length;
+  const out = [...ids];
+  while (out.length < length) out.push(ids[0]!);
+  return out;
+}
+
 function checkMailbox(mailbox: unknown): MailboxName {
   if (!MAILBOXES.includes(mailbox as MailboxName)) throw new TypeError(`not a mailbox: ${JSON.stringify(mailbox)}`);
   return mailbox as MailboxName;
@@ -207,7 +239,8 @@ function prepareMessage(message: NewMessage | NewReceivedMessage, mailbox: Mailb
     seen: message.seen ?? false,
     flagged: message.flagged ?? false,
     size: resources.reduce((sum, r) => sum + r.size, 0),
-    resources,
+    // Kept with each reference, so that marking the resource held need not read the body again.
+    resources: resources.map((r) => ({ ...r, mediaType: declaredMediaType(message.body, r.contentId) })),
   };
 }
 
@@ -233,11 +266,13 @@ export class MessageStore {
   readonly #knex: Knex;
   readonly #now: Clock;
   readonly #newId: () => string;
+  readonly #known: KnownAccounts;
 
   constructor(knex: Knex, options: StoreOptions = {}) {
     this.#knex = knex;
     this.#now = options.now ?? Date.now;
     this.#newId = createIdGenerator(this.#now);
+    this.#known = knownAccounts(knex);
   }
 
   /** Stores a message (a draft, a sent copy), its resources, the reference counts and a `created` change. */
@@ -272,7 +307,7 @@ export class MessageStore {
   async #insert(trx: Knex.Transaction, prepared: PreparedMessage): Promise<string | undefined> {
     const now = this.#now();
     // The account lock first: reference counts and the change log of this account are written below.
-    await lockAccounts(trx, [prepared.address], now);
+    await lockAccounts(trx, [prepared.address], now, this.#known);
     const id = this.#newId();
     const { resources, ...columns } = prepared;
     const inserted = (await trx('mail_messages')
@@ -283,7 +318,14 @@ export class MessageStore {
     if (inserted.length === 0) return undefined;
     for (const part of chunks(resources)) {
       await trx('mail_message_resources').insert(
-        part.map((r) => ({ message: id, content_id: r.contentId, size: r.size, status: r.status, updated_at: now })),
+        part.map((r) => ({
+          message: id,
+          content_id: r.contentId,
+          size: r.size,
+          media_type: r.mediaType,
+          status: r.status,
+          updated_at: now,
+        })),
       );
     }
     await referenceResources(
@@ -300,6 +342,39 @@ export class MessageStore {
       .first()
       .where({ address: checkAddress(address), id })) as MessageRow | undefined;
     return row === undefined ? undefined : toMessage(row);
+  }
+
+  /**
+   * Several messages of the account with the resources each references (as `get` and `resourcesOf`), in two
+   * statements per chunk of ids; ids that are not the account's messages are absent from the answer.
+   */
+  async getMany(
+    address: string,
+    ids: readonly string[],
+  ): Promise<Map<string, { message: StoredMessage; resources: MessageResource[] }>> {
+    checkAddress(address);
+    const out = new Map<string, { message: StoredMessage; resources: MessageResource[] }>();
+    for (const part of chunks([...new Set(ids)])) {
+      // Padded to one of a few lengths, so that a batch of any size reuses a prepared statement.
+      const padded = padIds(part);
+      const rows = (await this.#knex('mail_messages')
+        .select()
+        .where({ address })
+        .whereIn('id', padded)) as MessageRow[];
+      if (rows.length === 0) continue;
+      const resources = (await this.#knex('mail_message_resources')
+        .select('message', 'content_id', 'size', 'status', 'updated_at')
+        .whereIn('message', padIds(rows.map((r) => r.id)))
+        .orderBy([{ column: 'message' }, { column: 'content_id' }])) as (ResourceRow & { message: string })[];
+      const byMessage = new Map<string, MessageResource[]>();
+      for (const r of resources) {
+        const list = byMessage.get(r.message) ?? [];
+        list.push(toMessageResource(r));
+        byMessage.set(r.message, list);
+      }
+      for (const row of rows) out.set(row.id, { message: toMessage(row), resources: byMessage.get(row.id) ?? [] });
+    }
+    return out;
   }
 
   /** A page of a mailbox, newest first; `before` is the `next` of the previous page. */
@@ -348,7 +423,7 @@ export class MessageStore {
     if (patch.mailbox !== undefined) changes.mailbox = checkMailbox(patch.mailbox);
     return this.#knex.transaction(async (trx) => {
       const now = this.#now();
-      await lockAccounts(trx, [address], now);
+      await lockAccounts(trx, [address], now, this.#known);
       const row = (await trx('mail_messages')
         .first(...SUMMARY_COLUMNS)
         .where({ address, id })) as MessageRow | undefined;
@@ -379,7 +454,7 @@ export class MessageStore {
     checkAddress(address);
     return this.#knex.transaction(async (trx) => {
       const now = this.#now();
-      await lockAccounts(trx, [address], now);
+      await lockAccounts(trx, [address], now, this.#known);
       const row = await trx('mail_messages').first('id').where({ address, id });
       if (row === undefined) return false;
       const resources = (await trx('mail_message_resources').select('content_id').where({ message: id })) as {
@@ -402,13 +477,8 @@ export class MessageStore {
     const rows = (await this.#knex('mail_message_resources')
       .select('content_id', 'size', 'status', 'updated_at')
       .where({ message: id })
-      .orderBy('content_id')) as { content_id: string; size: unknown; status: string; updated_at: unknown }[];
-    return rows.map((r) => ({
-      contentId: r.content_id,
-      size: dbNumber(r.size),
-      status: r.status as ResourceStatus,
-      updatedAt: dbNumber(r.updated_at),
-    }));
+      .orderBy('content_id')) as ResourceRow[];
+    return rows.map(toMessageResource);
   }
 
   /**
@@ -429,50 +499,50 @@ export class MessageStore {
       const find = async () =>
         (await trx('mail_message_resources as mr')
           .join('mail_messages as m', 'm.id', 'mr.message')
-          .select('m.id', 'm.address')
+          .select('m.id', 'm.address', 'mr.size', 'mr.media_type')
           .where('mr.content_id', contentId)
           .andWhere('mr.status', '<>', status)
-          .orderBy('m.id')) as { id: string; address: string }[];
+          .orderBy('m.id')) as { id: string; address: string; size: unknown; media_type: string | null }[];
       const candidates = await find();
       if (candidates.length === 0) return [];
       await lockAccounts(
         trx,
         candidates.map((c) => c.address),
         now,
+        this.#known,
       );
-      // Re-read under the locks: only these accounts are locked, so only their messages are touched.
+      // On PostgreSQL, re-read under the locks: only these accounts are locked, so only their messages are
+      // touched. SQLite runs the transaction alone (one connection): the first read is still exact.
       const locked = new Set(candidates.map((c) => c.address));
-      const affected = (await find()).filter((m) => locked.has(m.address));
-      const byAccount = new Map<string, string[]>();
-      for (const m of affected) byAccount.set(m.address, [...(byAccount.get(m.address) ?? []), m.id]);
+      const affected = isPostgres(trx) ? (await find()).filter((m) => locked.has(m.address)) : candidates;
+      const byAccount = new Map<string, (typeof affected)[number][]>();
+      for (const m of affected) byAccount.set(m.address, [...(byAccount.get(m.address) ?? []), m]);
       for (const part of chunks(affected.map((m) => m.id))) {
         await trx('mail_message_resources')
           .whereIn('message', part)
           .andWhere({ content_id: contentId })
           .update({ status, updated_at: now });
       }
-      for (const [address, ids] of byAccount) {
+      for (const [address, rows] of byAccount) {
         if (status === 'held') {
-          const declared = (await trx('mail_message_resources as mr')
-            .join('mail_messages as m', 'm.id', 'mr.message')
-            .first('mr.size', 'm.body')
-            .where({ 'mr.message': ids[0], 'mr.content_id': contentId })) as { size: unknown; body: unknown };
+          const first = rows[0]!;
+          // The media type the account's first message declares; references stored before it was kept with
+          // them (migration 0003) have it read from that message's body.
+          let mediaType = first.media_type;
+          if (mediaType === null) {
+            const declared = (await trx('mail_messages').first('body').where({ id: first.id })) as { body: unknown };
+            mediaType = declaredMediaType(parseJson<Body>(declared.body, 'body'), contentId);
+          }
           await holdResource(
             trx,
-            {
-              address,
-              contentId,
-              size: dbNumber(declared.size),
-              mediaType: declaredMediaType(parseJson<Body>(declared.body, 'body'), contentId),
-              quota: Number.POSITIVE_INFINITY,
-            },
+            { address, contentId, size: dbNumber(first.size), mediaType, quota: Number.POSITIVE_INFINITY },
             now,
           );
         }
         await recordChanges(
           trx,
           address,
-          ids.map((object) => ({ object, op: 'updated' as const })),
+          rows.map((m) => ({ object: m.id, op: 'updated' as const })),
           now,
         );
       }

@@ -175,4 +175,14 @@ export const mailboxMigrations: readonly Migration[] = [
       });
     },
   },
+  {
+    name: '0003_message_resource_media_type',
+    async up(knex: Knex) {
+      // The media type the message's body declares for the resource, kept with the reference so that a
+      // finished fetch gives it to the account without reading the body again. Null on rows stored before.
+      await knex.schema.alterTable('mail_message_resources', (t) => {
+        t.string('media_type', 255).nullable();
+      });
+    },
+  },
 ];

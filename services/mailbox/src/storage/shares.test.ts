@@ -9,6 +9,7 @@ import {
   T0,
   clearMailboxTables,
   openMailboxDatabase,
+  statementsOf,
   testClock,
   testDatabases,
   type MailboxTestDatabase,
@@ -118,6 +119,29 @@ describe.each(testDatabases())('ShareStore on $name', (database) => {
     expect(await changes.since(ALICE, state)).toMatchObject({ updated: [sent] });
 
     const error = await shares.setDelivery('missing', { recipient: BOB }, 'fetched').catch((e: unknown) => e);
+    expect(isMailStoreError(error, 'share_not_found')).toBe(true);
+  });
+
+  it('sets a delivery of a share the caller holds without reading the share again', async () => {
+    const id = await shares.create(newShare());
+    const share = (await shares.get(id))!;
+    const state = await changes.state(ALICE);
+    await shares.setDelivery(id, { recipient: DAVE }, 'transferred'); // the sender's account is known now
+    const byId = await statementsOf(db.knex, () => shares.setDelivery(id, { recipient: BOB }, 'transferred'));
+    const byValue = await statementsOf(db.knex, async () => {
+      expect(await shares.setDelivery(share, { domain: 'example.net' }, 'fetched')).toBe(2);
+    });
+    expect(byValue).toHaveLength(byId.length - 1);
+    expect(byValue.filter((q) => /mail_shares/.test(q))).toEqual([]);
+    expect((await shares.deliveries({ share: id })).map((d) => [d.recipient, d.status, d.fetchedBy])).toEqual([
+      [BOB, 'fetched', 'example.net'],
+      [CAROL, 'fetched', 'example.net'],
+      [DAVE, 'transferred', undefined],
+    ]);
+    expect(await changes.since(ALICE, state)).toMatchObject({ updated: [sent] });
+    // Deleted since (with its message): as for an unknown id.
+    await messages.delete(ALICE, sent);
+    const error = await shares.setDelivery(share, { recipient: BOB }, 'failed').catch((e: unknown) => e);
     expect(isMailStoreError(error, 'share_not_found')).toBe(true);
   });
 

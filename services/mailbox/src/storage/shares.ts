@@ -14,7 +14,17 @@ import type { Block } from '@federizer/protocol';
 import { recordChanges } from './changes.js';
 import { MailStoreError } from './errors.js';
 import { createIdGenerator } from './ids.js';
-import { checkAddress, checkSize, chunks, lockAccounts, parseJson, type Clock, type StoreOptions } from './sql.js';
+import {
+  checkAddress,
+  checkSize,
+  chunks,
+  knownAccounts,
+  lockAccounts,
+  parseJson,
+  type Clock,
+  type KnownAccounts,
+  type StoreOptions,
+} from './sql.js';
 
 export type DeliveryStatus = 'queued' | 'transferred' | 'fetched' | 'failed' | 'withdrawn';
 export const DELIVERY_STATUSES: readonly DeliveryStatus[] = ['queued', 'transferred', 'fetched', 'failed', 'withdrawn'];
@@ -87,6 +97,9 @@ export interface WithdrawResult {
 
 export type DeliveryTarget = { recipient: string } | { domain: string };
 
+/** What `setDelivery` needs of a share the caller holds already. */
+export type ShareRef = Pick<Share, 'id' | 'address' | 'message'>;
+
 interface ShareRow {
   id: string;
   message: string;
@@ -150,11 +163,13 @@ export class ShareStore {
   readonly #knex: Knex;
   readonly #now: Clock;
   readonly #newId: () => string;
+  readonly #known: KnownAccounts;
 
   constructor(knex: Knex, options: StoreOptions = {}) {
     this.#knex = knex;
     this.#now = options.now ?? Date.now;
     this.#newId = createIdGenerator(this.#now);
+    this.#known = knownAccounts(knex);
   }
 
   /** Stores a copy and one queued delivery per distinct recipient; answers the share id. */
@@ -233,22 +248,31 @@ export class ShareStore {
    * Moves the deliveries of one recipient, or of every recipient of a domain, to `status` where that is a
    * legal step (see REACHABLE_FROM: a withdrawn delivery is never marked transferred, a fetched one never
    * withdrawn). `fetchedBy` (default: the recipient's domain) and the time are kept with `fetched`.
-   * Answers how many deliveries changed.
+   * Answers how many deliveries changed; `share_not_found` for a share that does not exist.
+   *
+   * A caller holding the share (as `get` or `findForFetch` answered it) passes it rather than its id: its
+   * sender and message never change, so they are not read again.
    */
   async setDelivery(
-    shareId: string,
+    share: string | ShareRef,
     target: DeliveryTarget,
     status: DeliveryStatus,
     options: { detail?: string; fetchedBy?: string } = {},
   ): Promise<number> {
     if (!DELIVERY_STATUSES.includes(status)) throw new TypeError(`not a delivery status: ${String(status)}`);
+    const shareId = typeof share === 'string' ? share : share.id;
     const where: Record<string, string> =
       'recipient' in target
         ? { share: shareId, recipient: checkAddress(target.recipient) }
         : { share: shareId, domain: checkDomain(target.domain) };
     const fetchedBy = options.fetchedBy === undefined ? undefined : checkDomain(options.fetchedBy);
     return this.#knex.transaction(async (trx) => {
-      const share = await this.#lockShare(trx, shareId);
+      let owner: { address: string; message: string };
+      if (typeof share === 'string') owner = await this.#lockShare(trx, shareId);
+      else {
+        owner = { address: checkAddress(share.address), message: share.message };
+        await lockAccounts(trx, [owner.address], this.#now(), this.#known);
+      }
       const now = this.#now();
       const update: Record<string, unknown> = { status, detail: options.detail ?? null, updated_at: now };
       if (status === 'fetched') {
@@ -259,7 +283,11 @@ export class ShareStore {
         .where(where)
         .whereIn('status', REACHABLE_FROM[status])
         .update(update);
-      if (changed > 0) await recordChanges(trx, share.address, [{ object: share.message, op: 'updated' }], now);
+      if (changed > 0) await recordChanges(trx, owner.address, [{ object: owner.message, op: 'updated' }], now);
+      // Nothing changed: a share given by value may have been deleted since (its message was), which
+      // answers as an unknown id does.
+      else if (typeof share !== 'string' && (await trx('mail_shares').first('id').where({ id: shareId })) === undefined)
+        throw new MailStoreError('share_not_found', 'no such share');
       return changed;
     });
   }
@@ -372,7 +400,7 @@ export class ShareStore {
     const share = (await trx('mail_shares').first('address', 'message').where({ id: shareId })) as
       { address: string; message: string } | undefined;
     if (share === undefined) throw new MailStoreError('share_not_found', 'no such share');
-    await lockAccounts(trx, [share.address], this.#now());
+    await lockAccounts(trx, [share.address], this.#now(), this.#known);
     return share;
   }
 }

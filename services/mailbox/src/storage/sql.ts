@@ -26,22 +26,82 @@ export function chunks<T>(items: readonly T[], size = CHUNK): T[][] {
 }
 
 /**
+ * The addresses whose account row is known to exist, per database (the knex instance the stores were made
+ * with): `lockAccounts` then need not insert them again, which on SQLite leaves it nothing to do. An address
+ * is remembered only once its row is committed (an insert of it conflicted, or `AccountStore.ensure`
+ * created it outside any transaction), never from a transaction that might still roll back. The service
+ * never deletes an account row; whatever does (a test emptying the tables) must call `forgetKnownAccounts`.
+ * Bounded: past `MAX_KNOWN_ACCOUNTS` the oldest entries go, and cost one idempotent insert when next seen.
+ */
+export type KnownAccounts = Set<string>;
+
+const MAX_KNOWN_ACCOUNTS = 100_000;
+const knownByDatabase = new WeakMap<Knex, KnownAccounts>();
+
+export function knownAccounts(knex: Knex): KnownAccounts {
+  let known = knownByDatabase.get(knex);
+  if (known === undefined) {
+    known = new Set();
+    knownByDatabase.set(knex, known);
+  }
+  return known;
+}
+
+/** Forgets every account known to exist in that database: call it after deleting account rows. */
+export function forgetKnownAccounts(knex: Knex): void {
+  knownByDatabase.get(knex)?.clear();
+}
+
+export function rememberAccount(known: KnownAccounts, address: string): void {
+  if (known.has(address)) return;
+  if (known.size >= MAX_KNOWN_ACCOUNTS) known.delete(known.values().next().value!);
+  known.add(address);
+}
+
+/** The accounts each open transaction has locked already (and so created): locking them again is a no-op. */
+const lockedByTransaction = new WeakMap<Knex.Transaction, Set<string>>();
+
+/**
  * Creates the accounts if needed and, on PostgreSQL, locks their rows until the transaction ends. Every
  * transaction that changes an account's quota counter, reference counts or change log takes this lock
  * first, so per account those transactions commit in the order they write: the change log's sequence
  * numbers then become visible in increasing order (a reader never sees seq 11 before a later commit of
  * seq 10), and the quota check and the counter update cannot interleave. Several accounts are locked in
  * sorted order so two transactions cannot deadlock.
+ *
+ * Accounts this transaction locked already are skipped, and so are the inserts of accounts `known` to
+ * exist (see `knownAccounts`); an insert that finds the row already there adds it to `known`. Not for
+ * nested transactions (savepoints): a row the outer transaction inserted would be taken as committed.
  */
-export async function lockAccounts(trx: Knex.Transaction, addresses: readonly string[], now: number): Promise<void> {
-  const sorted = [...new Set(addresses)].sort();
-  for (const address of sorted) {
-    await trx('mail_accounts').insert({ address, storage_used: 0, created_at: now }).onConflict('address').ignore();
+export async function lockAccounts(
+  trx: Knex.Transaction,
+  addresses: readonly string[],
+  now: number,
+  known?: KnownAccounts,
+): Promise<void> {
+  let locked = lockedByTransaction.get(trx);
+  if (locked === undefined) {
+    locked = new Set();
+    lockedByTransaction.set(trx, locked);
   }
-  if (!isPostgres(trx) || sorted.length === 0) return;
+  const sorted = [...new Set(addresses)].filter((a) => !locked.has(a)).sort();
   for (const address of sorted) {
-    await trx('mail_accounts').select('address').where({ address }).forUpdate();
+    if (known?.has(address)) continue;
+    const inserted = (await trx('mail_accounts')
+      .insert({ address, storage_used: 0, created_at: now })
+      .onConflict('address')
+      .ignore()
+      .returning('address')) as unknown[];
+    // Not inserted: the row was there before this statement, committed (this transaction inserts an
+    // account at most once, and PostgreSQL waits for a concurrent inserter to end before it conflicts).
+    if (inserted.length === 0 && known !== undefined) rememberAccount(known, address);
   }
+  if (isPostgres(trx)) {
+    for (const address of sorted) {
+      await trx('mail_accounts').select('address').where({ address }).forUpdate();
+    }
+  }
+  for (const address of sorted) locked.add(address);
 }
 
 /** The first key of the advisory locks of Content-IDs (the second is the hash of the Content-ID). */

@@ -8,6 +8,7 @@ import { contentId } from '@federizer/protocol';
 // Test helpers are not part of @federizer/common's public entry point.
 import type { TestDatabase } from '../../../common/src/testing/databases.js';
 import { MAILBOX_MIGRATIONS_TABLE, mailboxMigrations } from './migrations.js';
+import { forgetKnownAccounts } from './sql.js';
 
 export { testDatabases } from '../../../common/src/testing/databases.js';
 
@@ -67,9 +68,13 @@ const TABLES = [
   'mail_accounts',
 ];
 
-/** Empties every mailbox table, children first, so each test starts from nothing. */
+/**
+ * Empties every mailbox table, children first, so each test starts from nothing; the stores of this
+ * database forget the accounts they knew to exist, as their rows are gone.
+ */
 export async function clearMailboxTables(knex: Knex): Promise<void> {
   for (const table of TABLES) await knex(table).delete();
+  forgetKnownAccounts(knex);
 }
 
 /**
@@ -84,4 +89,23 @@ export async function warmPool(db: MailboxTestDatabase, connections = 10): Promi
       }),
     ),
   );
+}
+
+/**
+ * The SQL of the statements `run` sends through `knex`, its transactions' included, in order (transaction
+ * control statements such as BEGIN are left out: the drivers do not all report them). For tests that pin
+ * how many round trips an operation costs.
+ */
+export async function statementsOf(knex: Knex, run: () => Promise<unknown>): Promise<string[]> {
+  const seen: string[] = [];
+  const listen = (query: { sql: string }) => {
+    if (!/^\s*(begin|commit|rollback|savepoint|release)\b/i.test(query.sql)) seen.push(query.sql);
+  };
+  knex.on('query', listen);
+  try {
+    await run();
+  } finally {
+    knex.off('query', listen);
+  }
+  return seen;
 }

@@ -5,6 +5,7 @@ import {
   T0,
   clearMailboxTables,
   openMailboxDatabase,
+  statementsOf,
   testClock,
   testDatabases,
   warmPool,
@@ -39,6 +40,18 @@ describe.each(testDatabases())('TransferLog on $name', (database) => {
     expect(await log.seen('<m1@example.com>', 'eht2')).toBeUndefined(); // a forward hop of the same message
     expect(await log.seen('<m2@example.com>', 'eht1')).toBeUndefined();
     expect(await log.receivedAt('<m1@example.com>', 'eht1')).toBe(T0);
+  });
+
+  it('records a new transfer in one statement, answering the result as stored', async () => {
+    const result = { accepted: ['bob@example.net'], rejected: [], note: undefined };
+    let recorded: unknown;
+    const sql = await statementsOf(db.knex, async () => {
+      recorded = await log.record('<m3@example.com>', 'eht3', result);
+    });
+    expect(sql).toHaveLength(1);
+    // As `seen` reads it back: JSON, so an undefined member is gone.
+    expect(recorded).toStrictEqual({ accepted: ['bob@example.net'], rejected: [] });
+    expect(await log.seen('<m3@example.com>', 'eht3')).toStrictEqual(recorded);
   });
 
   it('keeps one result when the same transfer is recorded concurrently', async () => {

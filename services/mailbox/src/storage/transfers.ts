@@ -38,10 +38,14 @@ export class TransferLog {
    */
   async record<R>(messageId: string, eht: string, result: R): Promise<R> {
     checkKey(messageId, eht);
-    await this.#knex('mail_transfers')
-      .insert({ message_id: messageId, eht, result: JSON.stringify(result ?? null), received_at: this.#now() })
+    const text = JSON.stringify(result ?? null);
+    const inserted = (await this.#knex('mail_transfers')
+      .insert({ message_id: messageId, eht, result: text, received_at: this.#now() })
       .onConflict(['message_id', 'eht'])
-      .ignore();
+      .ignore()
+      .returning('eht')) as unknown[];
+    // Recorded now: the stored result is this one, as a later `seen` reads it back.
+    if (inserted.length > 0) return parseJson<R>(text, 'result');
     const stored = await this.seen<R>(messageId, eht);
     return stored as R;
   }
