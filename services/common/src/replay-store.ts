@@ -31,22 +31,39 @@ export class KnexReplayStore implements ReplayStore {
     // and returns no row. PostgreSQL re-checks the WHERE against the row a concurrent insert committed, and
     // SQLite runs statements one at a time, so exactly one of several concurrent callers gets a row.
     // Expired means expires_at <= now, as in the protocol library's MemoryReplayStore.
-    const record = (db: Knex | Knex.Transaction) =>
-      db(this.#table)
+    if (!isPostgres(this.#knex)) {
+      const rows = (await this.#knex(this.#table)
         .insert({ key, expires_at: expiresAt })
         .onConflict('key')
         .merge(['expires_at'])
         .where(`${this.#table}.expires_at`, '<=', this.#now())
-        .returning('key') as Promise<unknown[]>;
-    if (!isPostgres(this.#knex)) return (await record(this.#knex)).length === 1;
+        .returning('key')) as unknown[];
+      return rows.length === 1;
+    }
     // Every authorized request records a proof, and a synchronous commit waits for PostgreSQL's WAL flush
     // (5 to 20 ms on a busy disk: most of a no-change sync's time). An asynchronous commit is still atomic
     // and seen at once by every replica; a database crash can lose the last fraction of a second of
     // records, which would let a proof captured in that instant be replayed within its own short lifetime.
-    const rows = await this.#knex.transaction(async (trx) => {
-      await trx.raw('SET LOCAL synchronous_commit = off');
-      return record(trx);
-    });
+    // The statement turns it off for itself: set_config(..., true) is SET LOCAL, lasting until the end of
+    // the statement's own (implicit) transaction, whose commit follows the setting then in effect. One
+    // round trip instead of BEGIN, SET LOCAL, the insert and COMMIT; the session keeps its setting.
+    const { rows } = (await this.#knex.raw(
+      `insert into ?? (??, ??) select ?, ? where set_config('synchronous_commit', 'off', true) = 'off' ` +
+        'on conflict (??) do update set ?? = excluded.?? where ?? <= ? returning ??',
+      [
+        this.#table,
+        'key',
+        'expires_at',
+        key,
+        expiresAt,
+        'key',
+        'expires_at',
+        'expires_at',
+        `${this.#table}.expires_at`,
+        this.#now(),
+        'key',
+      ],
+    )) as { rows: unknown[] };
     return rows.length === 1;
   }
 }

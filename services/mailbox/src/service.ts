@@ -163,7 +163,6 @@ export class MailboxService implements AsyncDisposable {
     this.outbox = new Outbox({
       jobs: this.jobs,
       shares: this.shares,
-      messages: this.messages,
       mailboxOf: (domain) => this.discovery.mailbox(domain),
       http: httpClient,
       logger,
@@ -181,7 +180,6 @@ export class MailboxService implements AsyncDisposable {
       jobs: this.jobs,
       blobs,
       messages: this.messages,
-      accounts,
       as: this.as,
       mailboxOf: (domain) => this.discovery.mailbox(domain),
       http: httpClient,

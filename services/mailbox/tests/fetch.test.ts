@@ -242,6 +242,23 @@ describe.each(testDatabases())('fetch between two real domains ($name)', (databa
       expect(res.headers.get('content-type')).toBe('image/png');
     });
 
+    it('PROTOCOL §6.4: a message stored before media types were kept with its resources (migration 0003) answers it too', async () => {
+      const references = com()
+        .knex('mail_message_resources')
+        .where({ content_id: photo.contentId })
+        .whereIn('message', com().knex('mail_shares').select('message').where({ message_id: m1.messageId }));
+      expect(await references.clone().update({ media_type: null })).toBe(1);
+      try {
+        const res = await postFetch();
+        await res.arrayBuffer();
+        expect(res.status).toBe(200);
+        expect(res.headers.get('content-type')).toBe('image/png');
+        expect(res.headers.get('content-length')).toBe(String(photo.size));
+      } finally {
+        await references.clone().update({ media_type: 'image/png' });
+      }
+    });
+
     describe('PROTOCOL §6.2: the request body', () => {
       it('PROTOCOL §6.2: a body that is not {envelope, content_id, domain} answers 400 invalid_request', async () => {
         await expectRefused(await postFetch({ rawBody: '' }), 400, 'invalid_request');
@@ -560,6 +577,8 @@ describe.each(testDatabases())('the fetcher against a misbehaving origin ($name)
   let blobDir: string;
   let blobs: DiskBlobStore;
   let jobs: JobQueue;
+  let messages: MessageStore;
+  let accounts: AccountStore;
   let http: HttpClient;
   let fetcher: Fetcher;
   let server: RunningServer;
@@ -588,6 +607,8 @@ describe.each(testDatabases())('the fetcher against a misbehaving origin ($name)
     blobDir = await mkdtemp(join(tmpdir(), 'federizer-fetcher-'));
     blobs = new DiskBlobStore(blobDir);
     jobs = new JobQueue(db.knex, { now: clock.now });
+    messages = new MessageStore(db.knex, { now: clock.now });
+    accounts = new AccountStore(db.knex, { now: clock.now });
     http = testHttp();
     server = await listen((req, res) => {
       let body = '';
@@ -619,8 +640,7 @@ describe.each(testDatabases())('the fetcher against a misbehaving origin ($name)
       domain: 'example.net',
       jobs,
       blobs,
-      messages: new MessageStore(db.knex, { now: clock.now }),
-      accounts: new AccountStore(db.knex, { now: clock.now }),
+      messages,
       as,
       mailboxOf: (domain) =>
         domain === 'example.com' ? Promise.resolve(metadata) : Promise.reject(new Error(`no ${domain}`)),
@@ -760,5 +780,71 @@ describe.each(testDatabases())('the fetcher against a misbehaving origin ($name)
     await fetcher.poll();
     expect(await jobs.find('fetch', job.contentId)).toMatchObject({ status: 'failed' });
     expect(await partials()).not.toContain(job.contentId.slice(1, -1));
+  });
+
+  /** A received message referencing the bytes, waiting for their fetch, as the transfer endpoint stores it. */
+  async function receivedWaiting(address: string, bytes: Buffer, size = bytes.length): Promise<string> {
+    const { id } = await messages.createReceived({
+      address,
+      messageId: `<${randomBytes(6).toString('hex')}@example.com>`,
+      threadId: '<t@example.com>',
+      envelope,
+      body: { parts: [] },
+      date: clock.now(),
+      transferEht: 'eht',
+      resources: [{ contentId: contentId(bytes), size, status: 'pending' }],
+    });
+    return id;
+  }
+
+  const statusOf = async (id: string) => (await messages.resourcesOf(id))[0]?.status;
+
+  it('a message stored after the fetch of its bytes completed is held once the fetch is queued again, without a request', async () => {
+    const bytes = randomBytes(300);
+    const bob = await receivedWaiting('bob@example.net', bytes);
+    const job = await queue(bytes);
+    answer = (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(bytes.length) });
+      res.end(bytes);
+    };
+    seen.length = 0;
+    await fetcher.poll();
+    expect(seen).toHaveLength(1);
+    expect(await statusOf(bob)).toBe('held');
+    expect(await jobs.find('fetch', job.contentId)).toMatchObject({ status: 'done' });
+    // Carol's copy was stored after that fetch read the references (a transfer racing its end): it missed her.
+    const carol = await receivedWaiting('carol@example.net', bytes);
+    expect(await statusOf(carol)).toBe('pending');
+    // What the transfer endpoint does once her copy is stored: the fetch was done, so it is queued again.
+    expect(await jobs.requeue('fetch', job.contentId, 'example.com', job)).toBe('requeued');
+    await fetcher.poll();
+    expect(seen).toHaveLength(1); // the bytes are held: no request to the origin
+    expect(await statusOf(carol)).toBe('held');
+    expect(await accounts.resource('carol@example.net', job.contentId)).toMatchObject({ size: 300, refs: 1 });
+    expect(await jobs.find('fetch', job.contentId)).toMatchObject({ status: 'done' });
+  });
+
+  it('a fetch queued again for bytes held whose size its message misstates fails, and the bytes stay held', async () => {
+    const bytes = randomBytes(200);
+    const bob = await receivedWaiting('bob@example.net', bytes);
+    const job = await queue(bytes);
+    answer = (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(bytes.length) });
+      res.end(bytes);
+    };
+    await fetcher.poll();
+    expect(await statusOf(bob)).toBe('held');
+    // PROTOCOL §6.5: bytes are held only with the size their message declares; this one declares 201.
+    const carol = await receivedWaiting('carol@example.net', bytes, 201);
+    expect(await jobs.requeue('fetch', job.contentId, 'example.com', { ...job, size: 201 })).toBe('requeued');
+    seen.length = 0;
+    await fetcher.poll();
+    expect(seen).toHaveLength(0);
+    const after = await jobs.find('fetch', job.contentId);
+    expect(after).toMatchObject({ status: 'failed' });
+    expect(after!.lastError).toMatch(/declares 201 bytes/);
+    expect(await statusOf(carol)).toBe('failed');
+    expect(await statusOf(bob)).toBe('held');
+    expect(await blobs.has(job.contentId)).toBe(true);
   });
 });

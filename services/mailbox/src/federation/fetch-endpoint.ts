@@ -264,13 +264,28 @@ export async function checkAccess(
   if (share.expiresAt <= now) throw new FetchError(410, 'share_expired', 'the share window of this message has ended');
   if (await deps.shares.isWithdrawn(share.id, sharedWith))
     throw new FetchError(410, 'withdrawn', 'the sender withdrew this message');
-  const sent = await deps.messages.get(share.address, share.message);
-  const leaf = sent ? leaves(sent.body).find((l) => l.contentId === fetch.contentId) : undefined;
-  if (leaf === undefined)
+  const resource = await declaredResource(share, fetch.contentId, deps);
+  if (resource === undefined)
     throw new FetchError(404, 'unknown_resource', `${fetch.contentId} is not referenced by this message`);
   if (!(await deps.blobs.has(fetch.contentId)))
     throw new FetchError(404, 'unknown_resource', `${fetch.contentId} is no longer held here`);
-  return { size: leaf.size, mediaType: leaf.mediaType, sharedWith };
+  return { ...resource, sharedWith };
+}
+
+/** The size and media type the sent message declares for the resource, or undefined when it has no such leaf. */
+async function declaredResource(
+  share: Share,
+  contentId: string,
+  deps: FetchEndpointDeps,
+): Promise<{ size: number; mediaType: string } | undefined> {
+  // Kept with the message's reference to it: the body is not read.
+  const kept = await deps.messages.messageResource(share.address, share.message, contentId);
+  if (kept === undefined) return undefined;
+  if (kept.mediaType !== undefined) return { size: kept.size, mediaType: kept.mediaType };
+  // A reference stored before its media type was kept (mailbox migration 0003): the body says it.
+  const sent = await deps.messages.get(share.address, share.message);
+  const leaf = sent ? leaves(sent.body).find((l) => l.contentId === contentId) : undefined;
+  return leaf === undefined ? undefined : { size: leaf.size, mediaType: leaf.mediaType };
 }
 
 /**
@@ -284,7 +299,7 @@ async function markFetched(deps: FetchEndpointDeps, share: Share, domain: string
     const copies = await deps.shares.sharesOf(share.message);
     let changed = 0;
     for (const copy of copies.filter((c) => c.recipients.map(domainOf).includes(domain))) {
-      changed += await deps.shares.setDelivery(copy.id, { domain }, 'fetched', { fetchedBy });
+      changed += await deps.shares.setDelivery(copy, { domain }, 'fetched', { fetchedBy });
     }
     if (changed > 0) deps.onChanged?.(share.address);
   } catch {

@@ -130,7 +130,7 @@ export interface TransferDeps {
   readonly replay: ReplayStore;
   readonly messages: Pick<MessageStore, 'createReceived'>;
   readonly transfers: Pick<TransferLog, 'seen' | 'record'>;
-  readonly jobs: Pick<JobQueue, 'enqueue'>;
+  readonly jobs: Pick<JobQueue, 'requeue'>;
   /**
    * Gives a recipient a Content-ID this domain already holds (`shareHeld`, §6.5), in one step with the
    * check that it is held. Without it nothing counts as held and every Content-ID is fetched.
@@ -739,7 +739,12 @@ function listingOf(headers: readonly Header[], messageId: string, nowMs: number)
   };
 }
 
-/** §6: one fetch job per Content-ID (the job key), to the origin domain, with the envelope as it arrived. */
+/**
+ * §6: one fetch job per Content-ID (the job key), to the origin domain, with the envelope as it arrived.
+ * Queued after the messages are stored, and queued again when that fetch is finished: a finished fetch
+ * may have marked its messages before these were stored (it was completing while this transfer ran), or
+ * its bytes may have been collected since. Run again, a fetch of bytes still held costs no request.
+ */
 async function queueFetches(
   deps: TransferDeps,
   t: Accepting,
@@ -757,7 +762,7 @@ async function queueFetches(
       senderDomain: t.senderDomain,
       ...(fetchEndpoint === undefined ? {} : { fetchEndpoint }),
     };
-    await deps.jobs.enqueue(FETCH_JOB, r.contentId, originDomain, payload);
+    await deps.jobs.requeue(FETCH_JOB, r.contentId, originDomain, payload);
   }
   return resources.map((r) => r.contentId);
 }

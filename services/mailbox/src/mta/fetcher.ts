@@ -17,7 +17,7 @@ import {
 } from '@federizer/protocol';
 import { BlobStoreError, type DiskBlobStore } from '../blobs/index.js';
 import { LeasedWorker } from './worker.js';
-import type { AccountStore, Job, JobQueue, MessageStore } from '../storage/index.js';
+import type { Job, JobQueue, MessageStore } from '../storage/index.js';
 import { ExchangeFailure, describeError, type AsClient } from './as-client.js';
 
 /** What the transfer endpoint queues: one fetch per Content-ID, with the envelope of a message referencing it. */
@@ -34,7 +34,6 @@ export interface FetcherDeps {
   readonly jobs: JobQueue;
   readonly blobs: DiskBlobStore;
   readonly messages: MessageStore;
-  readonly accounts: AccountStore;
   readonly as: AsClient;
   readonly mailboxOf: (domain: string) => Promise<MailboxMetadata>;
   readonly http: HttpClient;
@@ -129,11 +128,11 @@ export class Fetcher extends LeasedWorker<FetchJob> {
   async #attempt(job: Job<FetchJob>, started: number, signal: AbortSignal): Promise<void> {
     try {
       const bytes = await this.#fetch(job.payload, signal);
-      const changed = await this.deps.messages.markResources(job.payload.contentId, 'held');
-      for (const address of new Set(changed.map((c) => c.address))) {
-        await this.deps.accounts.addResource(address, { contentId: job.payload.contentId, size: job.payload.size });
-      }
-      await this.deps.jobs.complete(job.id, this.owner);
+      // One transaction: the job is done, the references are held and their accounts hold the resource. A
+      // message stored meanwhile, after the references were read, queues the job again (`JobQueue.requeue`).
+      const changed = await this.deps.messages.markResources(job.payload.contentId, 'held', {
+        completing: { id: job.id, owner: this.owner },
+      });
       this.deps.onFetched?.(bytes, (this.deps.now() - started) / 1000);
       this.deps.onChanged?.([...new Set(changed.map((c) => c.address))]);
     } catch (e) {
@@ -185,7 +184,15 @@ export class Fetcher extends LeasedWorker<FetchJob> {
   /** Returns the bytes transferred in this attempt. */
   async #fetch(job: FetchJob, signal: AbortSignal): Promise<number> {
     const { contentId, envelope, messageId } = job;
-    if (await this.deps.blobs.has(contentId)) return 0; // §6.4: a Content-ID already held is never fetched again
+    // §6.4: a Content-ID already held is never fetched again (a fetch queued again after the bytes arrived).
+    const held = await this.deps.blobs.stat(contentId);
+    if (held !== undefined) {
+      if (held.size !== job.size)
+        throw new Permanent(
+          `the message declares ${job.size} bytes for ${contentId}, whose bytes held are ${held.size}`,
+        );
+      return 0;
+    }
     let origin: MailboxMetadata;
     try {
       origin = await this.deps.mailboxOf(originDomain(envelope));

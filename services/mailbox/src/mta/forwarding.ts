@@ -353,7 +353,8 @@ export class Forwarder {
       senderDomain: senderDomainOf(newestSignedBlock(envelope)),
       ...(fetchEndpoint === undefined ? {} : { fetchEndpoint }),
     };
-    await this.deps.jobs.enqueue(FETCH_JOB, contentId, originDomain, payload);
+    // Queued again when finished, as a transfer does (federation/transfer.ts `queueFetches`).
+    await this.deps.jobs.requeue(FETCH_JOB, contentId, originDomain, payload);
   }
 
   /** The forward was refused (the AS's policy or quota, or it failed): the user is told; the message stays. */

@@ -10,13 +10,12 @@ import { createDpopProof, importDpopKey, type JwsAlg, type MailboxMetadata } fro
 import type { JWK } from 'jose';
 import { LeasedWorker } from './worker.js';
 import { describeError } from './as-client.js';
-import type { Job, JobQueue, MessageStore, ShareStore } from '../storage/index.js';
+import type { Job, JobQueue, ShareStore } from '../storage/index.js';
 import type { TransferJob } from '../api/send.js';
 
 export interface OutboxDeps {
   readonly jobs: JobQueue;
   readonly shares: ShareStore;
-  readonly messages: MessageStore;
   readonly mailboxOf: (domain: string) => Promise<MailboxMetadata>;
   readonly http: HttpClient;
   readonly logger: Logger;
@@ -92,7 +91,7 @@ export class Outbox extends LeasedWorker<TransferJob> {
       this.deps.logger.warn({ domain: job.destination, reason: (e as Error).message }, 'transfer failed');
       if (share) {
         const reason = e instanceof Temporary ? `gave up after 5 days: ${e.message}` : (e as Error).message;
-        await this.deps.shares.setDelivery(share.id, { domain: job.destination }, 'failed', { detail: reason });
+        await this.deps.shares.setDelivery(share, { domain: job.destination }, 'failed', { detail: reason });
         this.deps.onChanged?.(share.address);
         const failed = share.recipients
           .filter((r) => r.endsWith(`@${job.destination}`))
@@ -103,12 +102,13 @@ export class Outbox extends LeasedWorker<TransferJob> {
   }
 
   async #transfer(job: Job<TransferJob>): Promise<void> {
-    const share = await this.deps.shares.get(job.payload.share);
-    if (share === undefined) throw new Permanent('the message was deleted before it was transferred');
-    if (await this.deps.shares.isWithdrawn(share.id, job.destination)) return; // unsent: nothing to do
+    // The share, its withdrawal and the sent message's body: one read.
+    const found = await this.deps.shares.forTransfer(job.payload.share, job.destination);
+    if (found === undefined) throw new Permanent('the message was deleted before it was transferred');
+    const { share, withdrawn, body } = found;
+    if (withdrawn) return; // unsent: nothing to do
     if (share.expiresAt <= this.deps.now()) throw new Permanent('the share window ended before the transfer succeeded');
-    const sent = await this.deps.messages.get(share.address, share.message);
-    if (sent === undefined) throw new Permanent('the message was deleted before it was transferred');
+    if (body === undefined) throw new Permanent('the message was deleted before it was transferred');
     let endpoint: string;
     try {
       endpoint = (await this.deps.mailboxOf(job.destination)).transfer_endpoint;
@@ -128,7 +128,7 @@ export class Outbox extends LeasedWorker<TransferJob> {
           authorization: `DPoP ${assertion}`,
           dpop: await createDpopProof(key, { htm: 'POST', htu: endpoint, accessToken: assertion }),
         },
-        body: JSON.stringify({ message: { envelope: share.envelope, body: sent.body } }),
+        body: JSON.stringify({ message: { envelope: share.envelope, body } }),
       });
       // Read inside the try: an answer cut off halfway (or too long to be a transfer's) is retried, and the
       // transfer is idempotent at the receiver, so a retry after it accepted changes nothing.
@@ -149,10 +149,10 @@ export class Outbox extends LeasedWorker<TransferJob> {
     }
     if (res.status === 200 || res.status === 202) {
       for (const address of json.accepted ?? [])
-        await this.deps.shares.setDelivery(share.id, { recipient: address }, 'transferred');
+        await this.deps.shares.setDelivery(share, { recipient: address }, 'transferred');
       const rejected = json.rejected ?? [];
       for (const r of rejected)
-        await this.deps.shares.setDelivery(share.id, { recipient: r.address }, 'failed', { detail: r.reason });
+        await this.deps.shares.setDelivery(share, { recipient: r.address }, 'failed', { detail: r.reason });
       this.deps.onChanged?.(share.address);
       if (rejected.length > 0) await this.deps.notifyFailure(share, rejected);
       return;

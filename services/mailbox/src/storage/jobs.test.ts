@@ -113,6 +113,45 @@ describe.each(testDatabases())('JobQueue on $name', (database) => {
     expect(rows).toHaveLength(1);
   });
 
+  it('requeues in one statement: queues a new job, leaves a pending one, queues a finished one again', async () => {
+    const states: string[] = [];
+    expect(
+      await statementsOf(db.knex, async () => {
+        states.push(await queue.requeue('fetch', '<a>', 'example.org', { n: 1 }));
+      }),
+    ).toHaveLength(1);
+    const job = (await queue.find('fetch', '<a>'))!;
+    expect(job).toMatchObject({ destination: 'example.org', payload: { n: 1 }, status: 'pending', createdAt: T0 });
+    // Pending, leased or not: left as it is (its payload too).
+    clock.advance(MINUTE);
+    states.push(await queue.requeue('fetch', '<a>', 'example.net', { n: 2 }));
+    await queue.claim({ kinds: ['fetch'], owner: 'w1', limit: 1, leaseMs: LEASE });
+    states.push(await queue.requeue('fetch', '<a>', 'example.net', { n: 3 }));
+    expect(await queue.find('fetch', '<a>')).toMatchObject({ payload: { n: 1 }, leaseOwner: 'w1', attempts: 1 });
+    // Finished: queued again as if new (due now, attempts and give-up deadline started over), same row.
+    await queue.fail(job.id, 'w1', 'gave up');
+    clock.advance(6 * DAY);
+    states.push(await queue.requeue('fetch', '<a>', 'example.net', { n: 4 }));
+    expect(await queue.find('fetch', '<a>')).toEqual({
+      ...job,
+      destination: 'example.net',
+      payload: { n: 4 },
+      status: 'pending',
+      attempts: 0,
+      nextAttemptAt: T0 + MINUTE + 6 * DAY,
+      createdAt: T0 + MINUTE + 6 * DAY,
+      updatedAt: T0 + MINUTE + 6 * DAY,
+    });
+    const [again] = await queue.claim({ kinds: ['fetch'], owner: 'w2', limit: 1, leaseMs: LEASE });
+    expect(again).toMatchObject({ id: job.id, payload: { n: 4 }, attempts: 1 });
+    await queue.complete(job.id, 'w2');
+    states.push(await queue.requeue('fetch', '<a>', 'example.net', { n: 5 }));
+    expect(await queue.cancel('fetch', '<a>')).toBe(true);
+    states.push(await queue.requeue('fetch', '<a>', 'example.net', { n: 6 }));
+    expect(states).toEqual(['queued', 'pending', 'pending', 'requeued', 'requeued', 'requeued']);
+    expect((await db.knex('mail_jobs').select('id')).map((r: { id: string }) => r.id)).toEqual([job.id]);
+  });
+
   it('claims due jobs only, oldest due first, leasing them to the owner', async () => {
     const later = await queue.enqueue('fetch', 'later', 'a.example', 1, { notBefore: T0 + MINUTE });
     const first = await queue.enqueue('fetch', 'first', 'a.example', 2);

@@ -195,6 +195,67 @@ export class JobQueue {
     return { job, created: false };
   }
 
+  /**
+   * Queues a job as `enqueue` does, but queues a finished one (done, failed, cancelled) under (kind, key)
+   * again, with this payload, as if new: due now, its attempts and give-up deadline started over. A job
+   * still pending (waiting, or leased and running) is left as it is. One statement.
+   *
+   * For work that a later arrival may need done again: a fetch whose Content-ID a new message references
+   * (the bytes may have been collected since, or the finished fetch may have marked its messages before
+   * the new one was stored). A worker that finishes such a job completes it in the same transaction as its
+   * effect, the completion first (`completeLeasedJob`): then a `requeue` after the new arrival committed
+   * either finds the job pending, and its completion is still to come and will see the arrival, or finds
+   * it finished, and queues it again.
+   */
+  async requeue<P>(
+    kind: string,
+    key: string,
+    destination: string,
+    payload: P,
+  ): Promise<'queued' | 'requeued' | 'pending'> {
+    checkString(kind, 'kind', 16);
+    checkString(key, 'key', 512);
+    checkString(destination, 'destination', 253);
+    const now = this.#now();
+    const id = this.#newId();
+    // On PostgreSQL the conflicting row is locked, and the condition read from its newest committed version,
+    // waiting for a transaction completing the job to end.
+    const rows = (await this.#knex('mail_jobs')
+      .insert({
+        id,
+        kind,
+        key,
+        destination,
+        payload: JSON.stringify(payload ?? null),
+        status: 'pending',
+        attempts: 0,
+        next_attempt_at: now,
+        lease_owner: null,
+        lease_until: null,
+        last_error: null,
+        created_at: now,
+        updated_at: now,
+      })
+      .onConflict(['kind', 'key'])
+      .merge([
+        'destination',
+        'payload',
+        'status',
+        'attempts',
+        'next_attempt_at',
+        'lease_owner',
+        'lease_until',
+        'last_error',
+        'created_at',
+        'updated_at',
+      ])
+      .where('mail_jobs.status', '<>', 'pending')
+      .returning('id')) as ({ id: string } | string)[];
+    if (rows.length === 0) return 'pending';
+    const row = rows[0]!;
+    return (typeof row === 'string' ? row : row.id) === id ? 'queued' : 'requeued';
+  }
+
   async get<P = unknown>(id: string): Promise<Job<P> | undefined> {
     const row = (await this.#knex('mail_jobs').first().where({ id })) as JobRow | undefined;
     return row === undefined ? undefined : toJob<P>(row);
@@ -378,7 +439,7 @@ export class JobQueue {
   async retry(id: string, owner: string, error: unknown, options: { notBefore?: number } = {}): Promise<RetryResult> {
     checkString(owner, 'owner', 64);
     const row = (await this.#knex('mail_jobs').first().where({ id })) as JobRow | undefined;
-    const job = this.#checkLease(row, owner);
+    const job = checkLease(row, owner);
     const now = this.#now();
     const deadline = job.createdAt + this.#giveUpAfterMs;
     if (now >= deadline) {
@@ -497,25 +558,52 @@ export class JobQueue {
 
   /** Ends or reschedules a lease with one guarded update: it applies only while `owner` holds the job. */
   async #finish(id: string, owner: string, columns: Record<string, unknown>): Promise<void> {
-    checkString(owner, 'owner', 64);
-    const n = await this.#knex('mail_jobs')
-      .where({ id, lease_owner: owner, status: 'pending' })
-      .update({ ...columns, lease_owner: null, lease_until: null, updated_at: this.#now() });
-    if (n === 0) await this.#explain(id, owner);
-  }
-
-  #checkLease(row: JobRow | undefined, owner: string): Job {
-    if (row === undefined) throw new MailStoreError('job_not_found', 'no such job');
-    if (row.lease_owner !== owner || row.status !== 'pending') {
-      throw new MailStoreError('not_lease_owner', 'the job is not leased to this owner');
-    }
-    return toJob(row);
+    await finishLeased(this.#knex, id, owner, columns, this.#now());
   }
 
   async #explain(id: string, owner: string): Promise<never> {
-    const row = (await this.#knex('mail_jobs').first().where({ id })) as JobRow | undefined;
-    this.#checkLease(row, owner);
-    // Held a moment ago and lost since: someone reclaimed the lease in between.
+    return explainLostLease(this.#knex, id, owner);
+  }
+}
+
+function checkLease(row: JobRow | undefined, owner: string): Job {
+  if (row === undefined) throw new MailStoreError('job_not_found', 'no such job');
+  if (row.lease_owner !== owner || row.status !== 'pending') {
     throw new MailStoreError('not_lease_owner', 'the job is not leased to this owner');
   }
+  return toJob(row);
+}
+
+async function finishLeased(
+  knex: Knex,
+  id: string,
+  owner: string,
+  columns: Record<string, unknown>,
+  now: number,
+): Promise<void> {
+  checkString(owner, 'owner', 64);
+  const n = await knex('mail_jobs')
+    .where({ id, lease_owner: owner, status: 'pending' })
+    .update({ ...columns, lease_owner: null, lease_until: null, updated_at: now });
+  if (n === 0) await explainLostLease(knex, id, owner);
+}
+
+/** After a guarded update changed nothing: `job_not_found`, or `not_lease_owner`. */
+async function explainLostLease(knex: Knex, id: string, owner: string): Promise<never> {
+  const row = (await knex('mail_jobs').first().where({ id })) as JobRow | undefined;
+  checkLease(row, owner);
+  // Held a moment ago and lost since: someone reclaimed the lease in between.
+  throw new MailStoreError('not_lease_owner', 'the job is not leased to this owner');
+}
+
+/**
+ * `JobQueue.complete` inside the caller's transaction, so that the job's effect and its completion commit
+ * together (see `JobQueue.requeue`). Throws `not_lease_owner` when `owner` no longer holds the job.
+ */
+export async function completeLeasedJob(
+  trx: Knex.Transaction,
+  job: { readonly id: string; readonly owner: string },
+  now: number,
+): Promise<void> {
+  await finishLeased(trx, job.id, job.owner, { status: 'done', last_error: null }, now);
 }

@@ -4,6 +4,7 @@ import { AccountStore } from './accounts.js';
 import { ChangeLog } from './changes.js';
 import { isMailStoreError } from './errors.js';
 import { ID_LENGTH, ID_PATTERN, createIdGenerator, idTime } from './ids.js';
+import { JobQueue, completeLeasedJob } from './jobs.js';
 import { MessageStore, type MailboxName, type NewMessage, type NewReceivedMessage } from './messages.js';
 import {
   T0,
@@ -327,7 +328,7 @@ describe.each(testDatabases())('MessageStore on $name', (database) => {
     await messages.markResources(r, 'held');
     expect(await accounts.resource(BOB, r)).toMatchObject({ size: 4000, mediaType: 'image/jpeg', refs: 2 });
     expect(await accounts.storageUsed(BOB)).toBe(4000);
-    // The fetcher's own addition afterwards changes nothing.
+    // Marking did all that adding it does (so the fetcher no longer adds it): an addition changes nothing.
     expect(await accounts.addResource(BOB, { contentId: r, size: 4000 })).toEqual({ added: false, storageUsed: 4000 });
     await messages.delete(BOB, m1);
     expect(await accounts.resource(BOB, r)).toMatchObject({ refs: 1 });
@@ -348,5 +349,141 @@ describe.each(testDatabases())('MessageStore on $name', (database) => {
     await messages.markResources(r, 'held');
     const accounts = new AccountStore(db.knex, { now: clock.now });
     expect(await accounts.resource(BOB, r)).toMatchObject({ size: 10, mediaType: 'image/png', refs: 1 });
+  });
+
+  it('answers one resource of a message with its declared size and media type, in one statement', async () => {
+    const r = cid('served');
+    const leaf: Part = { headers: [{ 'Content-ID': r }, { 'Content-Type': externalContentType(7, 'image/gif') }] };
+    const id = await messages.create(
+      draft(ALICE, {
+        mailbox: 'sent',
+        body: { parts: [leaf] },
+        resources: [{ contentId: r, size: 7, status: 'held' }],
+      }),
+    );
+    let found: Awaited<ReturnType<MessageStore['messageResource']>>;
+    expect(
+      await statementsOf(db.knex, async () => {
+        found = await messages.messageResource(ALICE, id, r);
+      }),
+    ).toHaveLength(1);
+    expect(found).toEqual({ size: 7, mediaType: 'image/gif' });
+    expect(await messages.messageResource(BOB, id, r)).toBeUndefined(); // another account's message
+    expect(await messages.messageResource(ALICE, id, cid('other'))).toBeUndefined();
+    expect(await messages.messageResource(ALICE, id, 'not a content id')).toBeUndefined();
+    // Stored before migration 0003: the caller reads the body.
+    await db.knex('mail_message_resources').where({ message: id }).update({ media_type: null });
+    expect(await messages.messageResource(ALICE, id, r)).toEqual({ size: 7, mediaType: undefined });
+  });
+
+  it('marks only pending references failed: bytes held stay held when a later fetch gives up', async () => {
+    const r = cid('kept');
+    const held = await messages.create(draft(BOB, { resources: [{ contentId: r, size: 3, status: 'held' }] }));
+    const waiting = await messages.create(draft(BOB, { resources: [{ contentId: r, size: 3, status: 'pending' }] }));
+    expect(await messages.markResources(r, 'failed')).toEqual([{ address: BOB, id: waiting }]);
+    expect((await messages.resourcesOf(held))[0]?.status).toBe('held');
+    expect((await messages.resourcesOf(waiting))[0]?.status).toBe('failed');
+    // A fetch that succeeds after all holds the failed ones too.
+    expect(await messages.markResources(r, 'held')).toEqual([{ address: BOB, id: waiting }]);
+  });
+
+  it('completes the fetch job in the same transaction, and changes nothing when its lease was lost', async () => {
+    const jobs = new JobQueue(db.knex, { now: clock.now });
+    const r = cid('leased');
+    const id = await messages.create(draft(BOB, { resources: [{ contentId: r, size: 3, status: 'pending' }] }));
+    await jobs.requeue('fetch', r, 'example.com', {});
+    const [job] = await jobs.claim({ kinds: ['fetch'], owner: 'w1', limit: 1, leaseMs: 60_000 });
+    // Another worker holds the lease now (it expired): this one's outcome is not recorded.
+    clock.advance(60_000);
+    await jobs.claim({ kinds: ['fetch'], owner: 'w2', limit: 1, leaseMs: 60_000 });
+    const lost = await messages.markResources(r, 'held', { completing: { id: job!.id, owner: 'w1' } }).then(
+      () => 'resolved',
+      (e: unknown) => (isMailStoreError(e) ? e.code : String(e)),
+    );
+    expect(lost).toBe('not_lease_owner');
+    expect((await messages.resourcesOf(id))[0]?.status).toBe('pending');
+    expect(await new AccountStore(db.knex).resource(BOB, r)).toBeUndefined();
+    expect(await messages.markResources(r, 'held', { completing: { id: job!.id, owner: 'w2' } })).toEqual([
+      { address: BOB, id },
+    ]);
+    expect(await jobs.get(job!.id)).toMatchObject({ status: 'done', leaseOwner: undefined });
+  });
+
+  describe('a message stored while the fetch of its resource completes (the fetch missed it)', () => {
+    const CAROL = 'carol@example.net';
+    const r = cid('raced');
+    const pending = [{ contentId: r, size: 3, status: 'pending' as const }];
+    let jobs: JobQueue;
+    let accounts: AccountStore;
+
+    beforeEach(() => {
+      jobs = new JobQueue(db.knex, { now: clock.now });
+      accounts = new AccountStore(db.knex, { now: clock.now });
+    });
+
+    /** The first transfer: Bob's copy, the fetch it queues, and a fetcher running it. */
+    async function firstTransferFetching() {
+      await messages.createReceived({ ...draft(BOB, { resources: pending }), transferEht: 'e1' });
+      expect(await jobs.requeue('fetch', r, 'example.com', { n: 1 })).toBe('queued');
+      const [job] = await jobs.claim({ kinds: ['fetch'], owner: 'w1', limit: 1, leaseMs: 60_000 });
+      // The second transfer looks for the bytes before the fetch ends: nobody holds them, Carol's is pending.
+      expect(await accounts.shareHeld(CAROL, { contentId: r, size: 3 })).toBeUndefined();
+      return job!;
+    }
+
+    async function expectCarolHolds(id: string) {
+      expect((await messages.resourcesOf(id))[0]?.status).toBe('held');
+      expect(await accounts.resource(CAROL, r)).toMatchObject({ size: 3, refs: 1 });
+      expect(await jobs.find('fetch', r)).toMatchObject({ status: 'done' });
+    }
+
+    it('stored after the fetch marked its references: queuing the fetch again holds it', async () => {
+      const job = await firstTransferFetching();
+      await messages.markResources(r, 'held', { completing: { id: job.id, owner: 'w1' } });
+      const carol = await messages.createReceived({ ...draft(CAROL, { resources: pending }), transferEht: 'e2' });
+      expect((await messages.resourcesOf(carol.id))[0]?.status).toBe('pending'); // missed by that fetch
+      // What the transfer does once Carol's copy is stored: the fetch was done, so it is queued again...
+      expect(await jobs.requeue('fetch', r, 'example.com', { n: 2 })).toBe('requeued');
+      const [again] = await jobs.claim({ kinds: ['fetch'], owner: 'w2', limit: 1, leaseMs: 60_000 });
+      expect(again).toMatchObject({ id: job.id, payload: { n: 2 } });
+      // ...and the fetcher, finding the bytes held, only marks the references (src/mta/fetcher.ts).
+      expect(await messages.markResources(r, 'held', { completing: { id: again!.id, owner: 'w2' } })).toEqual([
+        { address: CAROL, id: carol.id },
+      ]);
+      await expectCarolHolds(carol.id);
+    });
+
+    it('stored before the fetch marked its references: the fetch holds it, the job is not queued again', async () => {
+      const job = await firstTransferFetching();
+      const carol = await messages.createReceived({ ...draft(CAROL, { resources: pending }), transferEht: 'e2' });
+      expect(await jobs.requeue('fetch', r, 'example.com', { n: 2 })).toBe('pending');
+      await messages.markResources(r, 'held', { completing: { id: job.id, owner: 'w1' } });
+      await expectCarolHolds(carol.id);
+    });
+
+    it('queued again while the fetch’s transaction is open: the queuing waits for its commit', async () => {
+      // The store's rule (JobQueue.requeue): the job is completed first in the transaction that marks the
+      // references, so a requeue cannot read it as pending once those references were read.
+      const job = await firstTransferFetching();
+      await warmPool(db, 2);
+      let requeued: Promise<string> | undefined;
+      await db.knex.transaction(async (trx) => {
+        await completeLeasedJob(trx, { id: job.id, owner: 'w1' }, clock.now());
+        requeued = jobs.requeue('fetch', r, 'example.com', { n: 2 });
+        if (database.name === 'postgres') {
+          // Commit only once the requeue waits for this transaction's lock on the job.
+          const { rows } = (await trx.raw('select pg_backend_pid() as pid')) as { rows: { pid: number }[] };
+          for (;;) {
+            const { rows: blocked } = (await db.knex.raw(
+              'select count(*) as n from pg_stat_activity where ? = any(pg_blocking_pids(pid))',
+              [rows[0]!.pid],
+            )) as { rows: { n: unknown }[] };
+            if (Number(blocked[0]!.n) > 0) break;
+            await new Promise((resolve) => setTimeout(resolve, 5));
+          }
+        }
+      });
+      expect(await requeued).toBe('requeued');
+    });
   });
 });

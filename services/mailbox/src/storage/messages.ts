@@ -7,6 +7,7 @@ import type { Knex } from 'knex';
 import { dbBoolean, dbNumber } from '@federizer/common';
 import type { Block, Body } from '@federizer/protocol';
 import { holdResource, referenceResources, unreferenceResources } from './accounts.js';
+import { completeLeasedJob } from './jobs.js';
 import { recordChanges } from './changes.js';
 import { MailStoreError } from './errors.js';
 import { ID_PATTERN, createIdGenerator } from './ids.js';
@@ -482,26 +483,61 @@ export class MessageStore {
   }
 
   /**
+   * One resource of one of the account's messages, as the fetch endpoint serves it: the size and media type
+   * its body declares, kept with the reference (one statement, without reading the body). `mediaType` is
+   * undefined for a reference stored before it was kept (migration 0003): the body says it then. Undefined
+   * when the message does not reference the resource (any string may be asked about: one that is not a
+   * Content-ID is referenced by no message).
+   */
+  async messageResource(
+    address: string,
+    id: string,
+    contentId: string,
+  ): Promise<{ size: number; mediaType: string | undefined } | undefined> {
+    const row = (await this.#knex('mail_message_resources as mr')
+      .join('mail_messages as m', 'm.id', 'mr.message')
+      .first('mr.size', 'mr.media_type')
+      .where({ 'm.address': checkAddress(address), 'mr.message': id, 'mr.content_id': contentId })) as
+      { size: unknown; media_type: string | null } | undefined;
+    return row === undefined ? undefined : { size: dbNumber(row.size), mediaType: row.media_type ?? undefined };
+  }
+
+  /**
    * Sets the status of a resource in every message of this domain that references it (a fetch finished or
    * gave up), recording an `updated` change for each message whose status changed. Answers those messages.
    *
    * `held` says the account has the bytes, so the accounts of those messages start holding the resource in
    * the same transaction (its size counted, as `AccountStore.addResource` does, without a quota: the
-   * message was accepted): a client never sees a resource `held` that it cannot download yet.
+   * message was accepted): a client never sees a resource `held` that it cannot download yet. `failed` (a
+   * fetch gave up) changes only references still `pending`: bytes held stay held.
+   *
+   * `completing` is the leased fetch job whose outcome this is: it is completed first, in the same
+   * transaction (`not_lease_owner`, changing nothing, when the lease was lost). A message stored after
+   * this transaction read the references is then stored after the job was done, and the `requeue` that
+   * follows its storage runs the job again (`JobQueue.requeue`).
    */
-  async markResources(contentId: string, status: ResourceStatus): Promise<{ address: string; id: string }[]> {
+  async markResources(
+    contentId: string,
+    status: ResourceStatus,
+    options: { completing?: { readonly id: string; readonly owner: string } } = {},
+  ): Promise<{ address: string; id: string }[]> {
     checkContentId(contentId);
     if (!RESOURCE_STATUSES.includes(status)) throw new TypeError(`not a resource status: ${String(status)}`);
     return this.#knex.transaction(async (trx) => {
+      const now = this.#now();
+      // First: on PostgreSQL the job's row stays locked from here, so a `requeue` of it waits for this commit.
+      if (options.completing !== undefined) await completeLeasedJob(trx, options.completing, now);
       // Before the account locks, as every holder of the resource lock takes them.
       if (status === 'held') await lockContent(trx, contentId);
-      const now = this.#now();
       const find = async () =>
         (await trx('mail_message_resources as mr')
           .join('mail_messages as m', 'm.id', 'mr.message')
           .select('m.id', 'm.address', 'mr.size', 'mr.media_type')
           .where('mr.content_id', contentId)
-          .andWhere('mr.status', '<>', status)
+          .modify((q) => {
+            if (status === 'failed') q.andWhere('mr.status', 'pending');
+            else q.andWhere('mr.status', '<>', status);
+          })
           .orderBy('m.id')) as { id: string; address: string; size: unknown; media_type: string | null }[];
       const candidates = await find();
       if (candidates.length === 0) return [];

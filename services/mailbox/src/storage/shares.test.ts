@@ -183,6 +183,40 @@ describe.each(testDatabases())('ShareStore on $name', (database) => {
     expect(isMailStoreError(error, 'share_not_found')).toBe(true);
   });
 
+  it('reads the share, its withdrawal for a domain and the sent body for the outbox, in one statement', async () => {
+    const id = await shares.create(newShare());
+    const domains = ['example.net', 'example.org', 'forward-target.example'];
+    // forTransfer's withdrawal is isWithdrawn's answer, whatever the deliveries' states.
+    const agrees = async () => {
+      for (const domain of domains) {
+        const found = await shares.forTransfer(id, domain);
+        expect(found?.withdrawn, domain).toBe(await shares.isWithdrawn(id, domain));
+      }
+    };
+    let found: Awaited<ReturnType<ShareStore['forTransfer']>>;
+    expect(
+      await statementsOf(db.knex, async () => {
+        found = await shares.forTransfer(id, 'Example.NET');
+      }),
+    ).toHaveLength(1);
+    expect(found).toEqual({ share: await shares.get(id), withdrawn: false, body: { parts: [] } });
+    await agrees();
+    await shares.withdraw(id, [BOB]);
+    await agrees();
+    await shares.setDelivery(id, { recipient: DAVE }, 'fetched');
+    await shares.withdraw(id, [CAROL]);
+    await agrees();
+    expect((await shares.forTransfer(id, 'example.net'))?.withdrawn).toBe(true);
+    await shares.withdraw(id);
+    await agrees();
+    await db.knex('mail_deliveries').where({ share: id }).delete(); // no delivery at all: nothing to send
+    expect((await shares.forTransfer(id, 'example.org'))?.withdrawn).toBe(true);
+    expect(await shares.forTransfer('missing', 'example.net')).toBeUndefined();
+    // Deleting the sent message deletes its shares.
+    await messages.delete(ALICE, sent);
+    expect(await shares.forTransfer(id, 'example.net')).toBeUndefined();
+  });
+
   it('refuses forward targets once every delivery is withdrawn', async () => {
     const id = await shares.create(newShare({ recipients: [BOB] }));
     expect(await shares.isWithdrawn(id, 'forward-target.example')).toBe(false);

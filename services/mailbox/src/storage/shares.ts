@@ -8,9 +8,9 @@
  * the sender's webmail sees delivery progress through sync.
  */
 import type { Knex } from 'knex';
-import { dbNumber, dbOptionalNumber } from '@federizer/common';
+import { dbBoolean, dbNumber, dbOptionalNumber } from '@federizer/common';
 import { domainOf } from '@federizer/protocol';
-import type { Block } from '@federizer/protocol';
+import type { Block, Body } from '@federizer/protocol';
 import { recordChanges } from './changes.js';
 import { MailStoreError } from './errors.js';
 import { createIdGenerator } from './ids.js';
@@ -218,6 +218,43 @@ export class ShareStore {
   async get(shareId: string): Promise<Share | undefined> {
     const row = (await this.#knex('mail_shares').first().where({ id: shareId })) as ShareRow | undefined;
     return row === undefined ? undefined : toShare(row);
+  }
+
+  /**
+   * What the outbox reads before transferring a copy to `domain`, in one statement: the share, whether it
+   * is withdrawn for that domain (as `isWithdrawn` answers), and the body of the sent message it copies
+   * (undefined once that message is deleted). Undefined for an unknown share.
+   */
+  async forTransfer(
+    shareId: string,
+    domain: string,
+  ): Promise<{ share: Share; withdrawn: boolean; body: Body | undefined } | undefined> {
+    const d = checkDomain(domain);
+    const knex = this.#knex;
+    // isWithdrawn's rule as one condition: no delivery that is not withdrawn among the domain's own
+    // deliveries, or among all of them when the domain has none.
+    const own = knex('mail_deliveries as o')
+      .select(knex.raw('1'))
+      .whereRaw('?? = ??', ['o.share', 's.id'])
+      .andWhere('o.domain', d);
+    const open = knex('mail_deliveries as d')
+      .select(knex.raw('1'))
+      .whereRaw('?? = ??', ['d.share', 's.id'])
+      .andWhere('d.status', '<>', 'withdrawn')
+      .andWhere((q) => q.where('d.domain', d).orWhereNotExists(own));
+    const row = (await knex('mail_shares as s')
+      .leftJoin('mail_messages as m', (j) => j.on('m.id', 's.message').andOn('m.address', 's.address'))
+      .first('s.*', 'm.body as message_body', knex.raw('not exists ? as ??', [open, 'withdrawn']))
+      .where('s.id', shareId)) as (ShareRow & { message_body: unknown; withdrawn: unknown }) | undefined;
+    if (row === undefined) return undefined;
+    return {
+      share: toShare(row),
+      withdrawn: dbBoolean(row.withdrawn),
+      body:
+        row.message_body === null || row.message_body === undefined
+          ? undefined
+          : parseJson<Body>(row.message_body, 'body'),
+    };
   }
 
   /** The copy a fetch presents (its Message-ID and the digest of its origin assertion), expired or not. */

@@ -1,0 +1,67 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Knex } from 'knex';
+import { createKnex } from './db.js';
+import { KnexReplayStore } from './replay-store.js';
+import { testDatabases } from './testing/databases.js';
+
+const NOW = 1_900_000_000;
+
+describe.each(testDatabases())('KnexReplayStore on $name', (database) => {
+  let knex: Knex;
+  let destroy: () => Promise<void>;
+  const store = () => new KnexReplayStore(knex, { now: () => NOW, table: 'replay' });
+
+  beforeAll(async () => {
+    const created = await database.create();
+    destroy = created.destroy;
+    knex = createKnex(created.config);
+    await knex.schema.createTable('replay', (t) => {
+      t.string('key', 512).notNullable().primary();
+      t.bigInteger('expires_at').notNullable();
+    });
+  });
+
+  afterAll(async () => {
+    await knex?.destroy();
+    await destroy?.();
+  });
+
+  it('records a proof in one statement: a live key is refused, an expired one taken over', async () => {
+    const statements: string[] = [];
+    const listen = (q: { sql: string }) => statements.push(q.sql);
+    knex.on('query', listen);
+    try {
+      expect(await store().checkAndRecord('jti-1', NOW + 60)).toBe(true);
+    } finally {
+      knex.off('query', listen);
+    }
+    expect(statements).toHaveLength(1);
+    // RFC 9449 §11.1: a proof is accepted once while it lives.
+    expect(await store().checkAndRecord('jti-1', NOW + 60)).toBe(false);
+    await knex('replay').where({ key: 'jti-1' }).update({ expires_at: NOW });
+    expect(await store().checkAndRecord('jti-1', NOW + 60)).toBe(true);
+    expect(await knex('replay').first('expires_at').where({ key: 'jti-1' })).toMatchObject({
+      expires_at: database.name === 'postgres' ? String(NOW + 60) : NOW + 60,
+    });
+  });
+
+  it.runIf(database.name === 'postgres')(
+    'on PostgreSQL, commits asynchronously without changing the setting of the session',
+    async () => {
+      // Every connection of the pool records a proof, then is asked for its setting: synchronous_commit was
+      // changed for the recording statement's own transaction only (set_config's is_local, as SET LOCAL).
+      const connections = 10;
+      await Promise.all(Array.from({ length: connections }, (_, i) => store().checkAndRecord(`jti-s${i}`, NOW + 60)));
+      const settings = await Promise.all(
+        Array.from({ length: connections }, () =>
+          knex.transaction(async (trx) => {
+            const { rows } = (await trx.raw('show synchronous_commit')) as { rows: { synchronous_commit: string }[] };
+            await trx.raw('select pg_sleep(0.01)'); // hold the connection, so the others are asked too
+            return rows[0]!.synchronous_commit;
+          }),
+        ),
+      );
+      expect(new Set(settings)).toEqual(new Set(['on']));
+    },
+  );
+});
