@@ -1,7 +1,8 @@
-import { webcrypto } from 'node:crypto';
+import { KeyObject, sign } from 'node:crypto';
+import type { webcrypto } from 'node:crypto';
 import { describe, it, expect, beforeAll } from 'vitest';
-import { calculateJwkThumbprint } from 'jose';
-import type { CryptoKey, JWK, JWTPayload } from 'jose';
+import { calculateJwkThumbprint, errors, exportJWK, generateKeyPair } from 'jose';
+import type { JWK, JWTPayload } from 'jose';
 import { ProtocolError } from './errors.js';
 import type { ProtocolErrorCode } from './errors.js';
 import {
@@ -59,11 +60,15 @@ function enc(value: unknown): string {
 }
 
 /** Signs an arbitrary ES256 proof directly, bypassing the guards of createDpopProof. */
-async function signRaw(header: object, payload: object, signer: CryptoKey = key.privateKey): Promise<string> {
+async function signRaw(
+  header: object,
+  payload: object,
+  signer: DpopKey['privateKey'] = key.privateKey,
+): Promise<string> {
   const input = `${enc(header)}.${enc(payload)}`;
-  const data = new TextEncoder().encode(input);
-  const sig = await webcrypto.subtle.sign({ name: 'ECDSA', hash: 'SHA-256' }, signer as webcrypto.CryptoKey, data);
-  return `${input}.${Buffer.from(sig).toString('base64url')}`;
+  const privateKey = signer instanceof KeyObject ? signer : KeyObject.from(signer as webcrypto.CryptoKey);
+  const sig = sign('sha256', Buffer.from(input), { key: privateKey, dsaEncoding: 'ieee-p1363' });
+  return `${input}.${sig.toString('base64url')}`;
 }
 
 function validClaims(extra: JWTPayload = {}): JWTPayload {
@@ -100,6 +105,16 @@ describe('DPoP keys', () => {
     });
   }
 
+  it('makes P-256 keys whose stored form always holds the full 32-byte d and re-imports (RFC 7518 §6.2.2.1)', async () => {
+    // 1 in 256 scalars has a leading zero byte: 1,000 keys meet one with a probability of about 98 %.
+    for (let i = 0; i < 1_000; i++) {
+      const k = await generateDpopKey('ES256');
+      const stored = await exportDpopKey(k);
+      for (const member of ['d', 'x', 'y'] as const) expect(Buffer.from(stored[member]!, 'base64url')).toHaveLength(32);
+      expect((await importDpopKey(stored, 'ES256')).jkt).toBe(k.jkt);
+    }
+  });
+
   it('refuses to import a public JWK as a DPoP key', async () => {
     await expectCode(importDpopKey(key.publicJwk, 'ES256'), 'invalid_dpop_proof');
   });
@@ -113,6 +128,73 @@ describe('DPoP keys', () => {
       kid: '2011-04-29',
     };
     expect(await jwkThumbprint(jwk)).toBe('NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs');
+  });
+
+  it("computes the same RFC 7638 thumbprints as jose's calculateJwkThumbprint for random keys", async () => {
+    const jwks: JWK[] = [byAlg.RS256.publicJwk];
+    for (let i = 0; i < 20; i++) {
+      jwks.push(await exportJWK((await generateKeyPair('ES256', { extractable: true })).publicKey));
+      jwks.push(await exportJWK((await generateKeyPair('EdDSA', { extractable: true })).publicKey));
+    }
+    // Extra members and their order do not count (RFC 7638 §3.2, §3.3).
+    jwks.push({ kid: 'k', use: 'sig', ...jwks[1]!, alg: 'ES256' }, { x: jwks[2]!.x, crv: 'Ed25519', kty: 'OKP' });
+    for (const jwk of jwks) expect(await jwkThumbprint(jwk)).toBe(await calculateJwkThumbprint(jwk, 'sha256'));
+  });
+
+  it('refuses a JWK without its required members, or of an unknown kty, with the errors jose gives', async () => {
+    const { y: _y, ...noY } = byAlg.ES256.publicJwk;
+    await expect(jwkThumbprint(noY)).rejects.toThrow(errors.JWKInvalid);
+    await expect(jwkThumbprint(noY)).rejects.toThrow('"y" (Y Coordinate) Parameter missing or invalid');
+    await expect(jwkThumbprint({ ...byAlg.EdDSA.publicJwk, x: '' })).rejects.toThrow(errors.JWKInvalid);
+    await expect(jwkThumbprint({ kty: 'XYZ' })).rejects.toThrow(errors.JOSENotSupported);
+    await expect(jwkThumbprint({ kty: 'toString' })).rejects.toThrow(errors.JOSENotSupported);
+    await expect(jwkThumbprint({} as JWK)).rejects.toThrow(TypeError);
+  });
+
+  it('imports a key stored by the WebCrypto implementation of earlier versions (PROTOCOL §4.4 queued transfer)', async () => {
+    for (const alg of ['ES256', 'EdDSA'] as const) {
+      const pair = await generateKeyPair(alg, { extractable: true });
+      const stored = { ...(await exportJWK(pair.privateKey)), alg };
+      const restored = await importDpopKey(JSON.parse(JSON.stringify(stored)) as JWK, alg);
+      const publicJwk = await exportJWK(pair.publicKey);
+      expect(restored.jkt).toBe(await calculateJwkThumbprint(publicJwk, 'sha256'));
+      await expect(verify(await proof({}, restored), { expectedJkt: restored.jkt })).resolves.toBeDefined();
+    }
+  });
+
+  it('signs proofs with a WebCrypto CryptoKey too (the DpopKey of an openid-client key pair)', async () => {
+    const pair = await generateKeyPair('ES256');
+    const publicJwk = await exportJWK(pair.publicKey);
+    const webKey: DpopKey = {
+      alg: 'ES256',
+      privateKey: pair.privateKey,
+      publicJwk,
+      jkt: await jwkThumbprint(publicJwk),
+    };
+    await expect(verify(await proof({}, webKey), { expectedJkt: webKey.jkt })).resolves.toMatchObject({
+      jkt: webKey.jkt,
+    });
+  });
+
+  for (const alg of ['ES256', 'EdDSA'] as const) {
+    it(`refuses a stored ${alg} key whose public members are not those of its d (it could sign no valid proof)`, async () => {
+      const stored = await exportDpopKey(byAlg[alg]);
+      const { d } = await exportDpopKey(await generateDpopKey(alg));
+      await expectCode(importDpopKey({ ...stored, d }, alg), 'invalid_dpop_proof');
+    });
+  }
+
+  it('refuses a stored key whose key_ops do not allow signing (RFC 7517 §4.3), as the WebCrypto import did', async () => {
+    const stored = await exportDpopKey(key);
+    await expectCode(importDpopKey({ ...stored, key_ops: ['verify'] }, 'ES256'), 'invalid_dpop_proof');
+    await expectCode(importDpopKey({ ...stored, key_ops: [] }, 'ES256'), 'invalid_dpop_proof');
+    await expect(importDpopKey({ ...stored, key_ops: ['sign'] }, 'ES256')).resolves.toMatchObject({ jkt: key.jkt });
+  });
+
+  it('refuses a stored key for another alg, or of a key type that does not fit the alg', async () => {
+    const stored = await exportDpopKey(key);
+    await expectCode(importDpopKey(stored, 'EdDSA'), 'alg_not_allowed');
+    await expectCode(importDpopKey({ ...stored, alg: undefined }, 'EdDSA'), 'invalid_dpop_proof');
   });
 });
 

@@ -1,5 +1,7 @@
-import { randomBytes } from 'node:crypto';
-import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK } from 'jose';
+import { createECDH, createPrivateKey, createPublicKey, generateKeyPair, randomBytes } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
+import { promisify } from 'node:util';
+import { exportJWK } from 'jose';
 import type { CryptoKey, JWK, JWTPayload } from 'jose';
 import { b64u, b64uSha256 } from './encoding.js';
 import { ProtocolError } from './errors.js';
@@ -9,18 +11,23 @@ import {
   assertAllowedAlg,
   checkForbiddenHeaderParameters,
   decodeJwt,
+  exportPublicJwk,
   hasPrivateMembers,
   importPublicJwk,
   jwkFitsAlg,
+  jwkThumbprintInput,
   signJwt,
   verifySignature,
 } from './jwt.js';
 import type { JwsAlg } from './jwt.js';
 
-/** A DPoP key pair (RFC 9449). `jkt` is what an access token's `cnf.jkt` binds to. */
+/**
+ * A DPoP key pair (RFC 9449). `jkt` is what an access token's `cnf.jkt` binds to. The library makes node
+ * KeyObjects (cheap to make and to use); a WebCrypto CryptoKey, as openid-client's key pairs hold, works too.
+ */
 export interface DpopKey {
   alg: JwsAlg;
-  privateKey: CryptoKey;
+  privateKey: CryptoKey | KeyObject;
   publicJwk: JWK;
   jkt: string;
 }
@@ -72,12 +79,44 @@ const PUBLIC_MEMBERS: Record<string, readonly string[]> = {
   RSA: ['kty', 'n', 'e'],
 };
 
+const generateKeyPairAsync = promisify(generateKeyPair);
+
+/**
+ * A fresh key pair (PROTOCOL.md §4.4 and §6.1 ask for one per queued transfer and per fetch exchange), as
+ * node KeyObjects: well under half the CPU of jose's WebCrypto path. Not generateKeyPairSync: on Node 20 a
+ * JWK export of a key it made can deadlock, when a garbage collection during the export finalizes the key's
+ * generation job, which takes the lock the export holds. Keys made by createPrivateKey or by the
+ * asynchronous generateKeyPair have no such job.
+ */
 export async function generateDpopKey(alg: JwsAlg = 'ES256'): Promise<DpopKey> {
   assertAllowedAlg(alg, ALLOWED_ALGS);
-  // Extractable so that a queued transfer can persist its key and survive a restart (PROTOCOL.md §4.4).
-  const { privateKey, publicKey } = await generateKeyPair(alg, { extractable: true });
-  const publicJwk = publicMembers(await exportJWK(publicKey));
-  return { alg, privateKey, publicJwk, jkt: await jwkThumbprint(publicJwk) };
+  const { privateKey, publicKey } =
+    alg === 'ES256'
+      ? generateP256KeyPair()
+      : alg === 'EdDSA'
+        ? await generateKeyPairAsync('ed25519')
+        : await generateKeyPairAsync('rsa', { modulusLength: 2048, publicExponent: 0x10001 });
+  // A KeyObject always exports, so a queued transfer can persist its key and survive a restart (§4.4).
+  const publicJwk = publicMembers(exportPublicJwk(publicKey));
+  return { alg, privateKey, publicJwk, jkt: thumbprintOf(publicJwk) };
+}
+
+/**
+ * A P-256 pair made by ECDH, which yields the raw scalar and point, then imported as a JWK: synchronous,
+ * and about a third cheaper than generateKeyPair on the thread pool followed by the export of the point.
+ */
+function generateP256KeyPair(): { privateKey: KeyObject; publicKey: KeyObject } {
+  const ecdh = createECDH('prime256v1');
+  ecdh.generateKeys();
+  const point = ecdh.getPublicKey(); // uncompressed: 0x04 || x || y, 32 bytes each
+  const scalar = ecdh.getPrivateKey(); // without leading zero bytes; RFC 7518 §6.2.2.1 wants all 32
+  const d = Buffer.alloc(32);
+  scalar.copy(d, 32 - scalar.length);
+  const privateKey = createPrivateKey({
+    key: { kty: 'EC', crv: 'P-256', x: b64u(point.subarray(1, 33)), y: b64u(point.subarray(33, 65)), d: b64u(d) },
+    format: 'jwk',
+  });
+  return { privateKey, publicKey: createPublicKey(privateKey) };
 }
 
 /** The private JWK, tagged with its `alg`, for storage next to the queued transfer. */
@@ -93,20 +132,64 @@ export async function importDpopKey(privateJwk: JWK, alg: JwsAlg): Promise<DpopK
   if (typeof privateJwk.d !== 'string' || !jwkFitsAlg(privateJwk, alg)) {
     throw new ProtocolError('invalid_dpop_proof', `not a private ${alg} JWK`);
   }
-  let privateKey: CryptoKey | Uint8Array;
+  const publicJwk = publicMembers(privateJwk);
+  let privateKey: KeyObject;
   try {
-    privateKey = await importJWK(privateJwk, alg, { extractable: true });
+    checkStoredKeyMembers(privateJwk);
+    privateKey = createPrivateKey({
+      key: privateJwk as Parameters<typeof createPrivateKey>[0] as never,
+      format: 'jwk',
+    });
+    if (alg !== 'RS256') checkPublicMatchesPrivate(privateKey, privateJwk);
   } catch (cause) {
     throw new ProtocolError('invalid_dpop_proof', `cannot import the stored ${alg} key`, { cause });
   }
-  if (privateKey instanceof Uint8Array) throw new ProtocolError('invalid_dpop_proof', 'not an asymmetric key');
-  const publicJwk = publicMembers(privateJwk);
-  return { alg, privateKey, publicJwk, jkt: await jwkThumbprint(publicJwk) };
+  return { alg, privateKey, publicJwk, jkt: thumbprintOf(publicJwk) };
+}
+
+/**
+ * What the WebCrypto import (through jose) refused and node's JWK import does not check: `key_ops` other
+ * than exactly `["sign"]`, a non-boolean `ext`.
+ */
+function checkStoredKeyMembers(jwk: JWK): void {
+  const ops = jwk.key_ops;
+  if (ops !== undefined && !(Array.isArray(ops) && ops.length === 1 && ops[0] === 'sign')) {
+    throw new TypeError("the stored key's key_ops do not allow signing, and only signing");
+  }
+  if (jwk.ext !== undefined && typeof jwk.ext !== 'boolean') throw new TypeError('"ext" must be a boolean');
+}
+
+/**
+ * A stored EC or OKP key whose `x` (and `y`) are not the public key of its `d` would sign proofs that no
+ * verifier accepts. The WebCrypto import refused such a key; node's JWK import keeps the stored public point
+ * of an EC key unchecked, so the point is computed from `d` here (ECDH does it without a signature).
+ */
+function checkPublicMatchesPrivate(privateKey: KeyObject, privateJwk: JWK): void {
+  let stored: Buffer;
+  let actual: Buffer;
+  if (privateJwk.kty === 'EC') {
+    const ecdh = createECDH('prime256v1');
+    ecdh.setPrivateKey(Buffer.from(privateJwk.d!, 'base64url'));
+    actual = ecdh.getPublicKey();
+    stored = Buffer.concat([
+      Buffer.of(4),
+      Buffer.from(privateJwk.x ?? '', 'base64url'),
+      Buffer.from(privateJwk.y ?? '', 'base64url'),
+    ]);
+  } else {
+    actual = Buffer.from(createPublicKey(privateKey).export({ format: 'jwk' }).x ?? '', 'base64url');
+    stored = Buffer.from(privateJwk.x ?? '', 'base64url');
+  }
+  if (!stored.equals(actual)) throw new TypeError('the stored public key is not the public key of d');
 }
 
 /** RFC 7638 JWK SHA-256 thumbprint, the value of `cnf.jkt`. */
 export async function jwkThumbprint(jwk: JWK): Promise<string> {
-  return calculateJwkThumbprint(jwk, 'sha256');
+  return thumbprintOf(jwk);
+}
+
+function thumbprintOf(jwk: JWK): string {
+  return b64uSha256(jwkThumbprintInput(jwk));
 }
 
 /** The `ath` claim: B64U(SHA-256(ASCII(access token))). */
@@ -160,7 +243,7 @@ export async function verifyDpopProof(proof: string, opts: VerifyDpopProofOption
   if (Math.abs(opts.now - claims.iat) > maxAge) {
     throw new ProtocolError('dpop_iat_out_of_window', `iat ${claims.iat} is more than ${maxAge}s from ${opts.now}`);
   }
-  const jkt = await jwkThumbprint(jwk);
+  const jkt = thumbprintOf(jwk);
   if (opts.expectedJkt !== undefined && jkt !== opts.expectedJkt) {
     throw new ProtocolError('dpop_key_mismatch', 'the proof key thumbprint does not equal cnf.jkt');
   }

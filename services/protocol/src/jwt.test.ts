@@ -1,10 +1,20 @@
-import { webcrypto } from 'node:crypto';
+import { generateKeyPair as generateNodeKeyPair, webcrypto } from 'node:crypto';
+import { promisify } from 'node:util';
 import { describe, it, expect, beforeAll } from 'vitest';
 import { CompactSign, exportJWK, generateKeyPair, generateSecret } from 'jose';
 import type { CryptoKey, JWK, JWTPayload } from 'jose';
 import { ProtocolError } from './errors.js';
 import type { ProtocolErrorCode } from './errors.js';
-import { ALLOWED_ALGS, JWT_TYPES, decodeJwt, keyFromJwks, signJwt, verifyJwt } from './jwt.js';
+import {
+  ALLOWED_ALGS,
+  JWT_TYPES,
+  decodeJwt,
+  exportPublicJwk,
+  importPublicJwk,
+  keyFromJwks,
+  signJwt,
+  verifyJwt,
+} from './jwt.js';
 import type { JwsAlg } from './jwt.js';
 
 const NOW = 1_700_000_000;
@@ -123,6 +133,18 @@ describe('decodeJwt (compact JWS shape, RFC 7515 §7.1)', () => {
       /signature segment is not base64url/,
     ],
   ];
+  it('rejects invalid UTF-8, also between valid tokens (one decoder serves every call)', async () => {
+    const valid = await es256();
+    // A JSON object whose string ends in a truncated two-byte sequence (0xc3 without its continuation).
+    const truncated = Buffer.concat([Buffer.from('{"alg":"ES256","x":"'), Buffer.of(0xc3), Buffer.from('"}')]);
+    const bad = `${truncated.toString('base64url')}.${enc({})}.c2ln`;
+    expect(decodeJwt(valid).header.kid).toBe('k1');
+    expect(() => decodeJwt(bad)).toThrow(/header is not UTF-8 JSON/);
+    expect(decodeJwt(valid).header.kid).toBe('k1');
+    const utf8 = `${enc({ alg: 'ES256', name: 'Jörg 📮' })}.${enc({})}.c2ln`;
+    expect(decodeJwt(utf8).header.name).toBe('Jörg 📮');
+  });
+
   for (const [title, token, message] of cases) {
     it(title, () => {
       let err: unknown;
@@ -325,5 +347,70 @@ describe('keyFromJwks (PROTOCOL §5.4)', () => {
 
   it('rejects a header alg off the allow-list (alg_not_allowed)', async () => {
     await expectCode(keyFromJwks(jwks, { alg: 'HS256', kid: 'k1' }), 'alg_not_allowed');
+  });
+});
+
+describe('importPublicJwk (the cache of imported public keys)', () => {
+  // Not generateKeyPairSync: on Node 20, a JWK export of a key it made can deadlock with the garbage collector.
+  const generate = promisify(generateNodeKeyPair);
+  const ecJwk = async () => (await generate('ec', { namedCurve: 'P-256' })).publicKey.export({ format: 'jwk' }) as JWK;
+
+  it('returns the key already imported for the same key members, whatever the other members and their order', async () => {
+    const jwk = await ecJwk();
+    const first = await importPublicJwk(jwk, 'ES256', 'unknown_key');
+    const reordered = { y: jwk.y, x: jwk.x, crv: 'P-256', kty: 'EC', kid: 'k9', alg: 'ES256', use: 'sig' } as JWK;
+    expect(await importPublicJwk(reordered, 'ES256', 'unknown_key')).toBe(first);
+    expect(await importPublicJwk(await ecJwk(), 'ES256', 'unknown_key')).not.toBe(first);
+  });
+
+  it('checks the JWK on every call, also when its key is cached (RFC 7517 §7: a public key has no d)', async () => {
+    const jwk = (await exportJWK(keys.ES256.publicKey)) as JWK;
+    await importPublicJwk(jwk, 'ES256', 'unknown_key');
+    const privateJwk = (await exportJWK((await generateKeyPair('ES256', { extractable: true })).privateKey)) as JWK;
+    const { d: _d, ...publicPart } = privateJwk;
+    await importPublicJwk(publicPart, 'ES256', 'unknown_key');
+    await expectCode(importPublicJwk(privateJwk, 'ES256', 'unknown_key'), 'unknown_key');
+    await expectCode(importPublicJwk(jwk, 'EdDSA', 'invalid_dpop_proof'), 'invalid_dpop_proof');
+    await expectCode(importPublicJwk({ ...jwk, crv: 'P-384' }, 'ES256', 'unknown_key'), 'unknown_key');
+  });
+
+  it('verifies with the cached key exactly as with a fresh import (PROTOCOL §5.4)', async () => {
+    const jwk = (await exportJWK(keys.ES256.publicKey)) as JWK;
+    const token = await es256();
+    for (let i = 0; i < 2; i++) {
+      const key = await importPublicJwk(jwk, 'ES256', 'unknown_key');
+      await expect(verifyEs256(token, { key })).resolves.toBeDefined();
+      await expectCode(
+        verifyEs256(await signRaw({ alg: 'ES256', typ: 'eh+jwt' }, claims(), other.privateKey), { key }),
+        'invalid_signature',
+      );
+    }
+  });
+
+  it('does not cache a JWK that fails to import', async () => {
+    const jwk = { ...(await ecJwk()), x: 'AAAA' };
+    await expectCode(importPublicJwk(jwk, 'ES256', 'unknown_key'), 'unknown_key');
+    await expectCode(importPublicJwk(jwk, 'ES256', 'unknown_key'), 'unknown_key');
+  });
+
+  it('keeps at most 1,000 keys, dropping the least recently used', async () => {
+    const kept = await ecJwk();
+    const dropped = await ecJwk();
+    const keptKey = await importPublicJwk(kept, 'ES256', 'unknown_key');
+    const droppedKey = await importPublicJwk(dropped, 'ES256', 'unknown_key');
+    for (let i = 0; i < 1_000; i++) {
+      if (i % 100 === 0) expect(await importPublicJwk(kept, 'ES256', 'unknown_key')).toBe(keptKey);
+      await importPublicJwk(await ecJwk(), 'ES256', 'unknown_key');
+    }
+    expect(await importPublicJwk(kept, 'ES256', 'unknown_key')).toBe(keptKey);
+    expect(await importPublicJwk(dropped, 'ES256', 'unknown_key')).not.toBe(droppedKey);
+  });
+
+  it('exportPublicJwk gives the public JWK of a KeyObject and remembers the key for its import', async () => {
+    const { publicKey, privateKey } = await generate('ed25519');
+    const jwk = exportPublicJwk(publicKey);
+    expect(jwk).toEqual(publicKey.export({ format: 'jwk' }));
+    expect(await importPublicJwk(jwk, 'EdDSA', 'unknown_key')).toBe(publicKey);
+    expect(() => exportPublicJwk(privateKey)).toThrow(TypeError);
   });
 });

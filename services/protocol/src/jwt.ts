@@ -1,4 +1,5 @@
 import { KeyObject as NodeKeyObject, createPublicKey, sign as cryptoSign, verify as cryptoVerify } from 'node:crypto';
+import { errors } from 'jose';
 import type { CompactJWSHeaderParameters, CryptoKey, JWK, JWSHeaderParameters, JWTPayload, KeyObject } from 'jose';
 import { ProtocolError } from './errors.js';
 import type { ProtocolErrorCode } from './errors.js';
@@ -51,6 +52,38 @@ const PRIVATE_JWK_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k', 'priv'
 const FORBIDDEN_HEADER_PARAMETERS = ['jku', 'x5u', 'x5c', 'jwk', 'crit'] as const;
 
 const B64U_SEGMENT = /^[A-Za-z0-9_-]*$/;
+
+/** RFC 7638 §3.2: the required members of each key type, in lexicographic order. */
+const THUMBPRINT_MEMBERS: Readonly<Record<string, readonly string[]>> = {
+  EC: ['crv', 'kty', 'x', 'y'],
+  OKP: ['crv', 'kty', 'x'],
+  RSA: ['e', 'kty', 'n'],
+  oct: ['k', 'kty'],
+};
+
+/** How jose's calculateJwkThumbprint names a missing member; this replaces it and fails the same way. */
+const THUMBPRINT_MEMBER_NAMES: Readonly<Record<string, string>> = {
+  'EC crv': '"crv" (Curve) Parameter',
+  'OKP crv': '"crv" (Subtype of Key Pair) Parameter',
+  x: '"x" (X Coordinate) Parameter',
+  'OKP x': '"x" (Public Key) Parameter',
+  y: '"y" (Y Coordinate) Parameter',
+  e: '"e" (Exponent) Parameter',
+  n: '"n" (Modulus) Parameter',
+  k: '"k" (Key Value) Parameter',
+};
+
+/**
+ * Imported public keys by the RFC 7638 hash input of their JWK (exactly the members a key is made of), most
+ * recently used last. Many keys come back again and again (a mailbox's MTA key, a webmail session's key, the
+ * keys of the AS JWKS), and parsing a P-256 JWK costs more than verifying a signature with it. Bounded:
+ * every fresh DPoP key passes through once. Only public JWKs ever reach it.
+ */
+const PUBLIC_KEY_CACHE_SIZE = 1_000;
+const publicKeys = new Map<string, NodeKeyObject>();
+
+/** Reused: decode() without `stream` starts afresh on every call, and a new decoder per JWT showed up in profiles. */
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 export async function signJwt(payload: JWTPayload, opts: SignJwtOptions): Promise<string> {
   assertAllowedAlg(opts.alg, ALLOWED_ALGS);
@@ -169,18 +202,93 @@ export function jwkFitsAlg(jwk: JWK, alg: JwsAlg): boolean {
 
 /**
  * Imports a public JWK as a node KeyObject (synchronous, and much cheaper than a WebCrypto import, which
- * matters for DPoP: every proof brings a fresh key). The key must fit `alg` and hold no private members.
+ * matters for DPoP: every proof brings a key). The key must fit `alg` and hold no private members; those
+ * checks run on every call, before the cache of recently imported keys is consulted.
  */
 export async function importPublicJwk(jwk: JWK, alg: JwsAlg, code: ProtocolErrorCode): Promise<VerificationKey> {
   if (typeof jwk !== 'object' || jwk === null || hasPrivateMembers(jwk))
     throw new ProtocolError(code, 'the JWK is not a public key');
   if (!jwkFitsAlg(jwk, alg))
     throw new ProtocolError(code, `the JWK (kty ${String(jwk.kty)}, crv ${String(jwk.crv)}) does not fit ${alg}`);
+  const id = thumbprintInputOrUndefined(jwk);
+  const cached = id === undefined ? undefined : publicKeys.get(id);
+  if (cached !== undefined) {
+    publicKeys.delete(id!);
+    publicKeys.set(id!, cached);
+    return cached;
+  }
+  let key: NodeKeyObject;
   try {
-    return createPublicKey({ key: jwk as Parameters<typeof createPublicKey>[0] & object as never, format: 'jwk' });
+    key = createPublicKey({ key: jwk as Parameters<typeof createPublicKey>[0] & object as never, format: 'jwk' });
   } catch (cause) {
     throw new ProtocolError(code, `cannot import the ${alg} JWK: ${messageOf(cause)}`, { cause });
   }
+  if (id !== undefined) rememberPublicKey(id, key);
+  return key;
+}
+
+/**
+ * The public JWK of a public KeyObject (node's export: the key's members only). The key is remembered, so
+ * that `importPublicJwk` of this JWK returns it without parsing: the AS that runs in the same process as an
+ * MTA verifies the proofs of the fresh keys that MTA makes. Safe to export: the JWK is derived from the key.
+ * Not for a key of generateKeyPairSync: on Node 20 its JWK export can deadlock with the garbage collector.
+ */
+export function exportPublicJwk(key: NodeKeyObject): JWK {
+  if (!(key instanceof NodeKeyObject) || key.type !== 'public') throw new TypeError('a public KeyObject is required');
+  const jwk = key.export({ format: 'jwk' }) as JWK;
+  const id = thumbprintInputOrUndefined(jwk);
+  if (id !== undefined) rememberPublicKey(id, key);
+  return jwk;
+}
+
+/**
+ * RFC 7638 §3: the JSON of the JWK's required members, in lexicographic order and without whitespace, that
+ * the thumbprint hashes. Throws jose's errors for a JWK that has no thumbprint, as calculateJwkThumbprint did.
+ */
+export function jwkThumbprintInput(jwk: JWK): string {
+  if (typeof jwk !== 'object' || jwk === null || typeof jwk.kty !== 'string') {
+    throw new TypeError('Key must be one of type CryptoKey, KeyObject, or JSON Web Key.');
+  }
+  const members = thumbprintMembers(jwk.kty);
+  if (members === undefined) throw new errors.JOSENotSupported('"kty" (Key Type) Parameter missing or unsupported');
+  const input = thumbprintJson(jwk, members);
+  if (input === undefined) {
+    const name = members.find((m) => !isNonEmptyString((jwk as Record<string, unknown>)[m]))!;
+    const description = THUMBPRINT_MEMBER_NAMES[`${jwk.kty} ${name}`] ?? THUMBPRINT_MEMBER_NAMES[name];
+    throw new errors.JWKInvalid(`${description} missing or invalid`);
+  }
+  return input;
+}
+
+function thumbprintInputOrUndefined(jwk: JWK): string | undefined {
+  const members = typeof jwk.kty === 'string' ? thumbprintMembers(jwk.kty) : undefined;
+  return members === undefined ? undefined : thumbprintJson(jwk, members);
+}
+
+function thumbprintMembers(kty: string): readonly string[] | undefined {
+  return Object.hasOwn(THUMBPRINT_MEMBERS, kty) ? THUMBPRINT_MEMBERS[kty] : undefined;
+}
+
+/** Undefined when a required member is missing or not a non-empty string. */
+function thumbprintJson(jwk: JWK, members: readonly string[]): string | undefined {
+  let json = '{';
+  for (const name of members) {
+    const value = (jwk as Record<string, unknown>)[name];
+    if (!isNonEmptyString(value)) return undefined;
+    // JSON.stringify escapes as RFC 7638 §3.3 asks (RFC 8259 strings, no whitespace).
+    json += `${json.length > 1 ? ',' : ''}"${name}":${JSON.stringify(value)}`;
+  }
+  return `${json}}`;
+}
+
+function isNonEmptyString(value: unknown): value is string {
+  return typeof value === 'string' && value !== '';
+}
+
+function rememberPublicKey(id: string, key: NodeKeyObject): void {
+  publicKeys.delete(id);
+  publicKeys.set(id, key);
+  if (publicKeys.size > PUBLIC_KEY_CACHE_SIZE) publicKeys.delete(publicKeys.keys().next().value!);
 }
 
 /**
@@ -243,7 +351,7 @@ function decodeJsonSegment<T extends object>(segment: string, name: 'header' | '
   let value: unknown;
   try {
     // fatal: invalid UTF-8 must fail here instead of becoming U+FFFD and parsing anyway.
-    value = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(Buffer.from(segment, 'base64url')));
+    value = JSON.parse(UTF8.decode(Buffer.from(segment, 'base64url')));
   } catch (cause) {
     throw new ProtocolError('invalid_jwt', `the ${name} is not UTF-8 JSON`, { cause });
   }
