@@ -13,14 +13,13 @@
  * during the timed rounds is printed, so the share of the machine each took can be judged.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { createHash, generateKeyPairSync, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { readFileSync, readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { CryptoKey, JWK } from 'jose';
 import { Agent, fetch } from 'undici';
-import { createDpopProof, signJwt, type DpopKey, type Header } from '@federizer/protocol';
+import { createDpopProof, generateDpopKey, signJwt, type Header } from '@federizer/protocol';
 import { createHttpClient } from '@federizer/common';
 import { freePort, type TestDomain } from '../services/auth/tests/harness.js';
 import { signIn } from '../services/auth/tests/exchange-client.js';
@@ -30,18 +29,6 @@ const ROUNDS = 5;
 const PER_ROUND = 600;
 const ADMIN = 'bench-admin-token-0123456789';
 const PREGENERATE = process.env.AUTH_PREGENERATE !== '0';
-
-/**
- * A fresh P-256 key made with node:crypto (synchronous and cheap) rather than WebCrypto, leaving the AS as
- * much CPU as possible. The thumbprint (RFC 7638) is hashed here too: the AS computes its own.
- */
-function freshDpopKey(): DpopKey {
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const { kty, crv, x, y } = publicKey.export({ format: 'jwk' }) as JWK;
-  const publicJwk = { kty, crv, x, y } as JWK;
-  const jkt = createHash('sha256').update(JSON.stringify({ crv, kty, x, y })).digest('base64url');
-  return { alg: 'ES256', privateKey: privateKey as unknown as CryptoKey, publicJwk, jkt };
-}
 
 const TICKS_PER_SECOND = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 
@@ -88,8 +75,9 @@ export async function run(): Promise<void> {
   const port = await freePort();
   const issuer = `http://127.0.0.1:${port}`;
   const mailboxResource = 'http://127.0.0.1:1/api';
-  const { privateKey: mtaKey, publicKey: mtaPublic } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const mtaJwk = { ...(mtaPublic.export({ format: 'jwk' }) as JWK), alg: 'ES256', kid: 'bench-mta' };
+  const mta = await generateDpopKey();
+  const mtaKey = mta.privateKey;
+  const mtaJwk = { ...mta.publicJwk, alg: 'ES256', kid: 'bench-mta' };
   const redirect = 'http://127.0.0.1:1/callback';
   const bin = new URL('../services/cli/bin/federizer.js', import.meta.url).pathname;
   // BENCH_PROFILE_DIR=dir writes a CPU profile of the AS process there (for finding where the time goes).
@@ -172,7 +160,7 @@ export async function run(): Promise<void> {
     }
     // One request as an MTA makes it: a fresh DPoP key and proof, and a fresh client assertion.
     const prepare = async (): Promise<Prepared> => {
-      const dpop = freshDpopKey();
+      const dpop = await generateDpopKey();
       const now = Math.floor(Date.now() / 1000);
       const assertion = await signJwt(
         { iss: 'mta.example.com', sub: 'mta.example.com', aud: issuer, jti: randomUUID(), iat: now, exp: now + 60 },

@@ -14,16 +14,24 @@
  * code under test.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createCipheriv, createHash, generateKeyPairSync, randomUUID } from 'node:crypto';
+import { createCipheriv, createHash, randomUUID } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { exportJWK, type JWK } from 'jose';
+import { exportJWK } from 'jose';
 import { Agent, request, type Dispatcher } from 'undici';
 import { DnsServer, createHttpClient } from '@federizer/common';
-import { createDpopProof, externalContentType, jwkThumbprint, type DpopKey, type Message } from '@federizer/protocol';
+import {
+  createDpopProof,
+  exportDpopKey,
+  externalContentType,
+  generateDpopKey,
+  jwkThumbprint,
+  type DpopKey,
+  type Message,
+} from '@federizer/protocol';
 import { freePort, hostOf, type TestDomain } from '../services/auth/tests/harness.js';
 import { signIn } from '../services/auth/tests/exchange-client.js';
 import {
@@ -138,10 +146,10 @@ async function startDomain(name: string, dns: DnsServer, dir: string): Promise<B
   const [asPort, mailboxPort] = [await freePort(), await freePort()];
   const issuer = `http://${hostOf('as', name)}:${asPort}`;
   const mailboxUrl = `http://${hostOf('mail', name)}:${mailboxPort}`;
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const key = await generateDpopKey();
   const kid = `mta-${name}`;
-  const publicJwk = { ...(publicKey.export({ format: 'jwk' }) as JWK), alg: 'ES256', kid };
-  const privateJwk = { ...(privateKey.export({ format: 'jwk' }) as JWK), alg: 'ES256', kid };
+  const publicJwk = { ...key.publicJwk, alg: 'ES256', kid };
+  const privateJwk = { ...(await exportDpopKey(key)), alg: 'ES256', kid };
   const dnsServer = `${dns.address.host}:${dns.address.port}`;
   const as = start(`AS ${name}`, 'auth', asPort, {
     FEDERIZER_AUTH_ISSUER: issuer,

@@ -8,7 +8,7 @@
  * database, so that every replica signs with the current key and retired keys stay published for the share
  * window (services/auth/src/keys.ts). A Secret could not take part in that rotation.
  */
-import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createECDH, createHash, randomBytes } from 'node:crypto';
 import type { ResolvedMailDomain } from '../model.js';
 import { CREATE_ONLY_ANNOTATION, metadata, names, type Manifest } from './meta.js';
 
@@ -35,13 +35,27 @@ function thumbprint(jwk: { crv: string; x: string; y: string }): string {
 
 /** Fresh random material: 256-bit tokens and a P-256 key pair (ES256, which every AS configuration accepts). */
 export function generateMaterial(): GeneratedMaterial {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const jwk = privateKey.export({ format: 'jwk' }) as { kty: string; crv: string; x: string; y: string; d: string };
+  const jwk = p256Jwk();
   return {
     adminToken: randomBytes(32).toString('base64url'),
     cookieKey: randomBytes(32).toString('base64url'),
     mtaPrivateJwk: { ...jwk, kid: thumbprint(jwk), alg: 'ES256', use: 'sig' },
   };
+}
+
+/**
+ * A P-256 private JWK from ECDH's raw scalar and point. Not generateKeyPairSync and a JWK export: on Node 20
+ * that export can deadlock with a garbage collection that finalizes the key's generation job.
+ */
+function p256Jwk(): { kty: string; crv: string; x: string; y: string; d: string } {
+  const ecdh = createECDH('prime256v1');
+  ecdh.generateKeys();
+  const point = ecdh.getPublicKey(); // 0x04 || x || y
+  const scalar = ecdh.getPrivateKey(); // leading zero bytes dropped; RFC 7518 §6.2.2.1 wants all 32
+  const d = Buffer.alloc(32);
+  scalar.copy(d, 32 - scalar.length);
+  const b64u = (bytes: Buffer) => bytes.toString('base64url');
+  return { kty: 'EC', crv: 'P-256', x: b64u(point.subarray(1, 33)), y: b64u(point.subarray(33, 65)), d: b64u(d) };
 }
 
 export function publicJwks(privateJwk: Record<string, string>): { keys: Record<string, string>[] } {
