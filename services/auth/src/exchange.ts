@@ -90,9 +90,17 @@ export interface ExchangeDeps {
   readonly trust: TrustResolver;
   /**
    * The user a send exchange's access token names, and whether the grant it was issued under still stands
-   * (not revoked by sign-out or refresh-token reuse): one read, since every send asks both.
+   * (not revoked by sign-out or refresh-token reuse), in one read. Asked when `sendUnderGrant` refused a
+   * send, so that the answer says which check failed.
    */
   readonly subject: (address: string, grantId: string) => Promise<{ user: User | undefined; grantActive: boolean }>;
+  /**
+   * A send exchange's subject check and quota in one step, for when nothing refuses: counts one send against
+   * today's quota (the UTC day of `now`) of the user `address` if that user exists and is enabled, has a send
+   * left, and the grant `grantId` still stands. False when any of that fails, with nothing counted; `subject`
+   * and `users.consumeSendQuota` then tell which check refuses.
+   */
+  readonly sendUnderGrant: (address: string, grantId: string, now: Date) => Promise<boolean>;
   readonly now: () => number;
   readonly onIssued?: (kind: ExchangeKind) => void;
 }
@@ -101,7 +109,55 @@ interface Request {
   readonly ctx: KoaContextWithOIDC;
   readonly params: Readonly<Record<string, string | undefined>>;
   readonly now: number;
+  /** The users' access tokens the handler serving this request has verified. */
+  readonly userTokens?: VerifiedTokens;
 }
+
+/**
+ * Users' access tokens this AS has verified, by their exact text. A user's token serves every send until it
+ * expires, and checking its signature again gives the same answer (the same bytes under the same key), so it
+ * is checked once. Only the time claims can change the answer: they are checked on every use, and a token
+ * past them is verified in full again, which gives the precise refusal. A cache lives as long as the exchange
+ * handler that holds it, which the service rebuilds with the provider whenever the signing keys change, so a
+ * token is never accepted here by a key that is no longer published. Bounded; the oldest entry goes first.
+ */
+export class VerifiedTokens {
+  readonly #payloads = new Map<string, JWTPayload>();
+
+  constructor(readonly maxEntries: number) {}
+
+  /** The token's claims if it was verified and its time claims still hold at `now` (unix seconds). */
+  get(token: string, now: number): JWTPayload | undefined {
+    const payload = this.#payloads.get(token);
+    if (payload === undefined) return undefined;
+    if (withinTimeClaims(payload, now)) return payload;
+    this.#payloads.delete(token);
+    return undefined;
+  }
+
+  add(token: string, payload: JWTPayload): void {
+    if (this.#payloads.size >= this.maxEntries) this.#payloads.delete(this.#payloads.keys().next().value!);
+    this.#payloads.set(token, Object.freeze({ ...payload }));
+  }
+
+  get size(): number {
+    return this.#payloads.size;
+  }
+}
+
+/** The time checks `verifyUserTokenJwt` makes (no clock tolerance): before `exp`, and `iat`, `nbf` not ahead. */
+function withinTimeClaims(payload: JWTPayload, now: number): boolean {
+  const { exp, iat, nbf } = payload;
+  return (
+    typeof exp === 'number' &&
+    now < exp &&
+    (iat === undefined || (typeof iat === 'number' && iat <= now)) &&
+    (nbf === undefined || (typeof nbf === 'number' && nbf <= now))
+  );
+}
+
+/** Tokens of users signed in at once that a handler remembers (about a kilobyte each). */
+const VERIFIED_USER_TOKENS = 1000;
 
 function param(ctx: KoaContextWithOIDC, name: string): string | undefined {
   const value = (ctx.oidc.params as Record<string, unknown> | undefined)?.[name];
@@ -164,22 +220,30 @@ export async function verifyProof(req: Request, deps: ExchangeDeps): Promise<str
   }
 }
 
-/** §4.5: the user's access token, valid, unexpired, issued by this AS for the mailbox, not revoked. */
-export async function verifyUserToken(req: Request, deps: ExchangeDeps): Promise<User> {
+/** §4.5: the user's access token, valid, unexpired, issued by this AS for the mailbox (its signature and claims). */
+export async function verifyUserTokenJwt(req: Request, deps: ExchangeDeps): Promise<JWTPayload> {
   const token = req.params.subject_token!;
-  let payload: JWTPayload;
+  const now = Math.floor(req.now / 1000);
+  const known = req.userTokens?.get(token, now);
+  if (known !== undefined) return known;
   try {
-    ({ payload } = await verifyJwt(token, {
+    const { payload } = await verifyJwt(token, {
       typ: JWT_TYPES.accessToken,
       key: (header) => deps.keys().verificationKey(header),
-      now: Math.floor(req.now / 1000),
+      now,
       clockToleranceSeconds: 0,
       issuer: deps.config.issuer,
       audience: deps.config.mailboxResource,
-    }));
+    });
+    req.userTokens?.add(token, payload);
+    return payload;
   } catch (e) {
     throw new ExchangeError('invalid_grant', `subject_token: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/** §4.5: the user the verified access token names, known and enabled, and the grant it was issued under not revoked. */
+export async function tokenUser(payload: JWTPayload, deps: ExchangeDeps): Promise<User> {
   const { user, grantActive } =
     typeof payload.gid === 'string'
       ? await deps.subject(typeof payload.sub === 'string' ? payload.sub : '', payload.gid)
@@ -243,7 +307,7 @@ function requireDigest(headers: Header[], name: string): void {
 }
 
 /** §4.5: the addr-spec of From is the user's address. */
-export function requireFromIsUser(headers: Header[], user: User): void {
+export function requireFromIsUser(headers: Header[], user: Pick<User, 'address'>): void {
   let from: string;
   try {
     from = normalizeAddress(parseSingleMailbox(headerText(headers, 'From')).address);
@@ -379,13 +443,40 @@ async function issueAssertion(
   };
 }
 
-async function send(req: Request, deps: ExchangeDeps, jkt: string) {
-  const user = await verifyUserToken(req, deps);
+/** §4.4–4.5: the headers of a send exchange, checked against the address of the user sending. */
+function sendHeaders(req: Request, deps: ExchangeDeps, user: Pick<User, 'address'>): Header[] {
   const headers = exchangeHeaders(req, ORIGIN_EHL);
   requireFromIsUser(headers, user);
   requireOwnMessageId(headers, deps);
   requireDigest(headers, 'Recipients-Digest');
   requireDigest(headers, 'Body-Digest');
+  return headers;
+}
+
+/**
+ * The headers of a send that nothing refuses, with its send counted, in one database statement; undefined
+ * when anything would refuse it. The request checks need only the user's address, which is the token's
+ * `sub` (the AS issues tokens for `users.address`, stored lower-cased). Nothing is thrown here, so that a
+ * refused send is answered by the checks one by one, in the protocol's order, as if this had not run.
+ */
+async function admittedSend(req: Request, deps: ExchangeDeps, payload: JWTPayload): Promise<Header[] | undefined> {
+  if (typeof payload.sub !== 'string' || typeof payload.gid !== 'string') return undefined;
+  let headers: Header[];
+  try {
+    headers = sendHeaders(req, deps, { address: normalizeAddress(payload.sub) });
+  } catch {
+    return undefined;
+  }
+  return (await deps.sendUnderGrant(payload.sub, payload.gid, new Date(req.now))) ? headers : undefined;
+}
+
+async function send(req: Request, deps: ExchangeDeps, jkt: string) {
+  const payload = await verifyUserTokenJwt(req, deps);
+  const admitted = await admittedSend(req, deps, payload);
+  if (admitted !== undefined) return issueAssertion(req, deps, jkt, admitted, ORIGIN_EHL);
+  // Something refuses: the subject first, then the request, then the quota (§4.5), each with its own answer.
+  const user = await tokenUser(payload, deps);
+  const headers = sendHeaders(req, deps, user);
   await consumeQuota(user, req, deps);
   return issueAssertion(req, deps, jkt, headers, ORIGIN_EHL);
 }
@@ -462,9 +553,10 @@ const HANDLERS = { send, forward, fetch } as const;
 
 /** The grant handler oidc-provider calls with the authenticated client in `ctx.oidc.client`. */
 export function tokenExchangeHandler(deps: ExchangeDeps) {
+  const userTokens = new VerifiedTokens(VERIFIED_USER_TOKENS);
   return async (ctx: KoaContextWithOIDC): Promise<void> => {
     const params = Object.fromEntries(EXCHANGE_PARAMS.map((name) => [name, param(ctx, name)]));
-    const req: Request = { ctx, params, now: deps.now() };
+    const req: Request = { ctx, params, now: deps.now(), userTokens };
     try {
       requireMta(ctx, deps);
       const kind = exchangeKind(req);

@@ -184,6 +184,7 @@ export function createProvider(deps: ProviderDeps): Provider {
   // caller can send those headers.
   provider.proxy = config.trustProxy;
   recordReplaysIn(provider, deps.exchange.replay);
+  // A handler per provider: the users' tokens it has verified are forgotten when the keys change (VerifiedTokens).
   provider.registerGrantType(
     TOKEN_EXCHANGE,
     tokenExchangeHandler({ ...deps.exchange, config, keys: () => deps.keys }),

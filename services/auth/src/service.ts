@@ -132,6 +132,8 @@ export class AuthService implements AsyncDisposable {
           now,
           // Date.now, the clock the provider's adapter stamps a Grant's expires_at with (adapterFactory above).
           subject: (address, grantId) => users.getWithGrant(address, grantId, Date.now()),
+          sendUnderGrant: (address, grantId, at) =>
+            users.consumeSendQuotaUnderGrant(address, grantId, 1, at, Date.now()),
           onIssued: (kind: ExchangeKind) => tokensIssued.inc({ grant_type: TOKEN_EXCHANGE, exchange: kind }),
         },
         renderError: async (ctx, out) => {

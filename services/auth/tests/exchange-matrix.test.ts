@@ -129,6 +129,8 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
     await com.createUser('alice@example.com', PASSWORD, { displayName: 'Alice' });
     await com.createUser('carol@example.com', PASSWORD, { sendQuotaPerDay: 1 });
     await com.createUser('dave@example.com', PASSWORD);
+    await com.createUser('erin@example.com', PASSWORD, { sendQuotaPerDay: 1 });
+    await com.createUser('eve@example.com', PASSWORD);
     await net.createUser('bob@example.net', PASSWORD);
     await net.createUser('frank@example.net', PASSWORD);
     await net.createUser('grace@example.net', PASSWORD);
@@ -303,19 +305,28 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
       const { copy } = await aliceSent();
       const { exp } = decodeJwt(session.accessToken).payload as { exp: number };
       expect(exp - decodeJwt(session.accessToken).payload.iat!).toBe(com.config.userAccessTokenSeconds);
-      // The AS's clock moves past exp; the proof's iat moves with it (it must be within 60 s of the AS's now).
-      clock.offsetMs = (exp + 1) * 1000 - Date.now();
-      try {
-        await expectRefused(
-          comMta,
-          sendParams(session.accessToken, copy.exchangeHeaders),
-          { error: 'invalid_grant', description: /subject_token: the token expired at \d+/ },
-          { modifyProof: (_h, payload) => void (payload.iat = Math.floor(now() / 1000)) },
-        );
-      } finally {
-        clock.offsetMs = 0;
-      }
+      const refusedAt = async (seconds: number) => {
+        // The AS's clock moves to `seconds`; the proof's iat moves with it (it must be within 60 s of the AS's now).
+        clock.offsetMs = seconds * 1000 - Date.now();
+        try {
+          await expectRefused(
+            comMta,
+            sendParams(session.accessToken, copy.exchangeHeaders),
+            {
+              error: 'invalid_grant',
+              description: new RegExp(`subject_token: the token expired at ${exp}, now is ${seconds}`),
+            },
+            { modifyProof: (_h, payload) => void (payload.iat = Math.floor(now() / 1000)) },
+          );
+        } finally {
+          clock.offsetMs = 0;
+        }
+      };
+      await refusedAt(exp + 1);
       // The same token, before it expires, is accepted: expiry was the one reason.
+      expect((await comMta.send(session.accessToken, copy.exchangeHeaders)).trace.status).toBe(200);
+      // Accepted once, it is still refused from exp on (exp itself is already too late, RFC 7519 §4.1.4).
+      await refusedAt(exp);
       expect((await comMta.send(session.accessToken, copy.exchangeHeaders)).trace.status).toBe(200);
     });
 
@@ -344,6 +355,49 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
       expect(retryAfter).toMatch(/^\d+$/);
       expect(Number(retryAfter)).toBeGreaterThan(0);
       expect(Number(retryAfter)).toBeLessThanOrEqual(24 * 3600);
+    });
+
+    it('PROTOCOL §4.5: a refused send counts nothing against the quota — the one send erin has today still goes through', async () => {
+      const erin = await signIn(com, http, 'erin@example.com', PASSWORD);
+      const copy = copyOf('erin@example.com', 'bob@example.net');
+      await expectRefused(
+        comMta,
+        sendParams(erin.accessToken, withValue(copy.exchangeHeaders, 'From', 'Mallory <mallory@example.com>')),
+        { error: 'invalid_grant', description: /From mallory@example\.com is not the address of the signed-in user/ },
+      );
+      await expectRefused(
+        comMta,
+        sendParams(erin.accessToken, withValue(copy.exchangeHeaders, 'Message-ID', '<matrix-erin@example.net>')),
+        { error: 'invalid_request', description: /Message-ID domain example\.net is not example\.com/ },
+      );
+      expect((await comMta.send(erin.accessToken, copy.exchangeHeaders)).trace.status).toBe(200);
+      await expectRefused(comMta, sendParams(erin.accessToken, copy.exchangeHeaders), {
+        status: 429,
+        error: 'quota_exceeded',
+        description: /erin@example\.com has used 1 of 1 sends allowed today/,
+      });
+    });
+
+    it('PROTOCOL §4.5: a user disabled after signing in is refused before the request is looked at (invalid_grant); enabled again, the same token sends', async () => {
+      const eve = await signIn(com, http, 'eve@example.com', PASSWORD);
+      const copy = copyOf('eve@example.com', 'bob@example.net');
+      const disable = async (disabled: boolean) =>
+        expect(
+          (await com.admin('/users/eve%40example.com', { method: 'PATCH', body: JSON.stringify({ disabled }) })).status,
+        ).toBe(200);
+      await disable(true);
+      try {
+        // The subject is checked first (§4.5 lists it before the headers): a wrong From does not change the answer.
+        for (const headers of [copy.exchangeHeaders, withValue(copy.exchangeHeaders, 'From', 'mallory@example.com')]) {
+          await expectRefused(comMta, sendParams(eve.accessToken, headers), {
+            error: 'invalid_grant',
+            description: /subject_token: the user eve@example\.com is unknown or disabled/,
+          });
+        }
+      } finally {
+        await disable(false);
+      }
+      expect((await comMta.send(eve.accessToken, copy.exchangeHeaders)).trace.status).toBe(200);
     });
 
     it('PROTOCOL §4.5 check 1: a client that is not the MTA — the webmail — gets the provider’s refusal of an unregistered grant type (invalid_request)', async () => {

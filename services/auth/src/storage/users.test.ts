@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Knex } from 'knex';
-import { createKnex, migrateLatest } from '@federizer/common';
+import { createKnex, dbNumber, migrateLatest } from '@federizer/common';
 // Test helpers are not part of @federizer/common's public entry point.
 import { testDatabases } from '../../../common/src/testing/databases.js';
 import { AUTH_MIGRATIONS_TABLE, authMigrations } from './migrations.js';
@@ -230,6 +230,79 @@ describe.each(testDatabases())('UserStore on $name', (database) => {
       used: 0,
       limit: 10,
     });
+  });
+
+  it('counts a send under a grant only when the user exists, is enabled, has a send left and the grant stands', async () => {
+    await users.create({ address: 'nora@example.com', password: 'password1', sendQuotaPerDay: 3 });
+    const at = T0.getTime();
+    await knex('oidc_payloads').insert([
+      { kind: 'Grant', id: 'n-live', payload: '{}', grant_id: null, expires_at: at + 1000 },
+      { kind: 'Grant', id: 'n-forever', payload: '{}', grant_id: null, expires_at: null },
+      { kind: 'Grant', id: 'n-expired', payload: '{}', grant_id: null, expires_at: at },
+      // another model's row with the grant's id is not the grant
+      { kind: 'Session', id: 'n-session', payload: '{}', grant_id: null, expires_at: at + 1000 },
+    ]);
+    const used = async () =>
+      (
+        (await knex('send_counters').where({ address: 'nora@example.com' }).select('day', 'count')) as {
+          day: string;
+          count: unknown;
+        }[]
+      ).map((r) => [r.day, dbNumber(r.count)]);
+    try {
+      const send = (address: string, grantId: string, count = 1, when = T0, grantNow = at) =>
+        users.consumeSendQuotaUnderGrant(address, grantId, count, when, grantNow);
+      // refusals count nothing, whichever condition fails
+      expect(await send('nora@example.com', 'n-expired')).toBe(false);
+      expect(await send('nora@example.com', 'n-live', 1, T0, at + 1000)).toBe(false);
+      expect(await send('nora@example.com', 'n-session')).toBe(false);
+      expect(await send('nora@example.com', 'n-missing')).toBe(false);
+      expect(await send('nobody@example.com', 'n-live')).toBe(false);
+      expect(await send('nora@example.com', 'n-live', 4)).toBe(false);
+      expect(await used()).toEqual([]);
+      // the address is compared as stored (lower case), and the count is kept with consumeSendQuota's
+      expect(await send('NORA@example.com', 'n-live')).toBe(true);
+      expect(await send('nora@example.com', 'n-forever', 2)).toBe(true);
+      expect(await used()).toEqual([['2030-01-15', 3]]);
+      expect(await send('nora@example.com', 'n-live')).toBe(false);
+      expect(await users.consumeSendQuota('nora@example.com', 1, T0)).toEqual({ allowed: false, used: 3, limit: 3 });
+      // a new UTC day starts a new count; the limit is read as it is now
+      const nextDay = new Date(T0.getTime() + 24 * 3600 * 1000);
+      await users.update('nora@example.com', { sendQuotaPerDay: 1 });
+      expect(await send('nora@example.com', 'n-live', 1, nextDay)).toBe(true);
+      expect(await send('nora@example.com', 'n-live', 1, nextDay)).toBe(false);
+      await users.update('nora@example.com', { sendQuotaPerDay: 100, disabled: true });
+      expect(await send('nora@example.com', 'n-live')).toBe(false);
+      expect(await used()).toEqual([
+        ['2030-01-15', 3],
+        ['2030-01-16', 1],
+      ]);
+      await expect(send('nora@example.com', 'n-live', 0)).rejects.toThrow(TypeError);
+    } finally {
+      await knex('oidc_payloads').delete();
+    }
+  });
+
+  it('never counts more sends under a grant than the quota, under 20 concurrent exchanges', async () => {
+    await users.create({ address: 'olga@example.com', password: 'password1', sendQuotaPerDay: 7 });
+    await knex('oidc_payloads').insert({
+      kind: 'Grant',
+      id: 'o-live',
+      payload: '{}',
+      grant_id: null,
+      expires_at: null,
+    });
+    try {
+      const results = await Promise.all(
+        Array.from({ length: 20 }, () =>
+          users.consumeSendQuotaUnderGrant('olga@example.com', 'o-live', 1, T0, T0.getTime()),
+        ),
+      );
+      expect(results.filter(Boolean)).toHaveLength(7);
+      expect(await users.consumeSendQuota('olga@example.com', 1, T0)).toEqual({ allowed: false, used: 7, limit: 7 });
+    } finally {
+      await knex('oidc_payloads').delete();
+    }
   });
 
   it('starts a new count at midnight UTC and follows quota changes', async () => {

@@ -48,6 +48,27 @@ export const MIN_PASSWORD_LENGTH = 8;
 const MAX_QUOTA = 1_000_000;
 const MAX_LIST = 1000;
 
+/**
+ * `consumeSendQuotaUnderGrant` as one statement: an upsert whose inserted row is selected from the user
+ * (so an unknown or disabled user, a spent quota or a revoked grant inserts nothing) and whose update is
+ * conditional on the limit read in the same statement. Written out as SQL rather than built per call: it is
+ * the token exchange's hottest statement, and knex's building of a query this shape cost more CPU than
+ * SQLite's running it. Standard double-quoted identifiers, which SQLite and PostgreSQL both accept; the
+ * SELECT has a WHERE, as SQLite requires of an INSERT ... SELECT with an upsert clause.
+ */
+const CONSUME_UNDER_GRANT = `insert into "send_counters" ("address", "day", "count")
+  select "address", ?, ? from "users"
+  where "address" = ? and "disabled" = ? and "send_quota_per_day" >= ?
+    and exists (
+      select 1 from "oidc_payloads"
+      where "kind" = ? and "id" = ? and ("expires_at" is null or "expires_at" > ?)
+    )
+  on conflict ("address", "day") do update set "count" = "send_counters"."count" + "excluded"."count"
+  where "send_counters"."count" + "excluded"."count" <= (
+    select "send_quota_per_day" from "users" where "users"."address" = "send_counters"."address"
+  )
+  returning "count"`;
+
 const SCRYPT = { N: 2 ** 15, r: 8, p: 1, keyLength: 32, saltLength: 16 } as const;
 /** Bounds what a stored hash may ask for, so a corrupted row cannot take gigabytes of memory. */
 const SCRYPT_MAX_MEMORY = 256 * 1024 * 1024;
@@ -295,11 +316,8 @@ export class UserStore {
   /**
    * Counts `count` messages against the user's quota for the UTC day of `now`, or refuses them all. The
    * increment and the limit check are one conditional upsert, so concurrent token exchanges can never push
-   * the counter past the limit. A disabled user may send nothing.
-   */
-  /**
-   * Counts `count` sends against today's quota, atomically. A caller that has just loaded the user may pass
-   * the User instead of its address, which saves reading it again (the token exchange does, per request).
+   * the counter past the limit. A disabled user may send nothing. A caller that has just loaded the user may
+   * pass the User instead of its address, which saves reading it again.
    */
   async consumeSendQuota(
     who: string | Pick<User, 'address' | 'sendQuotaPerDay' | 'disabled'>,
@@ -332,6 +350,38 @@ export class UserStore {
     const current = (await this.#knex('send_counters').select('count').where({ address: normalized, day }).first()) as
       { count: unknown } | undefined;
     return { allowed: false, used: current === undefined ? 0 : dbNumber(current.count), limit };
+  }
+
+  /**
+   * The send exchange's one statement when nothing refuses (PROTOCOL.md §4.5): counts `count` sends against
+   * the quota of the UTC day of `now`, but only if the user exists and is enabled, has that many sends left
+   * today, and the oidc-provider Grant `grantId` still stands at `grantNowMs` (the adapter's clock, as in
+   * `getWithGrant`). True when counted. False when any condition fails, and then nothing was counted: the
+   * caller asks `getWithGrant` and `consumeSendQuota`, which tell which one. The common case thus costs one
+   * statement instead of two, and the limit is checked against the row as it is at that moment, so
+   * concurrent exchanges cannot pass it (the conflict clause re-checks it, as in `consumeSendQuota`).
+   */
+  async consumeSendQuotaUnderGrant(
+    address: string,
+    grantId: string,
+    count: number,
+    now: Date,
+    grantNowMs: number,
+  ): Promise<boolean> {
+    if (!Number.isSafeInteger(count) || count < 1) throw new TypeError('count must be a positive integer');
+    const result = (await this.#knex.raw(CONSUME_UNDER_GRANT, [
+      utcDay(now),
+      count,
+      normalizeAddress(address),
+      false,
+      count,
+      'Grant',
+      grantId,
+      grantNowMs,
+    ])) as unknown;
+    // knex answers a raw statement as its driver does: rows on SQLite, a result holding them on PostgreSQL.
+    const rows = Array.isArray(result) ? result : (result as { rows: unknown[] }).rows;
+    return rows.length === 1;
   }
 
   #validAddress(input: string): string {
