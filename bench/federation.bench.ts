@@ -35,16 +35,16 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { exportJWK } from 'jose';
+
 import { Agent, request, type Dispatcher } from 'undici';
 import { createHttpClient } from '@federizer/common';
 import {
   createDpopProof,
   externalContentType,
-  jwkThumbprint,
   type DpopKey,
   type Message,
   type Part,
+  dpopKeyOf,
 } from '@federizer/protocol';
 import { signIn } from '../services/auth/tests/exchange-client.js';
 import type { TestDomain } from '../services/auth/tests/harness.js';
@@ -109,13 +109,7 @@ class ApiUser {
         address,
         PASSWORD,
       );
-      const publicJwk = await exportJWK(session.dpopKey.publicKey);
-      const key: DpopKey = {
-        alg: 'ES256',
-        privateKey: session.dpopKey.privateKey,
-        publicJwk,
-        jkt: await jwkThumbprint(publicJwk),
-      };
+      const key = await dpopKeyOf(session.dpopKey);
       return new ApiUser(address, domain, session.accessToken, key, dispatcher);
     } finally {
       await http.close();

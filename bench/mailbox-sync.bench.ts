@@ -21,9 +21,9 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import type { IncomingMessage } from 'node:http';
 import { randomUUID } from 'node:crypto';
-import { exportJWK } from 'jose';
+
 import { Agent, request, type Dispatcher } from 'undici';
-import { createDpopProof, jwkThumbprint, type DpopKey } from '@federizer/protocol';
+import { createDpopProof, type DpopKey, dpopKeyOf } from '@federizer/protocol';
 import { createKnex, silentLogger, type DatabaseConfig } from '@federizer/common';
 import { testDatabases } from '../services/common/src/testing/databases.js';
 import { signIn, testHttp } from '../services/auth/tests/exchange-client.js';
@@ -102,11 +102,7 @@ async function sessionOf(fed: MailFederation, address: string): Promise<Session>
   const http = testHttp();
   try {
     const session = await signIn(fed.auth.domains['example.com']!, http, address, PASSWORD);
-    const publicJwk = await exportJWK(session.dpopKey.publicKey);
-    return {
-      token: session.accessToken,
-      key: { alg: 'ES256', privateKey: session.dpopKey.privateKey, publicJwk, jkt: await jwkThumbprint(publicJwk) },
-    };
+    return { token: session.accessToken, key: await dpopKeyOf(session.dpopKey) };
   } finally {
     await http.close();
   }

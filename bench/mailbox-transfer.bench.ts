@@ -20,7 +20,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { exportJWK } from 'jose';
+
 import { Agent, request, type Dispatcher } from 'undici';
 import { DnsServer, createHttpClient } from '@federizer/common';
 import {
@@ -28,9 +28,9 @@ import {
   exportDpopKey,
   externalContentType,
   generateDpopKey,
-  jwkThumbprint,
   type DpopKey,
   type Message,
+  dpopKeyOf,
 } from '@federizer/protocol';
 import { freePort, hostOf, type TestDomain } from '../services/auth/tests/harness.js';
 import { signIn } from '../services/auth/tests/exchange-client.js';
@@ -222,13 +222,7 @@ class ApiUser {
         address,
         PASSWORD,
       );
-      const publicJwk = await exportJWK(session.dpopKey.publicKey);
-      const key: DpopKey = {
-        alg: 'ES256',
-        privateKey: session.dpopKey.privateKey,
-        publicJwk,
-        jkt: await jwkThumbprint(publicJwk),
-      };
+      const key = await dpopKeyOf(session.dpopKey);
       return new ApiUser(address, domain, session.accessToken, key, dispatcher);
     } finally {
       await http.close();

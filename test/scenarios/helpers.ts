@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { deflateSync, inflateSync } from 'node:zlib';
-import { exportJWK } from 'jose';
+
 import { createDiscovery } from '@federizer/common';
 import {
   bodyDigest,
@@ -22,16 +22,15 @@ import {
   externalContentType,
   headerValue,
   isHeadersBlock,
-  jwkThumbprint,
   transmittedEnvelope,
   validateChain,
   type Block,
   type Body,
-  type DpopKey,
   type Header,
   type Message,
   type Part,
   type ValidatedChain,
+  dpopKeyOf,
 } from '@federizer/protocol';
 import { signIn } from '../../services/auth/tests/exchange-client.js';
 import type { TestDomain } from '../../services/auth/tests/harness.js';
@@ -258,13 +257,7 @@ export async function uploadFile(
     address,
     secret,
   );
-  const publicJwk = await exportJWK(session.dpopKey.publicKey);
-  const key: DpopKey = {
-    alg: 'ES256',
-    privateKey: session.dpopKey.privateKey,
-    publicJwk,
-    jkt: await jwkThumbprint(publicJwk),
-  };
+  const key = await dpopKeyOf(session.dpopKey);
   const url = `${domain.mailboxUrl}/api/v1/resources`;
   const size = (await stat(path)).size;
   const res = await s.client.http.fetch(url, {

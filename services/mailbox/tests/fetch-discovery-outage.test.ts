@@ -16,13 +16,13 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsServer, type DnsSrvData, type HttpClient } from '@federizer/common';
-import { createDpopProof, type Block, type DpopKey, type MailboxMetadata } from '@federizer/protocol';
+import { createDpopProof, dpopKeyOf, type Block, type DpopKey, type MailboxMetadata } from '@federizer/protocol';
 import { testDatabases } from '../../common/src/testing/databases.js';
 import { MtaClient, fetchParams, testHttp } from '../../auth/tests/exchange-client.js';
 import { freePort } from '../../auth/tests/harness.js';
 import type { FetchJob, Job } from '../src/index.js';
 import { startMailFederation, type MailFederation, type UserClient } from './mail-federation.js';
-import { allHeld, dpopKeyOf, received, sendMessage, until, upload, type Uploaded } from './fetch-helpers.js';
+import { allHeld, received, sendMessage, until, upload, type Uploaded } from './fetch-helpers.js';
 import { documented } from './openapi-check.js';
 
 interface Delivered {

@@ -5,19 +5,9 @@
  * to break one claim, and a bounded wait.
  */
 import { KeyObject, createHash, randomUUID, sign } from 'node:crypto';
-import { exportJWK, type CryptoKey, type JWTPayload } from 'jose';
-import type * as oidc from 'openid-client';
+import type { CryptoKey, JWTPayload } from 'jose';
 import type { HttpClient } from '@federizer/common';
-import {
-  decodeJwt,
-  externalContentType,
-  jwkThumbprint,
-  type Block,
-  type DpopKey,
-  type JwsAlg,
-  type Message,
-  type Part,
-} from '@federizer/protocol';
+import { decodeJwt, externalContentType, type Block, type JwsAlg, type Message, type Part } from '@federizer/protocol';
 import type { UserClient } from './mail-federation.js';
 
 /** Polls `probe` until it answers something, for at most `timeoutMs`. */
@@ -122,12 +112,6 @@ export function allHeld(user: UserClient, id: string): Promise<MessageJson> {
     const m = await readMessage(user, id);
     return m.resources.length > 0 && m.resources.every((r) => r.status === 'held') ? m : undefined;
   });
-}
-
-/** openid-client's DPoP key pair as the protocol's `DpopKey`, to sign proofs with `createDpopProof`. */
-export async function dpopKeyOf(pair: oidc.CryptoKeyPair): Promise<DpopKey> {
-  const publicJwk = await exportJWK(pair.publicKey);
-  return { alg: 'ES256', privateKey: pair.privateKey, publicJwk, jkt: await jwkThumbprint(publicJwk) };
 }
 
 /** RFC 9530 `Repr-Digest` of bytes: `sha-256=:<standard base64>:`. */

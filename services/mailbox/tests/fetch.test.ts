@@ -21,6 +21,7 @@ import {
   contentId,
   createDpopProof,
   decodeJwt,
+  dpopKeyOf,
   generateDpopKey,
   type Block,
   type CreateDpopProofOptions,
@@ -43,7 +44,6 @@ import { openMailboxDatabase, testClock, type MailboxTestDatabase } from '../src
 import { startMailFederation, type MailFederation, type UserClient } from './mail-federation.js';
 import {
   allHeld,
-  dpopKeyOf,
   fetchRequestsServed,
   readMessage,
   received,

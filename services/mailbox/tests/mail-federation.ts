@@ -6,9 +6,9 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { exportJWK } from 'jose';
+
 import { createKnex, silentLogger, type DatabaseConfig } from '@federizer/common';
-import { jwkThumbprint, createDpopProof, type DpopKey } from '@federizer/protocol';
+import { createDpopProof, dpopKeyOf } from '@federizer/protocol';
 import { ADMIN_TOKEN, freePort, hostOf, startFederation, type Federation } from '../../auth/tests/harness.js';
 import { signIn, testHttp } from '../../auth/tests/exchange-client.js';
 import { MailboxService, mailboxConfig, type MailboxConfig, type MailboxOverrides } from '../src/index.js';
@@ -124,13 +124,7 @@ export async function startMailFederation(
     async user(address, password) {
       const n = address.slice(address.indexOf('@') + 1);
       const session = await signIn(auth.domains[n]!, http, address, password);
-      const publicJwk = await exportJWK(session.dpopKey.publicKey);
-      const key: DpopKey = {
-        alg: 'ES256',
-        privateKey: session.dpopKey.privateKey,
-        publicJwk,
-        jkt: await jwkThumbprint(publicJwk),
-      };
+      const key = await dpopKeyOf(session.dpopKey);
       return {
         address,
         async api(path, init = {}) {

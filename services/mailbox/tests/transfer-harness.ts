@@ -11,7 +11,7 @@
  */
 import { KeyObject, sign } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response as ExpressResponse } from 'express';
-import { exportJWK, type CryptoKey, type JWTPayload } from 'jose';
+import { type CryptoKey, type JWTPayload } from 'jose';
 import type { Knex } from 'knex';
 import { KnexReplayStore, createKnex, listen, migrateLatest, type HttpClient } from '@federizer/common';
 import {
@@ -20,7 +20,6 @@ import {
   decodeJwt,
   externalContentType,
   headerValue,
-  jwkThumbprint,
   prepareForward,
   prepareSend,
   receiveBlock,
@@ -34,6 +33,7 @@ import {
   type Message,
   type OutgoingCopy,
   type Part,
+  dpopKeyOf,
 } from '@federizer/protocol';
 import type { TestDatabase } from '../../common/src/testing/databases.js';
 import { freePort, hostOf, startFederation, type Federation, type TestDomain } from '../../auth/tests/harness.js';
@@ -299,12 +299,6 @@ export async function startTransferHarness(database: TestDatabase): Promise<Tran
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
     throw e;
   }
-}
-
-/** The MTA's DPoP key pair (openid-client's) as the protocol library's DpopKey. */
-async function dpopKeyOf(pair: { privateKey: CryptoKey; publicKey: CryptoKey }): Promise<DpopKey> {
-  const publicJwk = await exportJWK(pair.publicKey);
-  return { alg: 'ES256', privateKey: pair.privateKey, publicJwk, jkt: await jwkThumbprint(publicJwk) };
 }
 
 function b64(value: unknown): string {

@@ -9,6 +9,7 @@ import {
   MemoryReplayStore,
   accessTokenHash,
   createDpopProof,
+  dpopKeyOf,
   exportDpopKey,
   generateDpopKey,
   importDpopKey,
@@ -371,5 +372,20 @@ describe('MemoryReplayStore', () => {
     await replay.checkAndRecord('a', NOW + 50);
     await expect(replay.checkAndRecord('b', NOW + 50)).rejects.toThrow(/full/);
     expect(await replay.checkAndRecord('a', NOW + 50)).toBe(false);
+  });
+});
+
+describe('dpopKeyOf', () => {
+  it('makes a WebCrypto pair (as openid-client holds it) sign proofs that verify under its RFC 7638 jkt', async () => {
+    const pair = await generateKeyPair('ES256', { extractable: true });
+    const key = await dpopKeyOf(pair);
+    const publicJwk = await exportJWK(pair.publicKey);
+    expect(key.publicJwk).toEqual({ kty: 'EC', crv: 'P-256', x: publicJwk.x, y: publicJwk.y });
+    expect(key.jkt).toBe(await calculateJwkThumbprint(publicJwk, 'sha256'));
+    const htu = 'https://mail.example.com/api/v1/messages';
+    const proof = await createDpopProof(key, { htm: 'GET', htu });
+    const now = Math.floor(Date.now() / 1000);
+    const verified = await verifyDpopProof(proof, { htm: 'GET', htu, now, replay: new MemoryReplayStore() });
+    expect(verified.jkt).toBe(key.jkt);
   });
 });

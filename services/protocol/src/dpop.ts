@@ -119,6 +119,18 @@ function generateP256KeyPair(): { privateKey: KeyObject; publicKey: KeyObject } 
   return { privateKey, publicKey: createPublicKey(privateKey) };
 }
 
+/**
+ * A WebCrypto key pair made elsewhere (openid-client's DPoP pair, a test's) as a `DpopKey`, to sign proofs
+ * with `createDpopProof`.
+ */
+export async function dpopKeyOf(
+  pair: { readonly privateKey: CryptoKey; readonly publicKey: CryptoKey },
+  alg: JwsAlg = 'ES256',
+): Promise<DpopKey> {
+  const publicJwk = publicMembers(await exportJWK(pair.publicKey));
+  return { alg, privateKey: pair.privateKey, publicJwk, jkt: thumbprintOf(publicJwk) };
+}
+
 /** The private JWK, tagged with its `alg`, for storage next to the queued transfer. */
 export async function exportDpopKey(key: DpopKey): Promise<JWK> {
   return { ...(await exportJWK(key.privateKey)), alg: key.alg };

@@ -3,9 +3,9 @@
  * through the AS's own login form, with the AS test client's `signIn`), and call their mailbox's client API
  * with DPoP proofs. Test support only: it reaches into the AS's tests for the OAuth client.
  */
-import { exportJWK } from 'jose';
+
 import { createHttpClient, type HttpClient } from '@federizer/common';
-import { createDpopProof, jwkThumbprint, type DpopKey } from '@federizer/protocol';
+import { createDpopProof, dpopKeyOf } from '@federizer/protocol';
 import { signIn } from '../../../auth/tests/exchange-client.js';
 import type { TestDomain } from '../../../auth/tests/harness.js';
 import { WEBMAIL_CLIENT_ID } from './layout.js';
@@ -51,13 +51,7 @@ export function federationClient(fed: Pick<LocalFederation, 'domains' | 'users'>
       const secret = password ?? fed.users.find((u) => u.address === address)?.password;
       if (secret === undefined) throw new TypeError(`${address} is not a demo user: give the password`);
       const session = await signIn(signInTarget(domain), http, address, secret);
-      const publicJwk = await exportJWK(session.dpopKey.publicKey);
-      const key: DpopKey = {
-        alg: 'ES256',
-        privateKey: session.dpopKey.privateKey,
-        publicJwk,
-        jkt: await jwkThumbprint(publicJwk),
-      };
+      const key = await dpopKeyOf(session.dpopKey);
       const token = session.accessToken;
       return {
         address,

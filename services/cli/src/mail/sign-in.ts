@@ -11,7 +11,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import * as oidc from 'openid-client';
 import type { HttpClient } from '@federizer/common';
-import { jwkThumbprint, normalizeAddress, type DpopKey } from '@federizer/protocol';
+import { normalizeAddress, type DpopKey, dpopKeyOf } from '@federizer/protocol';
 import { FormBrowser, SignInRefused, signInThroughForm } from './login-form.js';
 
 /** The client the AS registers for this command (services/auth/src/config.ts `cli`). */
@@ -55,12 +55,6 @@ function customFetchOf(http: HttpClient): oidc.CustomFetch {
       redirect: 'manual',
       signal: options.signal,
     })) as unknown as Response;
-}
-
-async function dpopKeyOf(pair: oidc.CryptoKeyPair): Promise<DpopKey> {
-  const { kty, crv, x, y } = await crypto.subtle.exportKey('jwk', pair.publicKey);
-  const publicJwk = { kty: kty!, crv: crv!, x: x!, y: y! };
-  return { alg: 'ES256', privateKey: pair.privateKey, publicJwk, jkt: await jwkThumbprint(publicJwk) };
 }
 
 /** The `sub` of the JWT access token, read without verifying it: only to tell a user who signed in as whom. */
