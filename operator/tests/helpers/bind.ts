@@ -4,12 +4,12 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import dgram from 'node:dgram';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from '@federizer/common';
 
 const CANDIDATES = ['/usr/sbin/named', '/usr/bin/named', '/sbin/named'];
 
@@ -34,27 +34,6 @@ export interface RunningBind {
   stop(): Promise<void>;
 }
 
-/** A port free for both UDP and TCP on 127.0.0.1 at the time of asking. */
-async function freePort(): Promise<number> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const port = await new Promise<number>((resolve, reject) => {
-      const server = net.createServer();
-      server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => {
-        const { port } = server.address() as net.AddressInfo;
-        server.close(() => resolve(port));
-      });
-    });
-    const udpFree = await new Promise<boolean>((resolve) => {
-      const socket = dgram.createSocket('udp4');
-      socket.once('error', () => resolve(false));
-      socket.bind(port, '127.0.0.1', () => socket.close(() => resolve(true)));
-    });
-    if (udpFree) return port;
-  }
-  throw new Error('no free port for named');
-}
-
 async function waitForTcp(port: number, child: ChildProcess, log: () => string): Promise<void> {
   const deadline = Date.now() + 15_000;
   while (Date.now() < deadline) {
@@ -77,7 +56,7 @@ export async function startBind(options: { zone: string; keyName?: string; named
   const zone = options.zone.replace(/\.$/, '');
   const keyName = options.keyName ?? 'federizer-operator';
   const secret = randomBytes(32).toString('base64');
-  const port = await freePort();
+  const port = await freePort({ udp: true });
   await writeFile(
     join(dir, 'zone.db'),
     [

@@ -4,19 +4,21 @@
  * the mailbox service stands beside it, a minimal `/.well-known/federizer` document per domain that
  * publishes the domain's MTA client id (PROTOCOL.md §8), so DNS-bound client identity can be checked.
  */
-import { createServer } from 'node:net';
 import express from 'express';
 import { exportJWK, generateKeyPair, type CryptoKey, type JWK } from 'jose';
 import type { Knex } from 'knex';
 import {
   DnsServer,
   createKnex,
+  freePort,
   listen,
   silentLogger,
   type DatabaseConfig,
   type RunningServer,
 } from '@federizer/common';
 import { AuthService, authConfig, type AuthConfig } from '../src/index.js';
+
+export { freePort };
 
 export const ADMIN_TOKEN = 'test-admin-token-0123456789';
 
@@ -43,13 +45,6 @@ export interface Federation {
 export const hostOf = (kind: 'as' | 'mail', domain: string) => `${kind}.${domain.replace(/\./g, '-')}.localhost`;
 
 /** A port that is free now: the issuer URL must be known before the server starts. */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 export interface FederationOptions {
   /** One database per domain (`testDatabases()` gives SQLite or PostgreSQL). */

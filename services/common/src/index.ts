@@ -7,3 +7,4 @@ export * from './dns-server.js';
 export * from './dns-client.js';
 export * from './replay-store.js';
 export * from './discovery.js';
+export * from './ports.js';

@@ -11,7 +11,7 @@ import { createServer, type Server } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { DnsServer } from '@federizer/common';
+import { DnsServer, freePorts } from '@federizer/common';
 import type { ChildMessage, ParentMessage } from './domain-process.js';
 import type { DomainSpec, MailboxSettings, RunningDomain } from './domain-services.js';
 import {
@@ -152,14 +152,6 @@ async function listenOn(port: number): Promise<Server> {
 }
 
 const closeServer = (s: Server) => new Promise<void>((ok) => s.close(() => ok()));
-
-/** Ports free now, all distinct (held together while they are chosen). */
-async function freePorts(count: number): Promise<number[]> {
-  const servers = await Promise.all(Array.from({ length: count }, () => listenOn(0)));
-  const ports = servers.map((s) => (s.address() as { port: number }).port);
-  await Promise.all(servers.map(closeServer));
-  return ports;
-}
 
 async function isFree(port: number): Promise<boolean> {
   try {
