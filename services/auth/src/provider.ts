@@ -11,6 +11,7 @@ import type { ReplayStore } from '@federizer/protocol';
 import type { AuthConfig, AuthSecrets } from './config.js';
 import { EXCHANGE_PARAMS, TOKEN_EXCHANGE, tokenExchangeHandler, type ExchangeDeps } from './exchange.js';
 import type { KeyRing } from './keys.js';
+import { keepPromiseHooksOff } from './promise-hooks.js';
 import type { KnexAdapter } from './storage/adapter.js';
 import type { UserStore } from './storage/users.js';
 
@@ -81,6 +82,7 @@ export function clientsOf(config: AuthConfig, secrets: AuthSecrets): ClientMetad
 export function createProvider(deps: ProviderDeps): Provider {
   const { config, secrets } = deps;
   const firstParty = new Set([config.webmail.clientId, config.cli.clientId]);
+  keepPromiseHooksOff();
   const provider = new Provider(config.issuer, {
     adapter: deps.adapter as unknown as Configuration['adapter'],
     clients: clientsOf(config, secrets),
