@@ -406,6 +406,9 @@ export class DiskBlobStore implements BlobStore {
 class DiskPartialBlob implements PartialBlob {
   readonly contentId: string;
   private state: 'open' | 'busy' | 'closed' = 'open';
+  /** The size at this object's last fsync of the file: the whole file was durable then (fsync(2) covers
+   * every dirty page of a file, those an earlier process left in the page cache included). */
+  private durableSize: number | undefined;
 
   constructor(
     private readonly objectsDir: string,
@@ -461,6 +464,7 @@ class DiskPartialBlob implements PartialBlob {
         }
         await writer.finish();
         await io(`cannot fsync ${this.path}`, () => file.sync());
+        this.durableSize = this.size;
         outcome = 'keep';
         if (failed) throw failure;
         return { size: this.size };
@@ -487,8 +491,9 @@ class DiskPartialBlob implements PartialBlob {
         outcome = 'delete';
         throw new BlobStoreError('digest_mismatch', `the bytes have Content-ID <${digest}>, not ${this.contentId}`);
       }
-      // Bytes left by an earlier process may still be only in the page cache.
-      await io(`cannot fsync ${this.path}`, () => fsyncPath(this.path));
+      // Bytes left by an earlier process may still be only in the page cache, unless an append of this
+      // object has fsynced the file since (the usual fetch: one append, then the commit).
+      if (this.durableSize !== size) await io(`cannot fsync ${this.path}`, () => fsyncPath(this.path));
       const created = await publish(this.objectsDir, this.path, digest);
       return { contentId: this.contentId, size, created };
     } finally {
