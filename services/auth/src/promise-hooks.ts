@@ -12,6 +12,10 @@
  * So that storage's `run` becomes a plain call. The package has no export map, so its module is the same
  * instance oidc-provider imports; a version that moved or changed it is left alone (reported as false).
  */
+// The declaration of that untyped module is brought in from here, so that every program compiling this
+// file has it (the webmail's test program too); an import cannot bring in an ambient declaration.
+// eslint-disable-next-line @typescript-eslint/triple-slash-reference
+/// <reference path="./oidc-provider-als.d.ts" />
 import { AsyncLocalStorage } from 'node:async_hooks';
 import providerStorage from 'oidc-provider/lib/helpers/als.js';
 
