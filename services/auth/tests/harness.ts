@@ -18,6 +18,7 @@ import {
 } from '@federizer/common';
 import { AuthService, authConfig, type AuthConfig } from '../src/index.js';
 
+// A port that is free now (the issuer URL must be known before the server starts); tests import it here.
 export { freePort };
 
 export const ADMIN_TOKEN = 'test-admin-token-0123456789';
@@ -43,8 +44,6 @@ export interface Federation {
 }
 
 export const hostOf = (kind: 'as' | 'mail', domain: string) => `${kind}.${domain.replace(/\./g, '-')}.localhost`;
-
-/** A port that is free now: the issuer URL must be known before the server starts. */
 
 export interface FederationOptions {
   /** One database per domain (`testDatabases()` gives SQLite or PostgreSQL). */
