@@ -7,10 +7,12 @@
  * reads `Provider.ctx`). On Node 20, the first `run` of an AsyncLocalStorage turns on promise hooks for the
  * whole process, and they stay on: from then on every promise, in the AS and in the mailbox and webmail
  * that share its process in the local federation, pays for a hook at creation and at resolution. On the
- * federation bench (three runs each way) the CPU per delivery went from a median of 52.3 to 50.5 ms.
+ * federation bench (three runs each way, one round each, warm-up included) the CPU per delivery went from a
+ * median of 52.3 to 50.5 ms.
  *
  * So that storage's `run` becomes a plain call. The package has no export map, so its module is the same
- * instance oidc-provider imports; a version that moved or changed it is left alone (reported as false).
+ * instance oidc-provider imports. A version where it is no longer an AsyncLocalStorage is left alone
+ * (reported as false); one that moved the file fails to load here, at start, and in the tests.
  */
 // The declaration of that untyped module is brought in from here, so that every program compiling this
 // file has it (the webmail's test program too); an import cannot bring in an ambient declaration.
