@@ -1,13 +1,19 @@
 /**
  * The app's places, in the URL's fragment (`#/inbox`, `#/inbox/thread/<id>`, `#/compose?reply=<id>`,
- * `#/settings`): the server only has to serve index.html at `/` and `/callback`, and the service worker
- * serves it offline.
+ * `#/compose?draft=<id>&mid=<Message-ID>`, `#/settings`): the server only has to serve index.html at `/` and
+ * `/callback`, and the service worker serves it offline.
  */
 import { MAILBOXES, type MailboxName } from '../api/types.js';
 import { Store } from '../stores/store.js';
 
 export type ComposeIntent =
-  { readonly kind: 'new' } | { readonly kind: 'reply' | 'reply-all' | 'draft'; readonly id: string };
+  | { readonly kind: 'new' }
+  | { readonly kind: 'reply' | 'reply-all'; readonly id: string }
+  /**
+   * `messageId`, when known: the draft's Message-ID, which stays while each save gives the draft a new id,
+   * so that the draft is found again when `id` was replaced meanwhile (a reload during a save).
+   */
+  | { readonly kind: 'draft'; readonly id: string; readonly messageId?: string };
 
 export type Route =
   | { readonly name: 'mailbox'; readonly mailbox: MailboxName; readonly threadId: string | undefined }
@@ -25,7 +31,9 @@ export function parseRoute(hash: string): Route {
   if (first === 'compose') {
     for (const kind of ['reply', 'reply-all', 'draft'] as const) {
       const id = params.get(kind);
-      if (id) return { name: 'compose', intent: { kind, id } };
+      if (!id) continue;
+      const messageId = kind === 'draft' ? params.get('mid') : null;
+      return { name: 'compose', intent: messageId ? { kind, id, messageId } : { kind, id } };
     }
     return { name: 'compose', intent: { kind: 'new' } };
   }
@@ -40,10 +48,12 @@ export function routeHref(route: Route): string {
   switch (route.name) {
     case 'settings':
       return '#/settings';
-    case 'compose':
-      return route.intent.kind === 'new'
-        ? '#/compose'
-        : `#/compose?${route.intent.kind}=${encodeURIComponent(route.intent.id)}`;
+    case 'compose': {
+      const intent = route.intent;
+      if (intent.kind === 'new') return '#/compose';
+      const href = `#/compose?${intent.kind}=${encodeURIComponent(intent.id)}`;
+      return intent.kind === 'draft' && intent.messageId ? `${href}&mid=${encodeURIComponent(intent.messageId)}` : href;
+    }
     case 'mailbox':
       return route.threadId === undefined
         ? `#/${route.mailbox}`

@@ -4,6 +4,7 @@
  */
 import { useEffect, useLayoutEffect, useRef, useState, type KeyboardEvent } from 'react';
 import styled from 'styled-components';
+import type { MailboxClient } from '../api/client.js';
 import { NotFoundError } from '../api/errors.js';
 import { routeHref, type ComposeIntent } from '../app/router.js';
 import { useServices, useStore } from '../app/use-store.js';
@@ -116,11 +117,12 @@ function ComposeForm({ store, title }: { store: ComposeStore; title: string }) {
 
   // The address follows the saved draft, which gets a new id at every save (the mailbox replaces it): a
   // reload, or coming back to this page, opens the draft as it was last saved, not a new message or a draft
-  // id that no longer exists.
+  // id that no longer exists. Its Message-ID, which no save changes, finds it again when the page is reloaded
+  // while a save is under way (the id in the address is then replaced by one it does not know yet).
   useEffect(() => {
     if (s.draftId !== undefined && !s.sent)
-      router.replace({ name: 'compose', intent: { kind: 'draft', id: s.draftId } });
-  }, [s.draftId, s.sent, router]);
+      router.replace({ name: 'compose', intent: { kind: 'draft', id: s.draftId, messageId: store.messageId } });
+  }, [s.draftId, s.sent, router, store]);
 
   const send = () => void store.send();
   const onKeyDown = (e: KeyboardEvent) => {
@@ -240,25 +242,61 @@ const TITLES: Record<ComposeIntent['kind'], string> = {
   draft: 'Edit draft',
 };
 
+/** The id of the draft saved last with this Message-ID, if one is still in Drafts (newest first). */
+async function currentDraftId(api: MailboxClient, messageId: string): Promise<string | undefined> {
+  let cursor: string | undefined;
+  do {
+    const page = await api.listMessages('drafts', { cursor, limit: 200 });
+    const found = page.messages.find((m) => m.messageId === messageId);
+    if (found) return found.id;
+    cursor = page.next ?? undefined;
+  } while (cursor);
+  return undefined;
+}
+
 /**
  * Reads what the compose starts from (the message replied to, or the draft) and makes its store. The intent
  * is the one it was opened with: the URL then follows the draft as it is saved (router.replace), which
  * starts nothing new.
  */
 export function ComposeScene({ intent: opened }: { intent: ComposeIntent }) {
-  const { api, account, cache } = useServices();
+  const { api, account, cache, router } = useServices();
   const [intent] = useState(opened);
   const [store, setStore] = useState<ComposeStore>();
   const [error, setError] = useState<{ message: string; gone: boolean }>();
 
   const kind = intent.kind;
   const id = intent.kind === 'new' ? undefined : intent.id;
+  const messageId = intent.kind === 'draft' ? intent.messageId : undefined;
   useEffect(() => {
     let made: ComposeStore | undefined;
     let live = true;
+    const load = async (from: ComposeIntent) => {
+      const tried = new Set<string>();
+      for (;;) {
+        try {
+          return await loadComposeSeed(from, { sources: cache, me: account.address });
+        } catch (e) {
+          // The draft was saved again since this address was made (a reload while a save was under way): its
+          // latest version has the same Message-ID, and the address follows it, in place. Nothing with that
+          // Message-ID left in Drafts (sent or discarded), or Drafts unreadable: the draft is gone, as before.
+          if (!(e instanceof NotFoundError) || from.kind !== 'draft' || from.messageId === undefined) throw e;
+          tried.add(from.id);
+          const current = await currentDraftId(api, from.messageId).catch(() => undefined);
+          if (!live || current === undefined || tried.has(current)) throw e;
+          from = { kind: 'draft', id: current, messageId: from.messageId };
+          router.replace({ name: 'compose', intent: from });
+        }
+      }
+    };
     (async () => {
-      const from: ComposeIntent = id === undefined || kind === 'new' ? { kind: 'new' } : { kind, id };
-      const seed = await loadComposeSeed(from, { sources: cache, me: account.address });
+      const from: ComposeIntent =
+        id === undefined || kind === 'new'
+          ? { kind: 'new' }
+          : kind === 'draft'
+            ? { kind, id, messageId }
+            : { kind, id };
+      const seed = await load(from);
       if (!live) return;
       made = new ComposeStore({
         api,
@@ -274,7 +312,7 @@ export function ComposeScene({ intent: opened }: { intent: ComposeIntent }) {
       // Leaving keeps what was written: the draft is saved, then the store stops.
       if (made) void made.saveNow().finally(() => made?.dispose());
     };
-  }, [api, account, cache, kind, id]);
+  }, [api, account, cache, router, kind, id, messageId]);
 
   if (error && kind === 'draft' && error.gone)
     // Sent, discarded, or saved again elsewhere (a new id) since this address was made.
