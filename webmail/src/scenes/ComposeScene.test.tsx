@@ -158,6 +158,24 @@ describe('the compose scene', () => {
     page.store.close();
   });
 
+  it('reopens the latest version, not the one this browser still has in its cache', async () => {
+    const ivy = await fed.signIn('ivy@example.com');
+    const input = { from: ivy.address, to: 'dave@example.com', cc: '', bcc: '', text: undefined, attachments: [] };
+    const messageId = newMessageId('example.com');
+    const saved = await ivy.api.createDraft(buildDraft({ ...input, subject: 'Cached', messageId }));
+    // Opened once: this browser's cache now holds that version.
+    let page = await openPage(ivy, draftHash(saved.id, messageId));
+    expect(field('Subject').value).toBe('Cached');
+    // The save under way when the page is reloaded lands: a new version, a new id.
+    const latest = await ivy.api.updateDraft(saved.id, buildDraft({ ...input, subject: 'Latest', messageId }));
+    page = await reload(page, ivy);
+    expect(screen.queryByRole('alert')).toBeNull();
+    expect(field('Subject').value).toBe('Latest');
+    expect(window.location.hash).toBe(draftHash(latest.id, messageId));
+    cleanup();
+    page.store.close();
+  });
+
   it('says the draft is gone when nothing in Drafts has the Message-ID of the address any more', async () => {
     const hal = await fed.signIn('hal@example.com');
     const input = { from: hal.address, to: 'dave@example.com', cc: '', bcc: '', text: undefined, attachments: [] };

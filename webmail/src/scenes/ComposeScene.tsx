@@ -4,7 +4,6 @@
  */
 import { useEffect, useLayoutEffect, useRef, useState, type KeyboardEvent } from 'react';
 import styled from 'styled-components';
-import type { MailboxClient } from '../api/client.js';
 import { NotFoundError } from '../api/errors.js';
 import { routeHref, type ComposeIntent } from '../app/router.js';
 import { useServices, useStore } from '../app/use-store.js';
@@ -13,7 +12,7 @@ import { Field } from '../components/Field.js';
 import { Icon } from '../components/Icon.js';
 import { ProgressBar } from '../components/ProgressBar.js';
 import { loadComposeSeed } from '../stores/compose-seeds.js';
-import { ComposeStore, formatBytes } from '../stores/compose-store.js';
+import { ComposeStore, currentDraftId, formatBytes } from '../stores/compose-store.js';
 
 const Form = styled.form`
   height: 100%;
@@ -242,18 +241,6 @@ const TITLES: Record<ComposeIntent['kind'], string> = {
   draft: 'Edit draft',
 };
 
-/** The id of the draft saved last with this Message-ID, if one is still in Drafts (newest first). */
-async function currentDraftId(api: MailboxClient, messageId: string): Promise<string | undefined> {
-  let cursor: string | undefined;
-  do {
-    const page = await api.listMessages('drafts', { cursor, limit: 200 });
-    const found = page.messages.find((m) => m.messageId === messageId);
-    if (found) return found.id;
-    cursor = page.next ?? undefined;
-  } while (cursor);
-  return undefined;
-}
-
 /**
  * Reads what the compose starts from (the message replied to, or the draft) and makes its store. The intent
  * is the one it was opened with: the URL then follows the draft as it is saved (router.replace), which
@@ -271,23 +258,24 @@ export function ComposeScene({ intent: opened }: { intent: ComposeIntent }) {
   useEffect(() => {
     let made: ComposeStore | undefined;
     let live = true;
+    /**
+     * What the compose starts from. A draft is opened as last saved: each save gives it a new id, and the
+     * address may name one replaced meanwhile (the page was reloaded while a save was under way). Its
+     * Message-ID, which no save changes, finds the latest version in Drafts, and the address follows it, in
+     * place. Asked before the id is opened, because a replaced version may still be in the local cache and
+     * would open without an error; with nothing of that Message-ID in Drafts, the draft is gone (sent or
+     * discarded). Drafts unreadable (offline): the id in the address, from the cache.
+     */
     const load = async (from: ComposeIntent) => {
-      const tried = new Set<string>();
-      for (;;) {
-        try {
-          return await loadComposeSeed(from, { sources: cache, me: account.address });
-        } catch (e) {
-          // The draft was saved again since this address was made (a reload while a save was under way): its
-          // latest version has the same Message-ID, and the address follows it, in place. Nothing with that
-          // Message-ID left in Drafts (sent or discarded), or Drafts unreadable: the draft is gone, as before.
-          if (!(e instanceof NotFoundError) || from.kind !== 'draft' || from.messageId === undefined) throw e;
-          tried.add(from.id);
-          const current = await currentDraftId(api, from.messageId).catch(() => undefined);
-          if (!live || current === undefined || tried.has(current)) throw e;
-          from = { kind: 'draft', id: current, messageId: from.messageId };
-          router.replace({ name: 'compose', intent: from });
+      if (from.kind === 'draft' && from.messageId !== undefined) {
+        const current = await currentDraftId(api, from.messageId).catch(() => null);
+        if (current === undefined) throw new NotFoundError(404, 'not_found', 'no draft with this Message-ID');
+        if (current !== null && current !== from.id) {
+          from = { ...from, id: current };
+          if (live) router.replace({ name: 'compose', intent: from });
         }
       }
+      return loadComposeSeed(from, { sources: cache, me: account.address });
     };
     (async () => {
       const from: ComposeIntent =

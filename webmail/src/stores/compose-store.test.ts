@@ -142,6 +142,49 @@ describe('ComposeStore', () => {
     });
   });
 
+  it('saves over the latest version when another save of the same draft replaced the id it opened', async () => {
+    const carol = await fed.signIn('carol@example.com');
+    const first = compose(carol);
+    first.set('to', 'bob@example.net');
+    first.set('subject', 'Plans');
+    first.set('text', 'Version one.');
+    await first.saveNow();
+    first.dispose();
+    const opened = first.state.draftId!;
+    const seed = async () =>
+      loadComposeSeed(
+        { kind: 'draft', id: opened },
+        { sources: new MessageCache(carol.api, carol.db), me: carol.address },
+      );
+    // The page before a reload, its save under way, and the page after it: both opened the same version.
+    const before = compose(carol, await seed());
+    const after = compose(carol, await seed());
+    before.set('text', 'Version two, saved while the page reloads.');
+    await before.saveNow();
+    before.dispose();
+    expect(before.state.draftId).not.toBe(opened);
+
+    // The reloaded page's save finds the id it knows replaced, and goes over the latest version.
+    after.set('text', 'Version three, written after the reload.');
+    await after.saveNow();
+    expect(after.state.save).toBe('saved');
+    const drafts = await mailbox(carol, 'drafts');
+    expect(drafts.map((m) => m.id)).toEqual([after.state.draftId]);
+    expect(drafts[0]!.messageId).toBe(first.messageId);
+    const text = rebuildMessage(await carol.api.getMessage(after.state.draftId!)).content[0]!.part;
+    expect(await new MessageCache(carol.api, carol.db).text(text)).toBe('Version three, written after the reload.');
+
+    // A draft discarded meanwhile stays discarded: the save fails and creates nothing.
+    const stale = compose(carol, await seed());
+    await carol.api.deleteDraft(after.state.draftId!);
+    after.dispose();
+    stale.set('text', 'Too late.');
+    await expect(stale.saveNow()).rejects.toThrow();
+    expect(stale.state.save).toBe('failed');
+    expect(await mailbox(carol, 'drafts')).toEqual([]);
+    stale.dispose();
+  });
+
   it('cancels an upload: the row goes, nothing fails, and the draft does not reference it', async () => {
     const c = compose(alice);
     c.set('to', 'bob@example.net');

@@ -6,11 +6,27 @@
 import type { MailboxClient, UploadProgress } from '../api/client.js';
 import { buildDraft, newMessageId, recipientError, recipientsOf, type DraftAttachment } from '../api/draft.js';
 import type { ContentBlock } from '../api/message-view.js';
-import { AbortedError } from '../api/errors.js';
+import { AbortedError, NotFoundError } from '../api/errors.js';
 import type { Draft, SendResult, UploadedResource } from '../api/types.js';
 import { Store } from './store.js';
 
 export type ComposeField = 'to' | 'cc' | 'bcc' | 'subject' | 'text';
+
+/**
+ * The id of the draft in Drafts with this Message-ID, if one is left. Each save gives a draft a new id and
+ * keeps its Message-ID, so this finds the latest version of a draft whose id was replaced meanwhile (by a
+ * save of this page before a reload, or of another tab).
+ */
+export async function currentDraftId(api: MailboxClient, messageId: string): Promise<string | undefined> {
+  let cursor: string | undefined;
+  do {
+    const page = await api.listMessages('drafts', { cursor, limit: 200 });
+    const found = page.messages.find((m) => m.messageId === messageId);
+    if (found) return found.id;
+    cursor = page.next ?? undefined;
+  } while (cursor);
+  return undefined;
+}
 
 export interface ComposeAttachment {
   readonly key: string;
@@ -255,7 +271,7 @@ export class ComposeStore extends Store<ComposeState> {
       try {
         const draft = await this.#build();
         const id = this.state.draftId;
-        const saved = id ? await this.#o.api.updateDraft(id, draft) : await this.#o.api.createDraft(draft);
+        const saved = id ? await this.#update(id, draft) : await this.#o.api.createDraft(draft);
         this.#savedVersion = version;
         this.setState({ draftId: saved.id, save: 'saved' });
       } catch (e) {
@@ -266,6 +282,23 @@ export class ComposeStore extends Store<ComposeState> {
       }
     })();
     await this.#saving;
+  }
+
+  /**
+   * Saves over the draft `id`. When that id is gone because another save of this draft replaced it (this
+   * page's own save still under way when it was reloaded, or another tab), the save goes over the latest
+   * version instead: the last save wins, as it would have without the race. A draft sent or discarded
+   * meanwhile stays gone (NotFoundError).
+   */
+  async #update(id: string, draft: Draft) {
+    try {
+      return await this.#o.api.updateDraft(id, draft);
+    } catch (e) {
+      if (!(e instanceof NotFoundError)) throw e;
+      const current = await currentDraftId(this.#o.api, this.#messageId);
+      if (current === undefined || current === id) throw e;
+      return this.#o.api.updateDraft(current, draft);
+    }
   }
 
   /** Checks everything, then sends; true when the mailbox accepted it. */
@@ -289,9 +322,7 @@ export class ComposeStore extends Store<ComposeState> {
       while (this.#saving) await this.#saving.catch(() => undefined);
       const draft = await this.#build();
       const id = this.state.draftId;
-      const sent = id
-        ? await this.#o.api.sendDraft((await this.#o.api.updateDraft(id, draft)).id)
-        : await this.#o.api.send(draft);
+      const sent = id ? await this.#o.api.sendDraft((await this.#update(id, draft)).id) : await this.#o.api.send(draft);
       this.setState({ sending: false, sent, draftId: undefined });
       return true;
     } catch (e) {
