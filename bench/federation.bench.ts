@@ -22,13 +22,14 @@
  *
  * The small phase runs a warm-up round and then three rounds (BENCH_FED_ROUNDS) in the same federation,
  * printing each, then the median of each figure of the three with the lowest and highest: the first round
- * after a start costs a quarter more CPU (V8 has not optimized the hot code yet, caches are cold), and on a
- * shared machine one round can be off by a tenth.
+ * after a start costs about a fifth more CPU (V8 has not optimized the hot code yet, caches are cold), and
+ * on a shared machine one round can be off by a tenth.
  *
  * Knobs: BENCH_QUICK=1 runs 200 small in one round (no warm-up), 40 large and a 128 MiB big one;
- * BENCH_FED_SMALL, BENCH_FED_LARGE, BENCH_FED_SENDERS, BENCH_FED_BIG_MIB set them one by one; BENCH_FED_PHASES=small,large,big chooses the
- * phases; BENCH_LOG=1 prints the services' logs; BENCH_FED_PROCESSES=0 runs the domains in the bench's own
- * process (for `node --cpu-prof --import tsx bench/run.ts federation`); BENCH_FED_OUTBOX_CONCURRENCY and
+ * BENCH_FED_SMALL, BENCH_FED_LARGE, BENCH_FED_SENDERS, BENCH_FED_BIG_MIB set them one by one;
+ * BENCH_FED_PHASES=small,large,big chooses the phases; BENCH_LOG=1 prints the services' logs;
+ * BENCH_FED_PROCESSES=0 runs the domains in the bench's own process (for `node --cpu-prof --import tsx
+ * bench/run.ts federation`); BENCH_FED_OUTBOX_CONCURRENCY and
  * BENCH_FED_FETCH_CONCURRENCY set the mailboxes' worker concurrency (defaults: the mailbox's, 16 and 8);
  * BENCH_PROFILE_DIR=dir writes a CPU profile of each domain's process there.
  * The local federation lifts the per-domain transfer rate limit (domain-services.ts), as `npm start` does.
@@ -615,22 +616,13 @@ async function smallRounds(fed: LocalFederation, dispatcher: Dispatcher): Promis
   const cpu = rounds.flatMap((f) => (f.cpuMs === undefined ? [] : [f.cpuMs]));
   const spread = (values: number[], digits: number) =>
     `${medianOf(values).toFixed(digits)} (${Math.min(...values).toFixed(digits)}-${Math.max(...values).toFixed(digits)})`;
+  const rates = rounds.map((f) => f.rate);
+  const target = `target ≥ ${TARGET_PER_SECOND}/s: ${versusTarget(medianOf(rates), TARGET_PER_SECOND)}`;
   console.log(`small, median of ${rounds.length} rounds (lowest-highest):`);
-  console.log(
-    `  ${spread(
-      rounds.map((f) => f.rate),
-      1,
-    )} deliveries/s  (target ≥ ${TARGET_PER_SECOND}/s: ${versusTarget(medianOf(rounds.map((f) => f.rate)), TARGET_PER_SECOND)})`,
-  );
-  console.log(
-    `  send call to visible: p50 ${spread(
-      rounds.map((f) => f.p50),
-      0,
-    )} ms, p99 ${spread(
-      rounds.map((f) => f.p99),
-      0,
-    )} ms`,
-  );
+  console.log(`  ${spread(rates, 1)} deliveries/s  (${target})`);
+  const p50s = rounds.map((f) => f.p50);
+  const p99s = rounds.map((f) => f.p99);
+  console.log(`  send call to visible: p50 ${spread(p50s, 0)} ms, p99 ${spread(p99s, 0)} ms`);
   if (cpu.length > 0) console.log(`  CPU per delivery in the three domains: ${spread(cpu, 1)} ms`);
 }
 
