@@ -164,25 +164,8 @@ export class JobQueue {
     payload: P,
     options: { notBefore?: number } = {},
   ): Promise<{ job: Job<P>; created: boolean }> {
-    checkString(kind, 'kind', 16);
-    checkString(key, 'key', 512);
-    checkString(destination, 'destination', 253);
     const now = this.#now();
-    const row: JobRow = {
-      id: this.#newId(),
-      kind,
-      key,
-      destination,
-      payload: JSON.stringify(payload ?? null),
-      status: 'pending',
-      attempts: 0,
-      next_attempt_at: Math.max(now, options.notBefore ?? now),
-      lease_owner: null,
-      lease_until: null,
-      last_error: null,
-      created_at: now,
-      updated_at: now,
-    };
+    const row = this.#newRow(kind, key, destination, payload, now, Math.max(now, options.notBefore ?? now));
     const inserted = (await this.#knex('mail_jobs')
       .insert(row)
       .onConflict(['kind', 'key'])
@@ -213,29 +196,12 @@ export class JobQueue {
     destination: string,
     payload: P,
   ): Promise<'queued' | 'requeued' | 'pending'> {
-    checkString(kind, 'kind', 16);
-    checkString(key, 'key', 512);
-    checkString(destination, 'destination', 253);
     const now = this.#now();
-    const id = this.#newId();
+    const row = this.#newRow(kind, key, destination, payload, now, now);
     // On PostgreSQL the conflicting row is locked, and the condition read from its newest committed version,
     // waiting for a transaction completing the job to end.
     const rows = (await this.#knex('mail_jobs')
-      .insert({
-        id,
-        kind,
-        key,
-        destination,
-        payload: JSON.stringify(payload ?? null),
-        status: 'pending',
-        attempts: 0,
-        next_attempt_at: now,
-        lease_owner: null,
-        lease_until: null,
-        last_error: null,
-        created_at: now,
-        updated_at: now,
-      })
+      .insert(row)
       .onConflict(['kind', 'key'])
       .merge([
         'destination',
@@ -252,8 +218,30 @@ export class JobQueue {
       .where('mail_jobs.status', '<>', 'pending')
       .returning('id')) as ({ id: string } | string)[];
     if (rows.length === 0) return 'pending';
-    const row = rows[0]!;
-    return (typeof row === 'string' ? row : row.id) === id ? 'queued' : 'requeued';
+    const first = rows[0]!;
+    return (typeof first === 'string' ? first : first.id) === row.id ? 'queued' : 'requeued';
+  }
+
+  /** The row of a job queued now under (kind, key), pending and never tried; the names checked. */
+  #newRow(kind: string, key: string, destination: string, payload: unknown, now: number, due: number): JobRow {
+    checkString(kind, 'kind', 16);
+    checkString(key, 'key', 512);
+    checkString(destination, 'destination', 253);
+    return {
+      id: this.#newId(),
+      kind,
+      key,
+      destination,
+      payload: JSON.stringify(payload ?? null),
+      status: 'pending',
+      attempts: 0,
+      next_attempt_at: due,
+      lease_owner: null,
+      lease_until: null,
+      last_error: null,
+      created_at: now,
+      updated_at: now,
+    };
   }
 
   async get<P = unknown>(id: string): Promise<Job<P> | undefined> {
