@@ -245,6 +245,8 @@ export class MailboxService implements AsyncDisposable {
     const knex = overrides.knex ?? createKnex(databaseConfigFromUrl(config.databaseUrl));
     await migrateLatest(knex, mailboxMigrations, MAILBOX_MIGRATIONS_TABLE);
     const blobs = new DiskBlobStore(config.blobDir);
+    const moved = await blobs.migrateLayout();
+    if (moved > 0) logger.info({ moved }, 'resources moved to the one-level layout of the blob store');
     await blobs.removeStaleTemp(60 * 60_000);
     const accounts = new AccountStore(knex, { now });
     const httpClient = overrides.httpClient ?? createHttpClient({ dev: config.dev });

@@ -3,7 +3,7 @@
  * node:crypto, independently of the store and of @federizer/protocol.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -99,10 +99,8 @@ describe('DiskBlobStore.put', () => {
     const result = await store.put(chunks(parts), { maxSize: MB });
     expect(result).toEqual({ contentId: cid(bytes), size: bytes.byteLength, created: true });
     const id = bare(result.contentId);
-    expect(await filesUnder(join(root, 'objects'))).toEqual([join(id.slice(0, 2), id.slice(2, 4), id)]);
-    expect(fingerprint(await readFile(join(root, 'objects', id.slice(0, 2), id.slice(2, 4), id)))).toBe(
-      fingerprint(bytes),
-    );
+    expect(await filesUnder(join(root, 'objects'))).toEqual([join(id.slice(0, 2), id)]);
+    expect(fingerprint(await readFile(join(root, 'objects', id.slice(0, 2), id)))).toBe(fingerprint(bytes));
     expect(await filesUnder(join(root, 'tmp'))).toEqual([]);
   });
 
@@ -159,7 +157,7 @@ describe('DiskBlobStore.put', () => {
     const bytes = randomBytes(100);
     const { contentId } = await store.put(chunks([bytes]), { maxSize: MB });
     const id = bare(contentId);
-    const path = join(root, 'objects', id.slice(0, 2), id.slice(2, 4), id);
+    const path = join(root, 'objects', id.slice(0, 2), id);
     const old = new Date(Date.now() - 86_400_000);
     await utimes(path, old, old);
     await store.put(chunks([bytes]), { maxSize: MB });
@@ -549,5 +547,85 @@ describe('crash recovery', () => {
     }
     expect(await store.removeStalePartial(60_000)).toBe(1);
     expect(await readdir(join(root, 'partial'))).toEqual([bare(cid(b))]);
+  });
+});
+
+/** Bytes whose digest starts with `prefix` (two characters: about 4,096 tries). */
+function bytesWithDigestPrefix(prefix: string): Buffer {
+  for (;;) {
+    const bytes = randomBytes(32);
+    if (bare(cid(bytes)).startsWith(prefix)) return bytes;
+  }
+}
+
+describe('layout: objects/<c0c1>/<digest>', () => {
+  it('ARCHITECTURE: objects sharing the first two characters share one directory, made once', async () => {
+    const first = randomBytes(64);
+    const prefix = bare(cid(first)).slice(0, 2);
+    const second = bytesWithDigestPrefix(prefix);
+    await store.put(chunks([first]), { maxSize: MB });
+    await store.put(chunks([second]), { maxSize: MB });
+    expect(await readdir(join(root, 'objects'))).toEqual([prefix]);
+    expect((await readdir(join(root, 'objects', prefix))).sort()).toEqual([bare(cid(first)), bare(cid(second))].sort());
+  });
+
+  it('ARCHITECTURE: a directory removed behind the store is made again at the next publish into it', async () => {
+    const first = randomBytes(64);
+    const prefix = bare(cid(first)).slice(0, 2);
+    await store.put(chunks([first]), { maxSize: MB });
+    await rm(join(root, 'objects', prefix), { recursive: true });
+    const second = bytesWithDigestPrefix(prefix);
+    expect(await store.put(chunks([second]), { maxSize: MB })).toMatchObject({ created: true });
+    expect(await readAll(await store.read(cid(second)))).toEqual(second);
+    // And through a partial, which publishes the same way.
+    await rm(join(root, 'objects', prefix), { recursive: true });
+    const third = bytesWithDigestPrefix(prefix);
+    const partial = await store.openPartial(cid(third));
+    await partial.append(chunks([third]), { maxSize: MB });
+    expect(await partial.commit(third.byteLength)).toMatchObject({ created: true });
+    expect(await readAll(await store.read(cid(third)))).toEqual(third);
+  });
+
+  it('ARCHITECTURE: concurrent puts into a new directory all publish', async () => {
+    const prefix = bare(cid(randomBytes(8))).slice(0, 2);
+    const all = [randomBytes(16), ...Array.from({ length: 5 }, () => bytesWithDigestPrefix(prefix))];
+    const results = await Promise.all(all.map((bytes) => store.put(chunks([bytes]), { maxSize: MB })));
+    expect(results.every((r) => r.created)).toBe(true);
+    for (const bytes of all) expect(await readAll(await store.read(cid(bytes)))).toEqual(bytes);
+  });
+
+  it('migrateLayout moves the objects of the two-level layout, keeps strangers, and is idempotent', async () => {
+    const objects = join(root, 'objects');
+    const legacy = [randomBytes(100), randomBytes(2000), randomBytes(0)];
+    for (const bytes of legacy) {
+      const id = bare(cid(bytes));
+      await mkdir(join(objects, id.slice(0, 2), id.slice(2, 4)), { recursive: true });
+      await writeFile(join(objects, id.slice(0, 2), id.slice(2, 4), id), bytes);
+    }
+    // The same bytes in both places (a crash between two runs), and a file that is no object of its directory.
+    const both = randomBytes(50);
+    const bothId = bare(cid(both));
+    await mkdir(join(objects, bothId.slice(0, 2), bothId.slice(2, 4)), { recursive: true });
+    await writeFile(join(objects, bothId.slice(0, 2), bothId.slice(2, 4), bothId), both);
+    await store.put(chunks([both]), { maxSize: MB });
+    const strangerDir = join(objects, 'zz', 'yy');
+    await mkdir(strangerDir, { recursive: true });
+    await writeFile(join(strangerDir, 'notes.txt'), 'not an object');
+
+    expect(await store.migrateLayout()).toBe(4);
+    const dirs = (await readdir(objects, { recursive: true, withFileTypes: true }))
+      .filter((entry) => entry.isDirectory())
+      .map((entry) => join(entry.parentPath, entry.name).slice(objects.length + 1));
+    const shards = [...legacy, both].map((bytes) => bare(cid(bytes)).slice(0, 2));
+    expect(dirs.sort()).toEqual([...new Set([...shards, 'zz', join('zz', 'yy')])].sort());
+    const expected = [...legacy, both].map((bytes) => join(bare(cid(bytes)).slice(0, 2), bare(cid(bytes))));
+    expect(await filesUnder(objects)).toEqual([...expected, join('zz', 'yy', 'notes.txt')].sort());
+    for (const bytes of [...legacy, both]) expect(await readAll(await store.read(cid(bytes)))).toEqual(bytes);
+    const listed = [];
+    for await (const blob of store.list()) listed.push(blob.contentId);
+    expect(listed.sort()).toEqual([...legacy, both].map(cid).sort());
+
+    expect(await store.migrateLayout()).toBe(0);
+    expect(await filesUnder(objects)).toEqual([...expected, join('zz', 'yy', 'notes.txt')].sort());
   });
 });

@@ -3,9 +3,16 @@
  *
  * Layout under the root directory:
  *
- *   objects/<c0c1>/<c2c3>/<43-char b64u>   published resources, immutable, named by their digest
- *   tmp/<random>                            a put in progress (removed on failure; removeStaleTemp after a crash)
- *   partial/<43-char b64u>                  the bytes of an interrupted fetch, kept so that it resumes with Range
+ *   objects/<c0c1>/<43-char b64u>   published resources, immutable, named by their digest
+ *   tmp/<random>                    a put in progress (removed on failure; removeStaleTemp after a crash)
+ *   partial/<43-char b64u>          the bytes of an interrupted fetch, kept so that it resumes with Range
+ *
+ * `<c0c1>` is the digest's first two characters: 4,096 directories (the digest alphabet has 64 characters),
+ * so up to 100 million objects a directory holds under 25,000 names, which ext4 and XFS index. An earlier
+ * layout added a second level of two more characters, 16.7 million possible directories: until a store held
+ * millions of objects nearly every object had a directory of its own, one more inode and block, created and
+ * fsynced as the object was published (most of the cost of storing a small resource). `migrateLayout`
+ * moves a store of that layout to this one.
  *
  * Bytes are hashed while they are written and never held whole in memory; a file is fsynced before it is
  * published, and published only under the digest of what was written. No HTTP here: callers map the codes
@@ -13,7 +20,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
-import { link, lstat, mkdir, open, opendir, readdir, rename, rm, stat, unlink, utimes } from 'node:fs/promises';
+import { link, lstat, mkdir, open, opendir, readdir, rename, rm, rmdir, stat, unlink, utimes } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
@@ -141,6 +148,8 @@ const SYNC_EVERY = 32 * 1024 * 1024;
 /** link(2) answers these on file systems without hard links; publishing then falls back to rename(2). */
 const NO_HARD_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
 const SHARD = /^[A-Za-z0-9_-]{2}$/;
+/** Names gathered from a directory before their files are examined, while listing objects. */
+const LIST_BATCH = 1000;
 
 /**
  * The 43-character digest of a Content-ID written `<...>` or bare; `invalid_content_id` for anything else.
@@ -163,6 +172,7 @@ export function normalizeContentId(contentId: string): string {
 export class DiskBlobStore implements BlobStore {
   readonly root: string;
   private readonly objectsDir: string;
+  private readonly shardDirs: ShardDirs;
   private readonly tmpDir: string;
   private readonly partialDir: string;
   /** Names in tmp/ that a put of this store is writing: removeStaleTemp leaves them alone. */
@@ -175,6 +185,7 @@ export class DiskBlobStore implements BlobStore {
     if (typeof root !== 'string' || root === '') throw new TypeError('DiskBlobStore needs a root directory');
     this.root = resolve(root);
     this.objectsDir = join(this.root, 'objects');
+    this.shardDirs = new ShardDirs(this.objectsDir);
     this.tmpDir = join(this.root, 'tmp');
     this.partialDir = join(this.root, 'partial');
     for (const dir of [this.objectsDir, this.tmpDir, this.partialDir]) {
@@ -226,7 +237,7 @@ export class DiskBlobStore implements BlobStore {
       if (expectedDigest !== undefined && digest !== expectedDigest) {
         throw new BlobStoreError('digest_mismatch', `the bytes have Content-ID <${digest}>, not <${expectedDigest}>`);
       }
-      const created = await publish(this.objectsDir, tmpPath, digest);
+      const created = await publish(this.shardDirs, tmpPath, digest);
       return { contentId: `<${digest}>`, size, created };
     } catch (e) {
       await file?.close().catch(() => undefined);
@@ -250,7 +261,7 @@ export class DiskBlobStore implements BlobStore {
       } finally {
         await file.close().catch(() => undefined);
       }
-      return new DiskPartialBlob(this.objectsDir, digest, path, hasher, unlock);
+      return new DiskPartialBlob(this.shardDirs, digest, path, hasher, unlock);
     } catch (e) {
       unlock();
       throw e;
@@ -323,32 +334,100 @@ export class DiskBlobStore implements BlobStore {
     }
   }
 
-  /** Every published resource, for garbage collection. Files that are not objects are skipped. */
+  /**
+   * Every published resource, for garbage collection. Files that are not objects are skipped. Objects met in
+   * the earlier two-level layout (stored by a replica of an older version sharing the volume, after
+   * `migrateLayout` ran at this one's start) are moved to their place first, and listed there.
+   */
   async *list(): AsyncGenerator<BlobInfo> {
-    for (const first of await this.shards(this.objectsDir)) {
-      for (const second of await this.shards(join(this.objectsDir, first))) {
-        const dir = join(this.objectsDir, first, second);
-        let entries;
-        try {
-          entries = await opendir(dir);
-        } catch (e) {
-          if (isAbsent(e)) continue;
-          throw ioError(`cannot list ${dir}`, e);
-        }
-        for await (const entry of entries) {
-          const name = entry.name;
-          if (!entry.isFile() || !isB64uSha256(name) || !name.startsWith(first + second)) continue;
-          let info;
-          try {
-            info = await lstat(join(dir, name));
-          } catch (e) {
-            if (isAbsent(e)) continue; // deleted while listing
-            throw ioError(`cannot stat ${join(dir, name)}`, e);
-          }
-          yield { contentId: `<${name}>`, size: info.size, mtime: info.mtime };
-        }
+    for (const shard of await this.shards(this.objectsDir)) {
+      const dir = join(this.objectsDir, shard);
+      let entries;
+      try {
+        entries = await opendir(dir);
+      } catch (e) {
+        if (isAbsent(e)) continue;
+        throw ioError(`cannot list ${dir}`, e);
+      }
+      const legacy: string[] = [];
+      const names: string[] = [];
+      for await (const entry of entries) {
+        if (entry.isDirectory() && SHARD.test(entry.name)) legacy.push(entry.name);
+        else if (entry.isFile() && isB64uSha256(entry.name) && entry.name.startsWith(shard)) names.push(entry.name);
+        if (names.length >= LIST_BATCH) yield* this.infos(dir, names.splice(0));
+      }
+      for (const second of legacy) names.push(...(await this.moveLegacy(shard, second)));
+      yield* this.infos(dir, names);
+    }
+  }
+
+  private async *infos(dir: string, names: readonly string[]): AsyncGenerator<BlobInfo> {
+    for (const name of names) {
+      let info;
+      try {
+        info = await lstat(join(dir, name));
+      } catch (e) {
+        if (isAbsent(e)) continue; // deleted while listing
+        throw ioError(`cannot stat ${join(dir, name)}`, e);
+      }
+      yield { contentId: `<${name}>`, size: info.size, mtime: info.mtime };
+    }
+  }
+
+  /**
+   * Moves the objects of the earlier two-level layout (`objects/<c0c1>/<c2c3>/<digest>`) to this one and
+   * removes the emptied directories; answers how many objects moved. For a service's start, before it
+   * serves: a reader of the other layout misses what is being moved.
+   */
+  async migrateLayout(): Promise<number> {
+    let moved = 0;
+    for (const shard of await this.shards(this.objectsDir)) {
+      for (const second of await this.shards(join(this.objectsDir, shard))) {
+        moved += (await this.moveLegacy(shard, second)).length;
       }
     }
+    return moved;
+  }
+
+  /**
+   * Moves the objects of `objects/<shard>/<second>/` up into `objects/<shard>/` and removes the directory
+   * once empty; answers the names moved. Each move is a rename within the file system (atomic; a name
+   * already there holds the same bytes and is replaced by them; one that another process moved first is
+   * skipped), and both directories are fsynced, so a crash part way leaves every object in one of the two
+   * places, and moving again finishes. Names that are not objects of the directory are left where they are.
+   */
+  private async moveLegacy(shard: string, second: string): Promise<string[]> {
+    const dir = join(this.objectsDir, shard);
+    const legacy = join(dir, second);
+    let names: string[];
+    try {
+      names = await readdir(legacy);
+    } catch (e) {
+      if (isAbsent(e)) return [];
+      throw ioError(`cannot list ${legacy}`, e);
+    }
+    const moved: string[] = [];
+    for (const name of names) {
+      if (!isB64uSha256(name) || !name.startsWith(shard + second)) continue;
+      try {
+        await rename(join(legacy, name), join(dir, name));
+      } catch (e) {
+        if (isAbsent(e)) continue;
+        throw ioError(`cannot move ${join(legacy, name)}`, e);
+      }
+      moved.push(name);
+    }
+    if (moved.length > 0) {
+      await io(`cannot fsync ${dir}`, () => fsyncPath(dir));
+      await io(`cannot fsync ${legacy}`, () => fsyncPath(legacy));
+    }
+    // Left when something else is in it: only ever emptied here, never deleted with its contents.
+    await rmdir(legacy).catch((e: unknown) => {
+      if (errnoCode(e) !== 'ENOTEMPTY' && errnoCode(e) !== 'EEXIST' && !isAbsent(e)) {
+        throw ioError(`cannot remove ${legacy}`, e);
+      }
+    });
+    return moved;
   }
 
   async removeStaleTemp(olderThanMs: number): Promise<number> {
@@ -359,8 +438,9 @@ export class DiskBlobStore implements BlobStore {
     return removeStale(this.partialDir, byteCount('olderThanMs', olderThanMs), (name) => this.partialLocks.has(name));
   }
 
-  private objectPath(digest: string): string {
-    return join(this.objectsDir, digest.slice(0, 2), digest.slice(2, 4), digest);
+  /** Where the object of a digest is (or would be) on disk; for the garbage collector, which moves objects aside. */
+  objectPath(digest: string): string {
+    return this.shardDirs.objectPath(digest);
   }
 
   private async shards(dir: string): Promise<string[]> {
@@ -411,7 +491,7 @@ class DiskPartialBlob implements PartialBlob {
   private durableSize: number | undefined;
 
   constructor(
-    private readonly objectsDir: string,
+    private readonly shardDirs: ShardDirs,
     private readonly digest: string,
     private readonly path: string,
     private readonly hasher: ContentIdHasher,
@@ -494,7 +574,7 @@ class DiskPartialBlob implements PartialBlob {
       // Bytes left by an earlier process may still be only in the page cache, unless an append of this
       // object has fsynced the file since (the usual fetch: one append, then the commit).
       if (this.durableSize !== size) await io(`cannot fsync ${this.path}`, () => fsyncPath(this.path));
-      const created = await publish(this.objectsDir, this.path, digest);
+      const created = await publish(this.shardDirs, this.path, digest);
       return { contentId: this.contentId, size, created };
     } finally {
       await this.end(outcome, true);
@@ -739,23 +819,63 @@ function untilAborted(promise: Promise<void>, signal: AbortSignal | undefined): 
 }
 
 /**
+ * The shard directories of `objects/`, each made at most once per process: a publish into a directory known
+ * to exist costs no system call for it. A directory that this process creates has its name fsynced in
+ * `objects/` before any object goes in; publishes racing into a new directory wait for that same fsync.
+ * At most 4,096 entries.
+ */
+class ShardDirs {
+  readonly #ready = new Map<string, Promise<string>>();
+
+  constructor(private readonly objectsDir: string) {}
+
+  objectPath(digest: string): string {
+    return join(this.objectsDir, digest.slice(0, 2), digest);
+  }
+
+  /** The digest's directory, once it exists and its name is durable. */
+  ensure(digest: string): Promise<string> {
+    const shard = digest.slice(0, 2);
+    let ready = this.#ready.get(shard);
+    if (ready === undefined) {
+      const dir = join(this.objectsDir, shard);
+      ready = (async () => {
+        const made = await io(`cannot create ${dir}`, () => mkdir(dir, { recursive: true, mode: DIR_MODE }));
+        if (made !== undefined) await io(`cannot fsync ${this.objectsDir}`, () => fsyncPath(this.objectsDir));
+        return dir;
+      })();
+      this.#ready.set(shard, ready);
+      const failed = ready;
+      failed.catch(() => {
+        if (this.#ready.get(shard) === failed) this.#ready.delete(shard);
+      });
+    }
+    return ready;
+  }
+
+  forget(digest: string): void {
+    this.#ready.delete(digest.slice(0, 2));
+  }
+}
+
+/**
  * Makes `from` (fsynced) the object named `digest`. link(2) fails when the name exists, so of several writers
  * of the same bytes exactly one answers `created: true`; the name is fsynced in its directory before `from` goes.
  */
-async function publish(objectsDir: string, from: string, digest: string): Promise<boolean> {
-  const outer = join(objectsDir, digest.slice(0, 2));
-  const dir = join(outer, digest.slice(2, 4));
-  const target = join(dir, digest);
-  const made = await io(`cannot create ${dir}`, () => mkdir(dir, { recursive: true, mode: DIR_MODE }));
-  if (made !== undefined) {
-    await io(`cannot fsync ${objectsDir}`, () => fsyncPath(objectsDir));
-    await io(`cannot fsync ${outer}`, () => fsyncPath(outer));
-  }
+async function publish(shardDirs: ShardDirs, from: string, digest: string): Promise<boolean> {
+  const target = shardDirs.objectPath(digest);
+  let dir = await shardDirs.ensure(digest);
   for (let attempt = 1; ; attempt++) {
     try {
       await link(from, target);
     } catch (e) {
       const code = errnoCode(e);
+      if (code === 'ENOENT' && attempt === 1) {
+        // The directory went after this process made it (removed by hand): make it again, once.
+        shardDirs.forget(digest);
+        dir = await shardDirs.ensure(digest);
+        continue;
+      }
       if (code === 'EEXIST') {
         if (!(await touch(target))) {
           // Deleted between link and touch (garbage collection): publish again.

@@ -4,7 +4,7 @@
  * clock: a file is made old by setting its modification time back, as the hours would.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, rename, rm, stat, utimes } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -65,7 +65,7 @@ describe.each(testDatabases())('BlobCollector on $name', (database) => {
 
   function objectPath(contentId: string): string {
     const d = contentId.slice(1, -1);
-    return join(root, 'objects', d.slice(0, 2), d.slice(2, 4), d);
+    return join(root, 'objects', d.slice(0, 2), d);
   }
 
   /** The file as if written `ms` ago (by the real clock, which file times follow). */
@@ -281,6 +281,22 @@ describe.each(testDatabases())('BlobCollector on $name', (database) => {
     expect(await collector().collect()).toMatchObject({ recovered: 1, blobs: 0 });
     expect(await onDisk(contentId)).toBe(true);
     expect(await readdir(join(root, 'gc'))).toEqual([]);
+  });
+
+  it('moves what an older replica stored in the two-level layout, and keeps it while it is referenced', async () => {
+    const bytes = randomBytes(400);
+    const contentId = await upload(ALICE, bytes);
+    await messages.create(draft(ALICE, contentId, 400));
+    // As a replica of the earlier version, sharing the volume, would have stored it.
+    const d = contentId.slice(1, -1);
+    const legacy = join(root, 'objects', d.slice(0, 2), d.slice(2, 4), d);
+    await mkdir(join(legacy, '..'), { recursive: true });
+    await rename(objectPath(contentId), legacy);
+    expect(await onDisk(contentId)).toBe(false);
+    // Its listing moves it; referenced, it stays.
+    expect(await collector().collect()).toMatchObject({ blobs: 0 });
+    expect(await readFile(objectPath(contentId))).toEqual(bytes);
+    expect(await readdir(join(legacy, '..', '..'))).toEqual([d]);
   });
 
   it('runs on one replica at a time: the run is a leased job, rescheduled an interval later', async () => {

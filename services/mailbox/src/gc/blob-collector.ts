@@ -263,9 +263,8 @@ export class BlobCollector extends LeasedWorker<Record<string, never>> {
     });
   }
 
-  /** `objects/<c0c1>/<c2c3>/<digest>`: the blob store's documented layout (blobs/blob-store.ts). */
   #objectPath(digest: string): string {
-    return join(this.deps.blobs.root, 'objects', digest.slice(0, 2), digest.slice(2, 4), digest);
+    return this.deps.blobs.objectPath(digest);
   }
 }
 
