@@ -227,4 +227,44 @@ describe('the login page and the table', () => {
     );
     expect(messageTable([])).toBe('No messages.\n');
   });
+
+  it('lines its columns up on a terminal when a subject has wide characters, and shows no control characters', () => {
+    const base = {
+      id: '1',
+      mailbox: 'inbox',
+      messageId: '<m@example.com>',
+      threadId: '<m@example.com>',
+      from: 'alice@example.com',
+      date: Date.UTC(2025, 0, 2, 3, 4),
+      receivedAt: 0,
+      seen: false,
+      flagged: false,
+      size: 1,
+      envelope: [],
+      body: { parts: [] },
+      resources: [],
+    } satisfies Omit<FullMessage, 'subject'>;
+    const table = messageTable([
+      { ...base, subject: '日本語 🎉 é' },
+      { ...base, subject: 'plain' },
+      { ...base, subject: 'bell\u0007 csi\u009b2J' },
+      { ...base, subject: '漢'.repeat(30) },
+    ]);
+    // 日本語 and 🎉 take two columns each: the RESOURCES column starts at the same column on every line.
+    const columns = table
+      .trimEnd()
+      .split('\n')
+      .map((line) => {
+        const at = line.search(/RESOURCES|- {2}/);
+        return [...line.slice(0, at)].reduce(
+          (w, ch) => w + (/[\u3000-\u9fff]|\p{Emoji_Presentation}/u.test(ch) ? 2 : 1),
+          0,
+        );
+      });
+    expect(new Set(columns).size, table).toBe(1);
+    expect(table).not.toMatch(/\p{Cc}(?<!\n)/u);
+    expect(table).toContain('bell\ufffd csi\ufffd2J');
+    // Clipped to 40 columns: 19 wide characters and the ellipsis.
+    expect(table).toContain(`${'漢'.repeat(19)}…`);
+  });
 });
