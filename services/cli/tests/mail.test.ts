@@ -272,6 +272,9 @@ describe('federizer mail', () => {
     };
     // Nothing listens on port 9 of loopback: reaching the network would fail differently, with exit 1.
     const base = ['--user', 'alice@example.com', '--password-stdin', '--dns', '127.0.0.1:9', '--dev'];
+    // Root may write in any directory of mode 0555; nobody can make a file in /proc.
+    const unwritable = process.getuid?.() === 0 ? '/proc' : join(dir, 'read-only');
+    if (unwritable !== '/proc') await mkdir(unwritable, { mode: 0o555 });
     const cases: [string[], string][] = [
       // --to is required by send.
       [['send', ...base, '--subject', 's', '--text', 't'], 'federizer mail send needs --to'],
@@ -298,6 +301,8 @@ describe('federizer mail', () => {
       // A Content-ID is a SHA-256 digest (PROTOCOL §2), never a path.
       [['get', ...base, '--content-id', '../etc/passwd', '--out', join(dir, 'x')], 'a Content-ID is <43'],
       [['get', ...base, '--content-id', `<${'A'.repeat(43)}>`, '--out', join(dir, 'no', 'x')], 'no directory'],
+      // A directory where the download cannot be written is found before signing in, not after the transfer.
+      [['get', ...base, '--content-id', `<${'A'.repeat(43)}>`, '--out', join(unwritable, 'x')], 'cannot write in'],
       [['forward', ...base, '--message-id', 'not-an-id', '--to', 'bob@example.net'], 'a Message-ID looks like'],
       [['forward', ...base, '--message-id', '<a@example.com>'], 'federizer mail forward needs --to'],
       [['list', '--password-stdin', '--dns', dns], 'federizer mail list needs --user'],
@@ -311,6 +316,38 @@ describe('federizer mail', () => {
       expect(out.stderr, argv.join(' ')).toContain(message);
     }
   });
+
+  it('a recipient refused at once (no such user of a domain) is named on stderr and exits 1; the others get it', async () => {
+    const sent = await as(
+      'alice@example.com',
+      'send',
+      '--to',
+      'nobody@example.com, bob@example.net',
+      '--subject',
+      'Partly refused',
+      '--text',
+      'Hi',
+    );
+    expect(sent.code).toBe(1);
+    expect(sent.stderr).toBe('federizer: not delivered to nobody@example.com: no such recipient\n');
+    // What was done is still printed, for a script to read: the message is sent to bob.
+    const { messageId, deliveries } = JSON.parse(sent.stdout) as {
+      messageId: string;
+      deliveries: { recipient: string; status: string }[];
+    };
+    expect(deliveries).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ recipient: 'nobody@example.com', status: 'failed' }),
+        expect.objectContaining({ recipient: 'bob@example.net', status: 'queued' }),
+      ]),
+    );
+    await arrived('bob@example.net', messageId);
+
+    const forwarded = await as('bob@example.net', 'forward', '--message-id', messageId, '--to', 'nobody@example.net');
+    expect(forwarded.code).toBe(1);
+    expect(forwarded.stderr).toBe('federizer: not delivered to nobody@example.net: no such recipient\n');
+    expect(JSON.parse(forwarded.stdout)).toMatchObject({ messageId, recipients: ['nobody@example.net'] });
+  }, 60_000);
 
   it('without --dns it needs the local federation’s federation.json, and then uses its DNS server', async () => {
     const empty = join(dir, 'no-federation');

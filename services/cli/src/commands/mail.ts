@@ -7,9 +7,9 @@
  * Everything the command line says is checked before anything goes over the network (exit 2); what the
  * network answers afterwards is a failure (exit 1).
  */
-import { randomUUID } from 'node:crypto';
-import { stat } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { open, stat, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DnsClient, createDiscovery, createHttpClient, type HttpClient } from '@federizer/common';
 import {
@@ -33,7 +33,7 @@ import {
   type Attachment,
 } from '../mail/compose.js';
 import { locateDns, type DnsLocation } from '../mail/locate.js';
-import { MailboxClient, type FullMessage, type UploadedResource } from '../mail/mailbox-client.js';
+import { MailboxClient, type Delivery, type FullMessage, type UploadedResource } from '../mail/mailbox-client.js';
 import { progressBar } from '../mail/progress.js';
 import { signIn, type UserSession } from '../mail/sign-in.js';
 import { messageTable } from '../mail/table.js';
@@ -50,6 +50,8 @@ list     prints the messages of a mailbox (default inbox), newest first: a table
          whole messages (envelope, body, mailbox and the fetch status of each resource).
 get      writes the resource with that Content-ID to FILE, once its bytes are checked against it.
 forward  forwards the received message with that Message-ID (the one send printed) to ADDRESSES.
+send and forward exit with 1 when a recipient is refused at once (no such user of a domain); the message
+still goes to the others, and what it did is printed all the same.
 
 Finding the user's mailbox and Authorization Server (_federizer._rs._tcp and _federizer._as._tcp SRV records):
   --dns HOST:PORT   the DNS server to ask (an IP address)
@@ -208,7 +210,21 @@ function printJson(io: CommandIo, value: unknown): void {
 // The subcommands: `prepare` checks the command line, `act` runs once signed in.
 
 interface Subcommand {
-  act(ctx: Context, connection: Connection): Promise<void>;
+  /** The exit code, 0 unless said otherwise. */
+  act(ctx: Context, connection: Connection): Promise<number | void>;
+}
+
+/**
+ * A recipient the mailbox refused at once (no such user of its own domain) did not get the message, though
+ * the others did: each is named on stderr and the command fails (exit 1), the answer still on stdout.
+ */
+function reportRefused(io: CommandIo, deliveries: readonly Delivery[]): number {
+  const refused = deliveries.filter((d) => d.status === 'failed');
+  for (const d of refused) {
+    const detail = typeof d.detail === 'string' && d.detail !== '' ? `: ${d.detail}` : '';
+    io.stderr.write(`federizer: not delivered to ${String(d.recipient)}${detail}\n`);
+  }
+  return refused.length > 0 ? 1 : 0;
 }
 
 async function prepareSend(values: Values): Promise<Subcommand> {
@@ -254,6 +270,7 @@ async function prepareSend(values: Values): Promise<Subcommand> {
       );
       const sent = await client.send(draft);
       printJson(ctx.io, { messageId: sent.messageId, id: sent.id, deliveries: sent.deliveries });
+      return reportRefused(ctx.io, sent.deliveries);
     },
   };
 }
@@ -278,6 +295,27 @@ function prepareList(values: Values): Subcommand {
   };
 }
 
+/**
+ * The download is written to a temporary file beside `out` and renamed to it: a directory where no file can
+ * be made is found here, before signing in, by making (and removing) such a file.
+ */
+async function checkWritableDir(out: string): Promise<void> {
+  const probe = join(dirname(out), `.${basename(out)}.${randomBytes(6).toString('hex')}.probe`);
+  try {
+    await (await open(probe, 'wx', 0o600)).close();
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why =
+      code === 'EACCES' || code === 'EPERM'
+        ? 'permission denied'
+        : code === 'EROFS'
+          ? 'read-only file system'
+          : (code ?? (e as Error).message);
+    throw new UsageError(`--out ${out}: cannot write in ${dirname(out)} (${why})`);
+  }
+  await unlink(probe).catch(() => undefined);
+}
+
 async function prepareGet(values: Values): Promise<Subcommand> {
   const given = required(values, 'content-id', 'get').trim();
   const digest = given.replace(/^<(.*)>$/, '$1');
@@ -288,6 +326,7 @@ async function prepareGet(values: Values): Promise<Subcommand> {
   const dir = await stat(dirname(out)).catch(() => undefined);
   if (dir === undefined || !dir.isDirectory()) throw new UsageError(`--out ${out}: no directory ${dirname(out)}`);
   if ((await stat(out).catch(() => undefined))?.isDirectory()) throw new UsageError(`--out ${out} is a directory`);
+  await checkWritableDir(out);
   return {
     async act(ctx, { client }) {
       const got = await client.download(`<${digest}>`, out, (total) => progressBar(ctx.io.stderr, out, total));
@@ -314,7 +353,9 @@ function prepareForward(values: Values): Subcommand {
             : `no message ${messageId} in the mailbox of ${ctx.address}`,
         );
       }
-      printJson(ctx.io, await client.forward(received.id, to));
+      const forwarded = await client.forward(received.id, to);
+      printJson(ctx.io, forwarded);
+      return reportRefused(ctx.io, forwarded.deliveries);
     },
   };
 }
@@ -334,7 +375,7 @@ export async function mailCommand(
   const values = parsed.values as Values;
   const [sub, ...extra] = parsed.positionals;
   if (values.help || sub === undefined) {
-    io.stdout.write(`${HELP}\n`);
+    (values.help ? io.stdout : io.stderr).write(`${HELP}\n`);
     return values.help ? 0 : 2;
   }
   const allowed = ALLOWED[sub];
@@ -359,8 +400,7 @@ export async function mailCommand(
   const ctx: Context = { io, address, domain, dns, dev: values.dev === true || dns.local, password };
   const http = createHttpClient({ dev: ctx.dev });
   try {
-    await subcommand.act(ctx, await connect(ctx, http));
-    return 0;
+    return (await subcommand.act(ctx, await connect(ctx, http))) ?? 0;
   } finally {
     await http.close();
   }
