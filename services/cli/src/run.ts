@@ -39,7 +39,8 @@ export async function run(argv: readonly string[], io: CommandIo): Promise<numbe
   const [name, ...args] = argv;
   try {
     if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
-      io.stdout.write(`${HELP}\n`);
+      // Asked for, the help is the output (stdout); a command line without a command is a usage error (stderr).
+      (name === undefined ? io.stderr : io.stdout).write(`${HELP}\n`);
       return name === undefined ? 2 : 0;
     }
     const command = COMMANDS[name];

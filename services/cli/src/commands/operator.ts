@@ -43,7 +43,7 @@ const SUBCOMMANDS: Record<string, Subcommand> = {
 export async function operatorCommand(args: readonly string[], io: CommandIo): Promise<number> {
   const [sub, ...rest] = args;
   if (sub === undefined || sub === '--help' || sub === '-h') {
-    io.stdout.write(`${HELP}\n`);
+    (sub === undefined ? io.stderr : io.stdout).write(`${HELP}\n`);
     return sub === undefined ? 2 : 0;
   }
   const command = SUBCOMMANDS[sub];

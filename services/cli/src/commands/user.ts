@@ -96,7 +96,7 @@ export async function userCommand(
   const { values, positionals } = parsed;
   const [sub, address, ...extra] = positionals;
   if (values.help || sub === undefined) {
-    io.stdout.write(`${HELP}\n`);
+    (values.help ? io.stdout : io.stderr).write(`${HELP}\n`);
     return values.help ? 0 : 2;
   }
   if (extra.length > 0) throw new UsageError(`unexpected arguments: ${extra.join(' ')}`);
