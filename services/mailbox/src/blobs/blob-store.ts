@@ -150,6 +150,8 @@ const NO_HARD_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
 const SHARD = /^[A-Za-z0-9_-]{2}$/;
 /** Names gathered from a directory before their files are examined, while listing objects. */
 const LIST_BATCH = 1000;
+/** Shards, and directories of the earlier layout in a shard, moved at once (see `migrateLayout`). */
+const MIGRATE_CONCURRENCY = 8;
 
 /**
  * The 43-character digest of a Content-ID written `<...>` or bare; `invalid_content_id` for anything else.
@@ -356,7 +358,7 @@ export class DiskBlobStore implements BlobStore {
         else if (entry.isFile() && isB64uSha256(entry.name) && entry.name.startsWith(shard)) names.push(entry.name);
         if (names.length >= LIST_BATCH) yield* this.infos(dir, names.splice(0));
       }
-      for (const second of legacy) names.push(...(await this.moveLegacy(shard, second)));
+      if (legacy.length > 0) names.push(...(await this.moveLegacyShard(shard, legacy)));
       yield* this.infos(dir, names);
     }
   }
@@ -381,52 +383,65 @@ export class DiskBlobStore implements BlobStore {
    */
   async migrateLayout(): Promise<number> {
     let moved = 0;
-    for (const shard of await this.shards(this.objectsDir)) {
-      for (const second of await this.shards(join(this.objectsDir, shard))) {
-        moved += (await this.moveLegacy(shard, second)).length;
-      }
-    }
+    const queue = await this.shards(this.objectsDir);
+    await Promise.all(
+      Array.from({ length: Math.min(MIGRATE_CONCURRENCY, queue.length) }, async () => {
+        for (let shard = queue.shift(); shard !== undefined; shard = queue.shift()) {
+          const legacy = await this.shards(join(this.objectsDir, shard));
+          if (legacy.length === 0) continue;
+          const names = await this.moveLegacyShard(shard, legacy);
+          moved += names.length; // after the await: `moved += await ...` would add to a stale total
+        }
+      }),
+    );
     return moved;
   }
 
   /**
-   * Moves the objects of `objects/<shard>/<second>/` up into `objects/<shard>/` and removes the directory
-   * once empty; answers the names moved. Each move is a rename within the file system (atomic; a name
-   * already there holds the same bytes and is replaced by them; one that another process moved first is
-   * skipped), and both directories are fsynced, so a crash part way leaves every object in one of the two
-   * places, and moving again finishes. Names that are not objects of the directory are left where they are.
+   * Moves the objects of `objects/<shard>/<second>/`, for each of `seconds`, up into `objects/<shard>/`, and
+   * removes those directories once empty; answers the names moved. A move is a rename within the file
+   * system, atomic: a crash leaves each object in one of the two places, and moving again (at the next
+   * start, or when the collector lists the shard) finishes. A name already in `<shard>/` holds the same bytes
+   * and is replaced by them; one that another process moved first is skipped. `<shard>/` is fsynced once at
+   * the end. Names that are not objects of their directory are left where they are, and so is the directory.
    */
-  private async moveLegacy(shard: string, second: string): Promise<string[]> {
+  private async moveLegacyShard(shard: string, seconds: readonly string[]): Promise<string[]> {
     const dir = join(this.objectsDir, shard);
-    const legacy = join(dir, second);
-    let names: string[];
-    try {
-      names = await readdir(legacy);
-    } catch (e) {
-      if (isAbsent(e)) return [];
-      throw ioError(`cannot list ${legacy}`, e);
-    }
     const moved: string[] = [];
-    for (const name of names) {
-      if (!isB64uSha256(name) || !name.startsWith(shard + second)) continue;
+    const moveDirectory = async (second: string) => {
+      const legacy = join(dir, second);
+      let names: string[];
       try {
-        await rename(join(legacy, name), join(dir, name));
+        names = await readdir(legacy);
       } catch (e) {
-        if (isAbsent(e)) continue;
-        throw ioError(`cannot move ${join(legacy, name)}`, e);
+        if (isAbsent(e)) return;
+        throw ioError(`cannot list ${legacy}`, e);
       }
-      moved.push(name);
-    }
-    if (moved.length > 0) {
-      await io(`cannot fsync ${dir}`, () => fsyncPath(dir));
-      await io(`cannot fsync ${legacy}`, () => fsyncPath(legacy));
-    }
-    // Left when something else is in it: only ever emptied here, never deleted with its contents.
-    await rmdir(legacy).catch((e: unknown) => {
-      if (errnoCode(e) !== 'ENOTEMPTY' && errnoCode(e) !== 'EEXIST' && !isAbsent(e)) {
-        throw ioError(`cannot remove ${legacy}`, e);
+      for (const name of names) {
+        if (!isB64uSha256(name) || !name.startsWith(shard + second)) continue;
+        try {
+          await rename(join(legacy, name), join(dir, name));
+        } catch (e) {
+          if (isAbsent(e)) continue;
+          throw ioError(`cannot move ${join(legacy, name)}`, e);
+        }
+        moved.push(name);
       }
-    });
+      await rmdir(legacy).catch((e: unknown) => {
+        if (errnoCode(e) !== 'ENOTEMPTY' && errnoCode(e) !== 'EEXIST' && !isAbsent(e)) {
+          throw ioError(`cannot remove ${legacy}`, e);
+        }
+      });
+    };
+    // A store of the earlier layout has about one object per directory: a few directories at a time (and,
+    // in migrateLayout, a few shards at a time) keep the thread pool busy.
+    const queue = [...seconds];
+    await Promise.all(
+      Array.from({ length: Math.min(MIGRATE_CONCURRENCY, queue.length) }, async () => {
+        for (let second = queue.shift(); second !== undefined; second = queue.shift()) await moveDirectory(second);
+      }),
+    );
+    if (moved.length > 0) await io(`cannot fsync ${dir}`, () => fsyncPath(dir));
     return moved;
   }
 
