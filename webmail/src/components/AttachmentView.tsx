@@ -82,7 +82,11 @@ export function AttachmentView({ item }: { item: ResourceRef }) {
         {item.status === 'pending' && <Muted role="status">fetching from the sender…</Muted>}
         {item.status === 'failed' && <Muted role="status">could not be fetched</Muted>}
         {held && href && (
-          <Download href={href} download={item.filename ?? name} aria-label={`Download ${name}`}>
+          // A blob URL needs `download` to be saved under its name. A /r/ URL must not have it: Chromium
+          // does not pass a download-attribute request through the service worker (crbug.com/40410035), so
+          // the server would answer with the app's index.html. Followed as a link, the worker answers it,
+          // and its Content-Disposition (download=1) saves it under its name without leaving the page.
+          <Download href={href} download={href.startsWith('blob:') ? name : undefined} aria-label={`Download ${name}`}>
             <Icon name="download" size={18} />
           </Download>
         )}

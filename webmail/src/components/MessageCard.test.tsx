@@ -13,6 +13,7 @@ import { ServicesContext } from '../app/use-store.js';
 import type { ReaderEntry, SentState } from '../stores/reader-store.js';
 import { ResourceUrls } from '../stores/resource-urls.js';
 import { lightTheme } from '../theme/theme.js';
+import { AttachmentView } from './AttachmentView.js';
 import { HtmlBody } from './HtmlBody.js';
 import { MessageCard } from './MessageCard.js';
 import { sanitizeEmailHtml } from './sanitize-html.js';
@@ -193,7 +194,9 @@ describe('MessageCard', () => {
     expect(((await screen.findByLabelText('song.ogg')) as HTMLElement).tagName).toBe('AUDIO');
     const pdf = await screen.findByRole('link', { name: 'Download report.pdf' });
     expect(pdf.getAttribute('href')).toMatch(/download=1/);
-    expect(pdf.getAttribute('download')).toBe('report.pdf');
+    // No download attribute on a /r/ URL: Chromium would not send it through the service worker, and the
+    // server would answer with the app's page; the worker's Content-Disposition saves it under its name.
+    expect(pdf.hasAttribute('download')).toBe(false);
     // A message not received (a sent one) cannot be forwarded through the chain.
     expect(screen.queryByRole('button', { name: /Forward/ })).toBeNull();
   });
@@ -249,5 +252,31 @@ describe('MessageCard', () => {
     await userEvent.click(screen.getByRole('button', { name: /Reply all/ }));
     expect(replied?.[1]).toBe(true);
     expect(replied?.[0].subject).toBe('Vacation photo');
+  });
+
+  it('names the download of a blob URL (no service worker) with the download attribute', async () => {
+    const blobServices = {
+      urls: { url: async () => 'blob:http://webmail.test/3f2c', streams: false },
+    } as unknown as Services;
+    render(
+      <ThemeProvider theme={lightTheme}>
+        <ServicesContext.Provider value={blobServices}>
+          <AttachmentView
+            item={{
+              contentId: '<jDf54WH1zE1l99eX7TKw6PrAi0TVAMuMPQBZ_-SOtKg>',
+              mediaType: 'application/pdf',
+              baseType: 'application/pdf',
+              size: 1000,
+              disposition: 'attachment',
+              filename: 'report.pdf',
+              status: 'held',
+            }}
+          />
+        </ServicesContext.Provider>
+      </ThemeProvider>,
+    );
+    const link = await screen.findByRole('link', { name: 'Download report.pdf' });
+    expect(link.getAttribute('href')).toBe('blob:http://webmail.test/3f2c');
+    expect(link.getAttribute('download')).toBe('report.pdf');
   });
 });
