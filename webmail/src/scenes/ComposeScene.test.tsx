@@ -102,6 +102,28 @@ describe('the compose scene', () => {
     page.store.close();
   });
 
+  it('moves to the next field on Enter in To, Cc, Bcc or Subject, and never sends a message half written', async () => {
+    const kim = await fed.signIn('kim@example.com');
+    const user = userEvent.setup();
+    const page = await openPage(kim, '#/compose');
+    await user.type(field('To'), 'carol@example.com{Enter}');
+    expect(document.activeElement).toBe(field('Cc'));
+    await user.keyboard('{Enter}');
+    expect(document.activeElement).toBe(field('Bcc'));
+    await user.keyboard('{Enter}');
+    expect(document.activeElement).toBe(field('Subject'));
+    await user.keyboard('Half written{Enter}');
+    expect(document.activeElement).toBe(field('Message'));
+    // In the message, Enter is a new line.
+    await user.keyboard('Line one{Enter}Line two');
+    expect(field('Message').value).toBe('Line one\nLine two');
+    expect(screen.getByRole('heading', { name: 'New message' })).toBeTruthy();
+    expect(screen.getByRole('button', { name: 'Send' })).toBeTruthy();
+    expect((await kim.api.listMessages('sent')).messages).toEqual([]);
+    cleanup();
+    page.store.close();
+  });
+
   it('says where the latest version is when the draft in the address is gone (sent, discarded, saved elsewhere)', async () => {
     const erin = await fed.signIn('erin@example.com');
     const text = await erin.api.upload(new Blob(['soon gone']), { mediaType: 'text/plain; charset=UTF-8' });

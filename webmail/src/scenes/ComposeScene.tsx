@@ -1,6 +1,6 @@
 /**
  * Writing: a new message, a reply, a reply to all, or a saved draft. The draft saves itself; leaving
- * the page saves it too. Ctrl+Enter (⌘+Enter) sends.
+ * the page saves it too. Ctrl+Enter (⌘+Enter) sends; Enter in a one-line field moves to the next one.
  */
 import { useEffect, useLayoutEffect, useRef, useState, type KeyboardEvent } from 'react';
 import styled from 'styled-components';
@@ -125,9 +125,19 @@ function ComposeForm({ store, title }: { store: ComposeStore; title: string }) {
 
   const send = () => void store.send();
   const onKeyDown = (e: KeyboardEvent) => {
-    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+    if (e.key !== 'Enter' || e.nativeEvent.isComposing) return;
+    if (e.ctrlKey || e.metaKey) {
       e.preventDefault();
       send();
+      return;
+    }
+    // Enter in a one-line field (To, Cc, Bcc, Subject) would submit the form, sending a message half
+    // written: it goes to the next field instead, as in other mail clients. Only Ctrl+Enter or the button sends.
+    const field = e.target as HTMLElement;
+    if (field instanceof HTMLInputElement && field.type === 'text') {
+      e.preventDefault();
+      const fields = [...(form.current?.querySelectorAll<HTMLElement>('input[type=text], textarea') ?? [])];
+      fields[fields.indexOf(field) + 1]?.focus();
     }
   };
   const saveLabel =
