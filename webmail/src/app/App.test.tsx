@@ -159,4 +159,66 @@ describe('the webmail', () => {
     store.close();
     other.store.close();
   });
+
+  it('marks the conversation unread, not the reply the user sent in it', async () => {
+    const dan = await fed.signIn('dan@example.net');
+    const send = async (from: SignedIn, draft: Omit<Parameters<typeof buildDraft>[0], 'text' | 'messageId'>) => {
+      const text = await from.api.upload(new Blob([`${draft.subject}.`]), { mediaType: 'text/plain; charset=UTF-8' });
+      const domain = draft.from.slice(draft.from.lastIndexOf('@') + 1).replace(/>$/, '');
+      await from.api.send(buildDraft({ ...draft, text, messageId: newMessageId(domain) }));
+    };
+    await send(alice, {
+      from: 'Alice <alice@example.com>',
+      to: 'dan@example.net',
+      cc: '',
+      bcc: '',
+      subject: 'Tea',
+      attachments: [],
+    });
+    let original: Awaited<ReturnType<typeof dan.api.listMessages>>['messages'][number] | undefined;
+    await waitFor(
+      async () => {
+        original = (await dan.api.listMessages('inbox')).messages.find((m) => m.subject === 'Tea');
+        expect(original).toBeDefined();
+      },
+      { timeout: 20_000 },
+    );
+    // Dan's answer, in his Sent, is the latest message of the conversation.
+    await send(dan, {
+      ...{ from: 'dan@example.net', to: 'alice@example.com', cc: '', bcc: '', subject: 'Re: Tea', attachments: [] },
+      threadId: original!.threadId,
+      inReplyTo: original!.messageId,
+    });
+    window.location.hash = '#/inbox';
+    const { store } = startApp(dan.config, dan.indexedDB);
+    const user = userEvent.setup();
+    await user.click(await screen.findByRole('option', { name: /Tea/ }, { timeout: 20_000 }));
+    await waitFor(() => expect(screen.getAllByRole('article')).toHaveLength(2), { timeout: 20_000 });
+    await screen.findByRole('link', { name: 'Inbox' });
+    await user.click(screen.getByRole('button', { name: 'Mark as unread' }));
+    await screen.findByRole('option', { name: /^Unread\. Alice: Tea/ });
+    expect(screen.getByRole('link', { name: 'Inbox, 1 unread' })).toBeTruthy();
+    expect(screen.getByRole('link', { name: 'Sent' })).toBeTruthy();
+    store.close();
+  });
+
+  it('closes the mailboxes drawer with Escape or a tap beside it, not only by choosing a mailbox', async () => {
+    window.location.hash = '#/inbox';
+    const { store } = startApp(bob.config, bob.indexedDB);
+    const user = userEvent.setup();
+    await screen.findByRole('heading', { name: 'Inbox' }, { timeout: 20_000 });
+    // Shown below 760 px only: jsdom matches no media query, so it is hidden here and found by its target.
+    const button = document.querySelector<HTMLButtonElement>('button[aria-controls="mailboxes"]')!;
+    await user.click(button);
+    expect(button.getAttribute('aria-expanded')).toBe('true');
+    await user.keyboard('{Escape}');
+    expect(button.getAttribute('aria-expanded')).toBe('false');
+    expect(document.activeElement).toBe(button);
+    await user.click(button);
+    expect(button.getAttribute('aria-expanded')).toBe('true');
+    await user.click(screen.getByTestId('drawer-scrim'));
+    expect(button.getAttribute('aria-expanded')).toBe('false');
+    expect(screen.queryByTestId('drawer-scrim')).toBeNull();
+    store.close();
+  });
 });

@@ -2,7 +2,7 @@
  * The signed-in frame: the header, the mailboxes (a drawer below 760 px), the scene of the route, the
  * sync status, and a live region that reads new mail to screen readers.
  */
-import { lazy, Suspense, useEffect, useState } from 'react';
+import { lazy, Suspense, useEffect, useRef, useState } from 'react';
 import styled from 'styled-components';
 import { Button, IconButton } from '../components/Button.js';
 import { Icon } from '../components/Icon.js';
@@ -72,6 +72,18 @@ const Side = styled.aside<{ $open: boolean }>`
   }
 `;
 
+/** Behind the open drawer on a narrow screen: a tap outside the drawer closes it. */
+const Scrim = styled.div`
+  display: none;
+  @media (max-width: ${(p) => p.theme.narrow}) {
+    display: block;
+    position: fixed;
+    inset: 0;
+    z-index: 9;
+    background: rgb(0 0 0 / 0.3);
+  }
+`;
+
 const Main = styled.main`
   grid-row: 3;
   min-height: 0;
@@ -132,7 +144,20 @@ export function Shell() {
   useStore(mail);
   const { announcement } = useStore(notifier);
   const [menu, setMenu] = useState(false);
+  const menuButton = useRef<HTMLButtonElement>(null);
   const [signingOut, setSigningOut] = useState(false);
+
+  // The drawer covers its own button: Escape closes it too, and gives the focus back to that button.
+  useEffect(() => {
+    if (!menu) return;
+    const onKeyDown = (e: KeyboardEvent) => {
+      if (e.key !== 'Escape') return;
+      setMenu(false);
+      menuButton.current?.focus();
+    };
+    document.addEventListener('keydown', onKeyDown);
+    return () => document.removeEventListener('keydown', onKeyDown);
+  }, [menu]);
 
   useEffect(() => {
     const wake = () => sync.wake();
@@ -153,6 +178,7 @@ export function Shell() {
     <Frame>
       <Header>
         <MenuButton
+          ref={menuButton}
           type="button"
           aria-label="Mailboxes"
           aria-expanded={menu}
@@ -181,6 +207,7 @@ export function Shell() {
         </IconButton>
       </Header>
       <SyncBanner />
+      {menu && <Scrim data-testid="drawer-scrim" aria-hidden="true" onClick={() => setMenu(false)} />}
       <Side $open={menu} id="mailboxes">
         <MailboxNav current={current} unread={mail.unreadCounts()} onNavigate={() => setMenu(false)} />
       </Side>

@@ -73,7 +73,6 @@ export function ConversationScene({
 
   if (entries.length === 0) return <Wrap>Loading…</Wrap>;
   const subject = entries[0]!.summary.subject || '(no subject)';
-  const ids = entries.map((e) => e.summary.id);
   return (
     <Wrap>
       <Bar>
@@ -102,7 +101,10 @@ export function ConversationScene({
           type="button"
           aria-label="Mark as unread"
           onClick={() => {
-            void actions.setSeen(ids.slice(-1), false);
+            // The latest message filed here: the user's own reply (in Sent) would leave this one read.
+            const here = entries.filter((e) => e.summary.mailbox === mailbox);
+            const target = here[here.length - 1] ?? entries[entries.length - 1]!;
+            void actions.setSeen([target.summary.id], false);
             onBack();
           }}
         >
