@@ -54,6 +54,11 @@ footer{margin-top:1.5rem;font-size:.85rem;color:var(--muted)}
 
 /** The CSP hash of the one inline style, so the pages need no 'unsafe-inline'. */
 export const STYLE_HASH = `sha256-${createHash('sha256').update(STYLE).digest('base64')}`;
+/**
+ * The element whose content that hash covers, byte for byte. Built here, outside the page's template,
+ * which the formatter re-indents: white space it put around the style made the browser refuse it.
+ */
+const STYLE_ELEMENT = new Markup(`<style>${STYLE}</style>`);
 
 export const PAGE_CSP = `default-src 'none'; style-src '${STYLE_HASH}'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'`;
 
@@ -64,10 +69,9 @@ export function page(title: string, body: Markup): string {
         <meta charset="utf-8" />
         <meta name="viewport" content="width=device-width, initial-scale=1" />
         <meta name="referrer" content="no-referrer" />
+        <link rel="icon" href="data:," />
         <title>${title}</title>
-        <style>
-          ${new Markup(STYLE)}
-        </style>
+        ${STYLE_ELEMENT}
       </head>
       <body>
         <main>${body}</main>
@@ -118,15 +122,22 @@ export function loginPage(input: LoginPageInput): string {
   );
 }
 
-/** The provider hands over its own form (with its CSRF token); we add the button that submits it. */
+/**
+ * The provider hands over its own form (with its CSRF token); we add the buttons that submit it. The app
+ * that sent the user here has already signed out (the webmail revokes its tokens first): what is asked is
+ * whether the domain's own sign-in on this device ends too, or lets the next sign-in skip the password.
+ */
 export function logoutPage(form: string, domain: string): string {
   return page(
     `Sign out — ${domain}`,
     html`<h1>Sign out</h1>
-      <p>Sign out of <span class="domain">${domain}</span> mail on this device?</p>
+      <p>
+        You have signed out of the app. Sign out of <span class="domain">${domain}</span> mail on this device as well?
+        If you do not, signing in here again will not ask for your password.
+      </p>
       ${new Markup(form)}
       <button type="submit" form="op.logoutForm" name="logout" value="yes">Sign out</button>
-      <button type="submit" form="op.logoutForm" class="secondary">Stay signed in</button>`,
+      <button type="submit" form="op.logoutForm" class="secondary">Keep this device signed in</button>`,
   );
 }
 

@@ -8,7 +8,7 @@
  * AS honours when configured behind a proxy, `trustProxy`), so the per-address throttle of one test never
  * leaks into another. Without `trustProxy` (the default) a forged X-Forwarded-For must change nothing.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as client from 'openid-client';
 import {
@@ -35,6 +35,19 @@ import {
 } from './browser-agent.js';
 
 const WRONG = 'The email address or password is not right.';
+
+/**
+ * Every style element of the page is one the CSP allows by hash (CSP3 §8.3: the hash of the element's whole
+ * text, white space included), as a browser checks it; a page without one fails too.
+ */
+function expectStyleAllowed(body: string, csp: string): void {
+  const styles = [...body.matchAll(/<style>([\s\S]*?)<\/style>/g)].map((m) => m[1]!);
+  expect(styles.length).toBeGreaterThan(0);
+  const styleSrc = csp.split(';').find((d) => d.trim().startsWith('style-src')) ?? '';
+  for (const text of styles) {
+    expect(styleSrc).toContain(`'sha256-${createHash('sha256').update(text).digest('base64')}'`);
+  }
+}
 
 /** The AS's clock, stopped at the time the suite starts. */
 const frozen = () => {
@@ -444,6 +457,8 @@ describe.each(testDatabases())('sign-in flows on $name', (database) => {
       expect(csp).toContain("default-src 'none'");
       expect(csp).toContain("frame-ancestors 'none'");
       expect(page.headers.get('cache-control')).toBe('no-store');
+      // CSP3 §8.3: a style element is allowed when the hash of its whole text is listed.
+      expectStyleAllowed(page.body, csp!);
     });
 
     it('devInteractions are off: no oidc-provider development views, and their POST does not sign anyone in', async () => {
@@ -477,6 +492,7 @@ describe.each(testDatabases())('sign-in flows on $name', (database) => {
       expect(signOut.status).toBe(200);
       expect(signOut.body).toContain('<h1>Sign out</h1>');
       expect(signOut.headers.get('content-security-policy')).not.toContain('unsafe-inline');
+      expectStyleAllowed(signOut.body, signOut.headers.get('content-security-policy')!);
       const form = forms(signOut.body).find((f) => f.id === 'op.logoutForm');
       expect(form?.hidden.xsrf).toEqual(expect.any(String));
       const done = await browser.request(new URL(form!.action, signOut.url), {
