@@ -91,21 +91,74 @@ export function buildDraft(input: DraftInput): Draft {
 /**
  * Checks one recipient field with the parser the mailbox uses (RFC 5322 address list), and that each
  * domain has a dot, as every mail domain found through DNS does (a bare `bob@example` is a typo that
- * would only fail at delivery). Undefined when valid, else the reason, e.g.
- * `expected "," between addresses at offset 9 ("bob")`.
+ * would only fail at delivery). Undefined when valid, else the reason in words a person acts on, naming
+ * the entry at fault, e.g. `“bob” is not an address: it needs an @ and a domain, like bob@example.com`.
  */
 export function recipientError(value: string): string | undefined {
   if (value.trim() === '') return undefined;
-  if (value.length > 998) return 'a header line is at most 998 characters (RFC 5322 §2.1.1)';
+  if (value.length > 998) return 'This field is too long: a header line is at most 998 characters (RFC 5322 §2.1.1)';
   try {
     const boxes = parseAddressList(value);
     const bad = boxes.find((b) => !b.domain.includes('.') && !b.domain.startsWith('['));
     if (bad) return `${bad.address}: the domain needs a dot, like example.com`;
     return undefined;
   } catch (e) {
-    if (e instanceof ProtocolError) return e.message;
-    throw e;
+    if (!(e instanceof ProtocolError)) throw e;
+    return entryError(value) ?? `This is not a list of addresses: ${e.message}`;
   }
+}
+
+/**
+ * The list failed to parse: finds the first comma-separated entry that fails on its own and says what is
+ * wrong with it. Undefined when no single entry is to blame (a group's `name: a, b;` syntax spans commas).
+ */
+function entryError(value: string): string | undefined {
+  // A group (`name: a, b;`) spans commas: no single entry can be judged on its own.
+  if (value.replace(/"(?:[^"\\]|\\.)*"/g, '').includes(':')) return undefined;
+  for (const entry of splitEntries(value)) {
+    const text = entry.trim();
+    if (text === '') continue;
+    try {
+      parseAddressList(text);
+      continue;
+    } catch (e) {
+      if (!(e instanceof ProtocolError)) throw e;
+    }
+    const shown = `“${text.length > 40 ? `${text.slice(0, 39)}…` : text}”`;
+    const ats = text.split('@').length - 1;
+    if (ats === 0) return `${shown} is not an address: it needs an @ and a domain, like bob@example.com`;
+    const plain = !/[<>"()]/.test(text);
+    if (plain && text.includes(';')) return `${shown}: separate addresses with commas, not semicolons`;
+    // Two addresses side by side: `a@x.net b@y.net`, or `Bob <b@y.net> c@z.net` (text after the `>`).
+    if ((plain && ats > 1 && /\s/.test(text)) || (ats > 1 && />\s*[^\s(]/.test(text)))
+      return `${shown}: put a comma between addresses`;
+    if (plain && /\s/.test(text.split('@')[0]!))
+      return `${shown}: an address has no spaces; to add a name, write Name <bob@example.com>`;
+    return `${shown} is not a valid address`;
+  }
+  return undefined;
+}
+
+/** The field split at commas outside quoted strings, angle brackets and comments. */
+function splitEntries(value: string): string[] {
+  const entries: string[] = [];
+  let start = 0;
+  let quoted = false;
+  let depth = 0;
+  for (let i = 0; i < value.length; i++) {
+    const c = value[i];
+    if (c === '\\') i++;
+    else if (quoted) quoted = c !== '"';
+    else if (c === '"') quoted = true;
+    else if (c === '(' || c === '<') depth++;
+    else if ((c === ')' || c === '>') && depth > 0) depth--;
+    else if (c === ',' && depth === 0) {
+      entries.push(value.slice(start, i));
+      start = i + 1;
+    }
+  }
+  entries.push(value.slice(start));
+  return entries;
 }
 
 /** The addr-specs of a field, lower-cased (for "nobody to send to" and reply-all's de-duplication). */

@@ -146,11 +146,32 @@ describe('recipientError', () => {
     expect(recipientsOf('Bob <BOB@example.net>, carol@example.net')).toEqual(['bob@example.net', 'carol@example.net']);
   });
 
-  it('says why a list is refused: the parser’s rule and where, or a domain without a dot', () => {
-    expect(recipientError('bob@example.net carol@example.net')).toMatch(/at offset/);
-    expect(recipientError('bob')).toMatch(/at the end|at offset/);
+  it('says which entry is wrong and how to write it, in words rather than parser offsets', () => {
+    expect(recipientError('bob')).toBe('“bob” is not an address: it needs an @ and a domain, like bob@example.com');
+    expect(recipientError('carol@example.net, bob')).toBe(
+      '“bob” is not an address: it needs an @ and a domain, like bob@example.com',
+    );
+    expect(recipientError('bob@example.net carol@example.net')).toBe(
+      '“bob@example.net carol@example.net”: put a comma between addresses',
+    );
+    expect(recipientError('bob@example.net; carol@example.net')).toBe(
+      '“bob@example.net; carol@example.net”: separate addresses with commas, not semicolons',
+    );
+    expect(recipientError('Bob Smith@example.net')).toBe(
+      '“Bob Smith@example.net”: an address has no spaces; to add a name, write Name <bob@example.com>',
+    );
+    // A comma inside a quoted display name does not split the entry that is blamed.
+    expect(recipientError('"Smith, Bob" <bob@example.net, carol@')).toBe(
+      '“"Smith, Bob" <bob@example.net, carol@” is not a valid address',
+    );
     expect(recipientError('bob@example')).toBe('bob@example: the domain needs a dot, like example.com');
     expect(recipientError(`${'a'.repeat(990)}@example.net`)).toMatch(/998 characters/);
+  });
+
+  it('falls back to the parser’s rule when no single entry is to blame (a group spans commas)', () => {
+    expect(recipientError('friends: dave@example.org, erin@example.org')).toMatch(
+      /^This is not a list of addresses: .*(at the end|at offset)/,
+    );
   });
 });
 

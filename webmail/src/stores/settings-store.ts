@@ -82,7 +82,7 @@ export class SettingsStore extends Store<SettingsState> {
     const targets = splitTargets(this.state.targets);
     for (const t of targets) {
       const error = recipientError(t);
-      // The parser's reasons say where, not what: name the target unless the reason does.
+      // Name the target unless the reason already does.
       if (error) return error.includes(t) ? error : `${t}: ${error}`;
     }
     if (targets.length > MAX_FORWARDING_TARGETS) return `at most ${MAX_FORWARDING_TARGETS} addresses`;
