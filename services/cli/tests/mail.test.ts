@@ -396,6 +396,18 @@ describe('federizer mail', () => {
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain('not_found: no such resource in this mailbox (HTTP 404)');
     await expect(readFile(join(dir, 'nothing.bin'))).rejects.toThrow(/ENOENT/);
+    // An existing file is replaced only by complete, checked bytes: a failed get leaves it as it was.
+    await writeFile(join(dir, 'kept.bin'), 'keep me');
+    const failed = await as(
+      'bob@example.net',
+      'get',
+      '--content-id',
+      `<${'A'.repeat(42)}E>`,
+      '--out',
+      join(dir, 'kept.bin'),
+    );
+    expect(failed.code).toBe(1);
+    expect(await readFile(join(dir, 'kept.bin'), 'utf8')).toBe('keep me');
 
     const absent = await as(
       'bob@example.net',

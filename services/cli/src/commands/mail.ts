@@ -48,7 +48,8 @@ send     uploads the text and the attachments (streamed from disk) and sends the
          {"messageId": ...}. --to, --cc and --bcc take address lists and may be repeated.
 list     prints the messages of a mailbox (default inbox), newest first: a table, or with --json an array of
          whole messages (envelope, body, mailbox and the fetch status of each resource).
-get      writes the resource with that Content-ID to FILE, once its bytes are checked against it.
+get      writes the resource with that Content-ID to FILE, once its bytes are checked against it; an
+         existing FILE is replaced only then, and stays as it was if the download fails.
 forward  forwards the received message with that Message-ID (the one send printed) to ADDRESSES.
 send and forward exit with 1 when a recipient is refused at once (no such user of a domain); the message
 still goes to the others, and what it did is printed all the same.
