@@ -15,6 +15,10 @@
  * Also: a draft clicked in Drafts opens in the compose with what it holds, survives a reload once saved
  * again, and is sent from there; and signing out in one tab signs out the other tabs of the browser, whose
  * IndexedDB keeps no mail.
+ *
+ * And the keyboard focus where jsdom cannot show it, on a phone-sized screen (one pane at a time): an opened
+ * conversation takes it on its heading, the list takes it back on that row; the forward dialog, shown
+ * modal by the browser, starts in its field, and Escape gives it back to the button that opened it.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -40,8 +44,8 @@ const report: string[] = [];
 let world: ChromiumOnFederation;
 const user = (address: string) => demoUser(world.fed, address);
 
-async function newContext(): Promise<BrowserContext> {
-  const c = await world.browser.newContext({ viewport: { width: 1280, height: 800 } });
+async function newContext(viewport = { width: 1280, height: 800 }): Promise<BrowserContext> {
+  const c = await world.browser.newContext({ viewport });
   // The machine is shared: every wait may take a while, none is a measure.
   c.setDefaultTimeout(60_000);
   world.contexts.push(c);
@@ -273,5 +277,55 @@ describe.skipIf(!existsSync(CHROMIUM))('composing and notifications in Chromium 
       body: 'Seen in the background',
       url: expect.stringMatching(/^\/#\/inbox\/thread\/\S+$/),
     });
+  }, 300_000);
+
+  it('on a phone, the focus goes into the conversation opened, back to its row, and into and out of the forward dialog', async () => {
+    const subject = 'Where does the focus go';
+    const alice = await (await newContext()).newPage();
+    await signIn(alice, 'alice@example.com');
+    await send(alice, 'bob@example.net', subject);
+    const bob = await (await newContext({ width: 375, height: 740 })).newPage();
+    await signIn(bob, 'bob@example.net');
+    /** The focused element, told by its role or tag, and its name. */
+    const focused = () =>
+      bob.evaluate(`(() => {
+        const el = document.activeElement;
+        const row = el?.getAttribute('aria-activedescendant');
+        return [
+          el?.getAttribute('role') ?? el?.tagName.toLowerCase(),
+          (row ? document.getElementById(row)?.getAttribute('aria-label') : el?.getAttribute('aria-label')) ??
+            el?.getAttribute('name') ?? el?.textContent.trim(),
+          el?.closest('dialog') !== null,
+        ].join(' | ');
+      })()`);
+
+    const row = bob.getByRole('option', { name: new RegExp(subject) });
+    await row.click({ timeout: 60_000 });
+    const message = bob.getByRole('article', { name: /Message from alice@example\.com/ });
+    await message.getByText(`About: ${subject}`).waitFor({ timeout: 60_000 });
+    expect(await focused()).toBe(`h2 | ${subject} | false`);
+    // The list was hidden while reading; back, it is shown and has the focus, on the row just read.
+    await bob.getByRole('button', { name: 'Back to the list' }).click();
+    await expect.poll(focused).toMatch(new RegExp(`^listbox \\| .*${subject}.* \\| false$`));
+
+    await bob.keyboard.press('Enter');
+    await message.getByRole('button', { name: 'Forward' }).click();
+    const dialog = bob.getByRole('dialog', { name: /Forward/ });
+    await dialog.waitFor();
+    await expect.poll(focused).toBe('input | forward-to | true');
+    // Modal: Tab goes through the dialog's controls, not to the page behind it.
+    await bob.keyboard.press('Tab');
+    expect(await focused()).toBe('button | Cancel | true');
+    await bob.keyboard.press('Tab');
+    expect(await focused()).toBe('button | Forward | true');
+    await bob.keyboard.press('Shift+Tab');
+    await bob.keyboard.press('Shift+Tab');
+    expect(await focused()).toBe('input | forward-to | true');
+    await bob.keyboard.press('Escape');
+    await dialog.waitFor({ state: 'detached' });
+    await expect.poll(focused).toBe('button | Forward | false');
+    // Escape again, outside the dialog: back to the list, on that row.
+    await bob.keyboard.press('Escape');
+    await expect.poll(focused).toMatch(new RegExp(`^listbox \\| .*${subject}.* \\| false$`));
   }, 300_000);
 });

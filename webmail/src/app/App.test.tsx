@@ -202,6 +202,54 @@ describe('the webmail', () => {
     store.close();
   });
 
+  it('moves the focus into the conversation opened, back to its row, and into the reply or the new message', async () => {
+    const fern = await fed.signIn('fern@example.net');
+    for (const subject of ['Kites', 'Boats']) {
+      const text = await alice.api.upload(new Blob([`About ${subject}.`]), { mediaType: 'text/plain; charset=UTF-8' });
+      await alice.api.send(
+        buildDraft({
+          ...{ from: 'Alice <alice@example.com>', to: 'fern@example.net', cc: '', bcc: '', subject, text },
+          messageId: newMessageId('example.com'),
+          attachments: [],
+        }),
+      );
+    }
+    window.location.hash = '#/inbox';
+    const { store } = startApp(fern.config, fern.indexedDB);
+    const user = userEvent.setup();
+    await screen.findByRole('option', { name: /Boats/ }, { timeout: 20_000 });
+    const list = screen.getByRole('listbox', { name: 'Conversations in Inbox' });
+    const activeRow = () => document.getElementById(list.getAttribute('aria-activedescendant') ?? '');
+    const heading = (name: string) => screen.findByRole('heading', { name, level: 2 });
+
+    // Opened with the mouse: the focus goes to the conversation's heading, once it is shown.
+    await user.click(await screen.findByRole('option', { name: /Kites/ }, { timeout: 20_000 }));
+    await waitFor(async () => expect(document.activeElement).toBe(await heading('Kites')));
+    // Back: to the list, on the row of that conversation, not to the page's body.
+    await user.click(screen.getByRole('button', { name: 'Back to the list' }));
+    expect(document.activeElement).toBe(list);
+    expect(activeRow()?.getAttribute('aria-label')).toMatch(/Kites/);
+
+    // The same from the keyboard: Enter opens the active row, Escape goes back to it.
+    await user.keyboard('{Enter}');
+    await waitFor(async () => expect(document.activeElement).toBe(await heading('Kites')));
+    await user.keyboard('{Escape}');
+    await waitFor(() => expect(document.activeElement).toBe(list));
+    expect(activeRow()?.getAttribute('aria-label')).toMatch(/Kites/);
+
+    // A reply has its recipients: writing starts in the text.
+    await user.keyboard('{Enter}');
+    const article = await screen.findByRole('article', { name: /Message from Alice/ });
+    await user.click(await within(article).findByRole('button', { name: 'Reply' }));
+    await screen.findByRole('heading', { name: 'Reply' });
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByLabelText('Message')));
+    // A new message has none: writing starts in To.
+    await user.click(screen.getByRole('link', { name: 'Compose' }));
+    await screen.findByRole('heading', { name: 'New message' });
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByLabelText('To')));
+    store.close();
+  });
+
   it('closes the mailboxes drawer with Escape or a tap beside it, not only by choosing a mailbox', async () => {
     window.location.hash = '#/inbox';
     const { store } = startApp(bob.config, bob.indexedDB);

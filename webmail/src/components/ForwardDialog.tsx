@@ -1,4 +1,7 @@
-/** The forward form, in a modal dialog; it keeps focus inside and closes with Escape. */
+/**
+ * The forward form, in a modal dialog (showModal: the page behind it is inert, so focus stays inside); it
+ * closes with Escape, and gives the focus back to what opened it.
+ */
 import { useEffect, useRef, useState, type FormEvent } from 'react';
 import styled from 'styled-components';
 import { useServices, useStore } from '../app/use-store.js';
@@ -47,12 +50,28 @@ export function ForwardDialog({
   const [store] = useState(() => new ForwardStore(api, account.address));
   const state = useStore(store);
   const dialog = useRef<HTMLDialogElement>(null);
+  const closeButton = useRef<HTMLButtonElement>(null);
 
   useEffect(() => {
     const el = dialog.current;
+    // What had the focus when the dialog opened: its Forward button, or whatever the f key was pressed on.
+    const opener = document.activeElement;
     if (el && !el.open) el.showModal?.();
-    return () => el?.close?.();
+    // Focus starts in the address field. Not by autoFocus: React applies it before showModal, when nothing
+    // in a closed dialog can take the focus.
+    el?.querySelector<HTMLInputElement>('input[name="forward-to"]')?.focus();
+    return () => {
+      el?.close?.();
+      // The dialog is removed from the page (Escape, Cancel, Close), and the browser would leave the focus on
+      // the page's body: it goes back to what opened the dialog.
+      if (opener instanceof HTMLElement && opener !== document.body && opener.isConnected) opener.focus();
+    };
   }, []);
+
+  // Forwarded: the field and the Forward button are gone, and the focus with them; Close takes it, in the dialog.
+  useEffect(() => {
+    if (state.result) closeButton.current?.focus();
+  }, [state.result]);
 
   const submit = async (e: FormEvent) => {
     e.preventDefault();
@@ -73,12 +92,11 @@ export function ForwardDialog({
             value={state.to}
             error={state.error}
             onChange={(v) => store.setTo(v)}
-            autoFocus
             placeholder="name@example.org"
           />
         )}
         <Actions>
-          <Button type="button" onClick={onClose}>
+          <Button ref={closeButton} type="button" onClick={onClose}>
             {state.result ? 'Close' : 'Cancel'}
           </Button>
           {!state.result && (

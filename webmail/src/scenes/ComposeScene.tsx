@@ -176,7 +176,16 @@ function ComposeForm({ store, title }: { store: ComposeStore; title: string }) {
       ))}
       <Field label="Subject" name="subject" value={s.subject} onChange={(v) => store.set('subject', v)} />
       {s.textNotice && <Notice role="note">{s.textNotice}</Notice>}
-      <Field label="Message" name="text" value={s.text} onChange={(v) => store.set('text', v)} multiline rows={12} />
+      {/* Writing starts in To when it is empty (a new message), else in the text (a reply has its recipients). */}
+      <Field
+        label="Message"
+        name="text"
+        value={s.text}
+        onChange={(v) => store.set('text', v)}
+        multiline
+        rows={12}
+        autoFocus={s.to !== ''}
+      />
       {s.attachments.length > 0 && (
         <Attachments aria-label="Attachments" ref={list}>
           {s.attachments.map((a, index) => (

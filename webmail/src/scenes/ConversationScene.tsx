@@ -50,10 +50,18 @@ export function ConversationScene({
     reader.open(threadId, mailbox);
   }, [reader, threadId, mailbox]);
   useEffect(() => () => reader.close(), [reader]);
-  // Screen-reader and keyboard users land on the conversation they opened.
-  useEffect(() => heading.current?.focus(), [threadId]);
 
   const entries = state.threadId === threadId ? state.entries : [];
+  const shown = entries.length > 0;
+  /** The conversation whose heading took the focus: once each, not again at each change of its entries. */
+  const focused = useRef<string | undefined>(undefined);
+  // Screen-reader and keyboard users land on the conversation they opened, so that Tab goes on into it. Its
+  // heading is there once its entries are (the first render only says "Loading…"), not when threadId changes.
+  useEffect(() => {
+    if (!shown || focused.current === threadId) return;
+    focused.current = threadId;
+    heading.current?.focus();
+  }, [shown, threadId]);
   const latest = entries[entries.length - 1];
   const reply = (view: MessageView, all: boolean) =>
     router.go({ name: 'compose', intent: { kind: all ? 'reply-all' : 'reply', id: view.id } });

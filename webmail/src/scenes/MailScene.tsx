@@ -3,7 +3,7 @@
  * Keys (outside text fields): j/k next/previous, o or Enter open, u or Escape back to the list,
  * r reply, a reply to all, f forward, e archive, # trash, c compose.
  */
-import { useEffect, useMemo, useState } from 'react';
+import { useEffect, useLayoutEffect, useMemo, useRef, useState } from 'react';
 import styled, { useTheme } from 'styled-components';
 import type { MailboxName } from '../api/types.js';
 import { useServices, useStore } from '../app/use-store.js';
@@ -71,6 +71,21 @@ export function MailScene({ mailbox, threadId }: { mailbox: MailboxName; threadI
     if (openIndex >= 0) setActive(openIndex);
   }, [openIndex]);
 
+  const listPane = useRef<HTMLElement>(null);
+  const reading = useRef(threadId !== undefined);
+  // Back from a conversation (its button, Escape, filing it, the browser's back): what had the focus went
+  // with it, leaving it on the page's body. The list takes it, its active row being the conversation left
+  // (aria-activedescendant), as a keyboard user expects; the mailbox's heading when no row is left. Focus
+  // elsewhere (a mailbox link followed while reading) stays where it is.
+  useLayoutEffect(() => {
+    const was = reading.current;
+    reading.current = threadId !== undefined;
+    if (!was || threadId !== undefined) return;
+    if (document.activeElement && document.activeElement !== document.body) return;
+    const pane = listPane.current;
+    (pane?.querySelector<HTMLElement>('[role="listbox"]') ?? pane?.querySelector<HTMLElement>('h2'))?.focus();
+  }, [threadId]);
+
   /** A draft is opened to be written on (its newest version in the thread); anything else to be read. */
   const openConversation = (c: Conversation) =>
     router.go(
@@ -111,8 +126,10 @@ export function MailScene({ mailbox, threadId }: { mailbox: MailboxName; threadI
 
   return (
     <Panes $reading={threadId !== undefined}>
-      <ListPane aria-labelledby="mailbox-title">
-        <h2 id="mailbox-title">{MAILBOX_LABEL[mailbox]}</h2>
+      <ListPane ref={listPane} aria-labelledby="mailbox-title">
+        <h2 id="mailbox-title" tabIndex={-1}>
+          {MAILBOX_LABEL[mailbox]}
+        </h2>
         <div>
           {loaded ? (
             <ConversationList
