@@ -342,4 +342,11 @@ describe('faults', () => {
     expect((await http('GET', MD_PATH)).status).toBe(500);
     expect((await http('GET', MD_PATH)).status).toBe(200);
   });
+
+  it('keeps a fault of times Infinity until clearFaults', async () => {
+    api.inject({ match: /^GET .*\/maildomains/, status: 500, times: Number.POSITIVE_INFINITY });
+    for (let i = 0; i < 5; i++) expect((await http('GET', MD_PATH)).status).toBe(500);
+    api.clearFaults();
+    expect((await http('GET', MD_PATH)).status).toBe(200);
+  });
 });

@@ -281,6 +281,11 @@ export class FakeApiServer {
     this.#faults.push({ times: 1, ...fault });
   }
 
+  /** Ends every injected fault not yet used up (one of `times: Infinity` lasts until then). */
+  clearFaults(): void {
+    this.#faults.length = 0;
+  }
+
   /** Forgets the watch history, so that a watch from any earlier resourceVersion gets 410 Expired. */
   compactHistory(): void {
     this.#compactedThrough = this.#rv;

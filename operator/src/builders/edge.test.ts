@@ -198,7 +198,10 @@ describe('the Ingress of a MailDomain', () => {
       expect(actions).toEqual([`${location.pathname}/login`, `${location.pathname}/abort`]);
       for (const action of actions) expect(routedTo(ingress(), 'as.example.com', action)).toBe('example-com-auth');
       // Nothing else of the page is fetched from the AS (no stylesheet, script or image): nothing else to route.
-      expect(html).not.toMatch(/<(link|script|img)\b/);
+      // Its one link is the empty icon, inline (data:), which keeps browsers from asking for /favicon.ico.
+      expect(html).not.toMatch(/<(script|img)\b/);
+      const links = [...html.matchAll(/<link\b[^>]*>/g)].map((m) => m[0]);
+      expect(links).toEqual(['<link rel="icon" href="data:," />']);
     });
   });
 });
