@@ -7,7 +7,23 @@ import type { MailboxName, MessagePatch, MessageSummary } from '../api/types.js'
 import type { LocalDb } from './local-db.js';
 import type { MailStore } from './mail-store.js';
 
+/** The changes of one message still on their way to the mailbox. */
+interface InFlight {
+  /** Settles when the last change queued for the message has its answer. */
+  tail: Promise<unknown>;
+  /** How many changes are queued or on their way. */
+  count: number;
+}
+
 export class MailActions {
+  /**
+   * Changes of one message go to the mailbox one after another, in the order the user made them: sent at
+   * once, two changes (opening a conversation marks it read, and Mark as unread follows) could be applied
+   * in either order. Until the last one is answered, the screen shows the user's changes (MailStore.pend),
+   * not an earlier answer nor a synchronization that read the message in between.
+   */
+  readonly #inFlight = new Map<string, InFlight>();
+
   constructor(
     private readonly api: MailboxClient,
     private readonly db: LocalDb,
@@ -15,17 +31,30 @@ export class MailActions {
   ) {}
 
   async update(id: string, patch: MessagePatch): Promise<void> {
-    const before = this.mail.get(id);
-    if (before) this.mail.upsert([{ ...before, ...patch }]);
+    this.mail.pend(id, patch);
+    const flight = this.#inFlight.get(id) ?? { tail: Promise.resolve(), count: 0 };
+    this.#inFlight.set(id, flight);
+    flight.count++;
+    const answer = flight.tail.then(() => this.api.updateMessage(id, patch));
+    flight.tail = answer.catch(() => undefined);
     let after: MessageSummary;
     try {
-      after = await this.api.updateMessage(id, patch);
+      after = await answer;
     } catch (e) {
-      if (before) this.mail.upsert([before]);
+      // Undone to the mailbox's word, unless a later change is on its way: its answer settles what is shown.
+      if (this.#last(id, flight)) this.mail.settle(id);
       throw e;
     }
-    this.mail.upsert([after]);
+    if (this.#last(id, flight)) this.mail.settle(id, after);
     await this.db.write(['summaries'], (t) => t.objectStore('summaries').put(after));
+  }
+
+  /** One change of the message has its answer: true when it was the last one on its way. */
+  #last(id: string, flight: InFlight): boolean {
+    flight.count--;
+    if (flight.count > 0) return false;
+    this.#inFlight.delete(id);
+    return true;
   }
 
   /** Marks unread messages of a conversation read (when it is opened). */

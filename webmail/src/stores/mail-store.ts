@@ -5,7 +5,7 @@
  * rows is grouped once per change, not once per render.
  */
 import { displayName } from '../api/message-view.js';
-import { MAILBOXES, type MailboxName, type MessageSummary } from '../api/types.js';
+import { MAILBOXES, type MailboxName, type MessagePatch, type MessageSummary } from '../api/types.js';
 import { Store } from './store.js';
 
 export interface Conversation {
@@ -31,6 +31,8 @@ export class MailStore extends Store<MailState> {
   readonly #memo = new Map<string, unknown>();
   #memoVersion = -1;
   readonly #changed = new Set<(ids: ReadonlySet<string>) => void>();
+  /** Per message: the user's changes not answered yet, and the mailbox's latest summary beneath them. */
+  readonly #pending = new Map<string, { patch: MessagePatch; base: MessageSummary }>();
 
   constructor() {
     super({ version: 0, loaded: false });
@@ -47,7 +49,7 @@ export class MailStore extends Store<MailState> {
     const ids = new Set(this.#summaries.keys());
     this.#summaries.clear();
     for (const s of summaries) {
-      this.#summaries.set(s.id, s);
+      this.#set(s);
       ids.add(s.id);
     }
     this.#bump(ids, true);
@@ -55,13 +57,41 @@ export class MailStore extends Store<MailState> {
 
   upsert(summaries: readonly MessageSummary[]): void {
     if (summaries.length === 0) return;
-    for (const s of summaries) this.#summaries.set(s.id, s);
+    for (const s of summaries) this.#set(s);
     this.#bump(new Set(summaries.map((s) => s.id)));
   }
 
   remove(ids: readonly string[]): void {
     const gone = ids.filter((id) => this.#summaries.delete(id));
     if (gone.length > 0) this.#bump(new Set(gone));
+  }
+
+  /**
+   * Shows a change the user made over the message until `settle`: what the mailbox says of the message
+   * meanwhile (a synchronization that read it between two changes) is kept beneath it, not shown.
+   */
+  pend(id: string, patch: MessagePatch): void {
+    const shown = this.#summaries.get(id);
+    if (!shown) return;
+    const pending = this.#pending.get(id);
+    this.#pending.set(id, { patch: { ...pending?.patch, ...patch }, base: pending?.base ?? shown });
+    this.#summaries.set(id, { ...shown, ...patch });
+    this.#bump(new Set([id]));
+  }
+
+  /** The changes of the message are answered: shows `answer`, or (refused) the mailbox's latest word. */
+  settle(id: string, answer?: MessageSummary): void {
+    const pending = this.#pending.get(id);
+    this.#pending.delete(id);
+    const truth = answer ?? pending?.base;
+    // Not brought back when the message went (deleted elsewhere) while the change was on its way.
+    if (truth && (this.#summaries.has(id) || pending === undefined)) this.upsert([truth]);
+  }
+
+  #set(s: MessageSummary): void {
+    const pending = this.#pending.get(s.id);
+    if (pending) pending.base = s;
+    this.#summaries.set(s.id, pending ? { ...s, ...pending.patch } : s);
   }
 
   has(id: string): boolean {
