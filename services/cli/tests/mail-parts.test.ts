@@ -18,6 +18,27 @@ import { messageTable } from '../src/mail/table.js';
 const CID_A = `<${'A'.repeat(43)}>`;
 const CID_B = `<${'B'.repeat(42)}E>`;
 
+/** A message as `mail list --json` has it, dated 2025-01-02 03:04 UTC, with what a test changes. */
+function fullMessage(over: Partial<FullMessage>): FullMessage {
+  return {
+    id: '1',
+    mailbox: 'inbox',
+    messageId: '<m@example.com>',
+    threadId: '<m@example.com>',
+    subject: 'Hi',
+    from: 'alice@example.com',
+    date: Date.UTC(2025, 0, 2, 3, 4),
+    receivedAt: 0,
+    seen: false,
+    flagged: false,
+    size: 1,
+    envelope: [],
+    body: { parts: [] },
+    resources: [],
+    ...over,
+  };
+}
+
 describe('where the DNS server is', () => {
   let dir: string;
   beforeAll(async () => {
@@ -202,25 +223,14 @@ describe('the login page and the table', () => {
   });
 
   it('one line per message with its resources’ state', () => {
-    const message = {
-      id: '1',
-      mailbox: 'inbox',
-      messageId: '<m@example.com>',
-      threadId: '<m@example.com>',
+    const message = fullMessage({
       subject: 'Hi',
       from: 'Alice <alice@example.com>',
-      date: Date.UTC(2025, 0, 2, 3, 4),
-      receivedAt: 0,
-      seen: false,
-      flagged: false,
-      size: 1,
-      envelope: [],
-      body: { parts: [] },
       resources: [
         { contentId: CID_A, size: 1, status: 'held' },
         { contentId: CID_B, size: 1, status: 'failed' },
       ],
-    } satisfies FullMessage;
+    });
     expect(messageTable([message])).toBe(
       'DATE (UTC)        FROM                       SUBJECT  RESOURCES           MESSAGE-ID\n' +
         '2025-01-02 03:04  Alice <alice@example.com>  Hi       1/2 held, 1 failed  <m@example.com>\n',
@@ -229,21 +239,7 @@ describe('the login page and the table', () => {
   });
 
   it('lines its columns up on a terminal when a subject has wide characters, and shows no control characters', () => {
-    const base = {
-      id: '1',
-      mailbox: 'inbox',
-      messageId: '<m@example.com>',
-      threadId: '<m@example.com>',
-      from: 'alice@example.com',
-      date: Date.UTC(2025, 0, 2, 3, 4),
-      receivedAt: 0,
-      seen: false,
-      flagged: false,
-      size: 1,
-      envelope: [],
-      body: { parts: [] },
-      resources: [],
-    } satisfies Omit<FullMessage, 'subject'>;
+    const base = fullMessage({ from: 'alice@example.com' });
     const table = messageTable([
       { ...base, subject: '日本語 🎉 é' },
       { ...base, subject: 'plain' },
