@@ -103,6 +103,8 @@ export function mailboxEnv(md: ResolvedMailDomain): { config: Record<string, str
     FEDERIZER_MAILBOX_PORT: String(CONTAINER_PORT),
     FEDERIZER_MAX_RESOURCE_SIZE: spec.maxResourceSize,
     FEDERIZER_MAILBOX_QUOTA: spec.mailbox.quota,
+    // How long sent resources stay fetchable: the same window as the AS's assertions.
+    FEDERIZER_SHARE_WINDOW: spec.shareWindow,
     FEDERIZER_LOG_LEVEL: spec.logLevel,
     ...database.config,
     ...(spec.webmail.enabled

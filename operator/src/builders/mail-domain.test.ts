@@ -372,7 +372,12 @@ describe('buildMailDomain', () => {
       webmailUrl: 'https://mail.example.com/',
       authAdminUrl: 'https://login.example.com',
       mtaClientId: 'mta.example.com',
+      shareWindowSeconds: 14 * 86400,
     });
+    // Shares live exactly as long as the AS's assertions that grant them.
+    expect(config.shareWindowSeconds).toBe(
+      readAuthEnv(containerEnv(objects, 'example-com-auth')).config.shareWindowSeconds,
+    );
     expect(secrets.mtaPrivateJwk).toMatchObject({ kty: 'EC', alg: 'ES256' });
     expect(secrets.authAdminToken).toBe(readAuthEnv(containerEnv(objects, 'example-com-auth')).secrets.adminToken);
     const unread = [...Object.keys(env)].filter((k) => !namesRead(readMailboxEnv, env).has(k));

@@ -4,7 +4,7 @@
  * environment); secrets are kept apart so they are never logged with the rest.
  */
 import type { CryptoKey, JWK, KeyObject } from 'jose';
-import type { JwsAlg } from '@federizer/protocol';
+import { DEFAULT_SHARE_WINDOW_SECONDS, type JwsAlg } from '@federizer/protocol';
 
 export interface MailboxConfig {
   readonly domain: string;
@@ -129,7 +129,9 @@ export function mailboxConfig(
     corsOrigins: input.corsOrigins ?? [],
     webmailUrl: input.webmailUrl ?? `${publicUrl}/`,
     dnsServer: input.dnsServer,
-    shareWindowSeconds: input.shareWindowSeconds ?? 7 * 24 * 3600,
+    // The AS's assertions live as long (FEDERIZER_SHARE_WINDOW is given to both): a share outliving its
+    // assertion could not be fetched, one expiring before it would refuse fetches the assertion allows.
+    shareWindowSeconds: seconds(input.shareWindowSeconds ?? DEFAULT_SHARE_WINDOW_SECONDS, 'shareWindowSeconds', 1),
     maxMessageBytes: input.maxMessageBytes ?? 1024 * 1024,
     authAdminUrl: (input.authAdminUrl ?? input.issuer).replace(/\/$/, ''),
     blobGcIntervalSeconds: seconds(input.blobGcIntervalSeconds ?? 3600, 'blobGcIntervalSeconds', 1),
@@ -208,11 +210,13 @@ export function readMailboxEnv(
       outboxConcurrency: whole('FEDERIZER_MAILBOX_OUTBOX_CONCURRENCY'),
       fetchConcurrency: whole('FEDERIZER_MAILBOX_FETCH_CONCURRENCY'),
       longPollCheckSeconds: duration('FEDERIZER_MAILBOX_LONG_POLL_CHECK'),
+      shareWindowSeconds: duration('FEDERIZER_SHARE_WINDOW'),
     },
     {
       mtaPrivateJwk: jwk ? (JSON.parse(jwk) as JWK) : undefined,
       mtaClientSecret: env.FEDERIZER_MTA_CLIENT_SECRET,
-      authAdminToken: env.FEDERIZER_AUTH_ADMIN_TOKEN,
+      // Without it no recipient could be looked up: every transfer would be refused.
+      authAdminToken: need('FEDERIZER_AUTH_ADMIN_TOKEN'),
     },
   );
 }

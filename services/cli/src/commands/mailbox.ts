@@ -25,6 +25,7 @@ Queues and limits (durations like 90, 90s, 30m, 6h, 1d):
   FEDERIZER_MAILBOX_GC_INTERVAL    time between runs of the blob collector (default 1h)
   FEDERIZER_MAILBOX_GC_GRACE       a blob file touched more recently is never deleted (default 1h)
   FEDERIZER_MAILBOX_LONG_POLL_CHECK how often waiting long polls look for changes no notification announced (default 1s)
+  FEDERIZER_SHARE_WINDOW           how long sent resources stay fetchable; give the AS the same (default 7d)
 Stops gracefully on SIGINT or SIGTERM: requests in flight finish, claimed work is handed back.`;
 
 export async function mailboxCommand(args: readonly string[], io: CommandIo): Promise<number> {
