@@ -9,6 +9,7 @@ import { parseAllDocuments } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../services/cli/src/run.js';
 import { manifestIssues } from '../src/builders/testing/validate.js';
+import { DEFAULT_IMAGE } from '../src/model.js';
 import { DEFAULT_DOMAIN_OBJECTS } from './helpers/mail-domains.js';
 
 interface Output {
@@ -164,6 +165,8 @@ describe('federizer operator render', () => {
   it('explains its usage: help, a missing or unreadable file, an unknown option or subcommand', async () => {
     expect(await federizer(['operator', '--help'])).toMatchObject({ code: 0, stderr: '' });
     expect((await federizer(['operator', '--help'])).stdout).toMatch(/^federizer operator render -f FILE\|-/);
+    // The help names the image of MailDomains that name none: the model's default, which it must follow.
+    expect((await federizer(['operator', '--help'])).stdout).toContain(`(default ${DEFAULT_IMAGE};`);
     expect((await federizer(['operator'])).code).toBe(2);
     const missing = await federizer(['operator', 'render']);
     expect(missing.code).toBe(2);

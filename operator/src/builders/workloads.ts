@@ -157,7 +157,8 @@ function deployment(md: ResolvedMailDomain, plan: WorkloadPlan): Manifest {
               ports: containerPorts(plan),
               envFrom: [{ configMapRef: { name } }],
               ...(plan.env.secrets.length > 0 ? { env: plan.env.secrets } : {}),
-              // Compiling the TypeScript sources at start takes seconds on a small node.
+              // Up to two minutes before the liveness probe takes over: before it listens the AS migrates its
+              // database, and the mailbox its database and a blob store of the earlier layout (migrateLayout).
               startupProbe: probe(plan.metricsPort, '/healthz', 2, 60),
               livenessProbe: probe(plan.metricsPort, '/healthz', 10, 3),
               readinessProbe: probe(plan.metricsPort, plan.readinessPath, 5, 3),

@@ -16,6 +16,8 @@ Runs a mail domain's Authorization Server, configured by the environment:
   FEDERIZER_AUTH_COOKIE_KEYS   comma-separated cookie keys, newest first (required)
   FEDERIZER_MTA_JWKS           the MTA's public JWKS (private_key_jwt), JSON
   FEDERIZER_MTA_CLIENT_SECRET  the MTA's secret instead (development mode only)
+  FEDERIZER_MTA_CLIENT_ID      the MTA's client id (default mta.<domain>); must match the mailbox's
+  FEDERIZER_WEBMAIL_CLIENT_ID  the webmail's client id (default webmail); must match the webmail's
   FEDERIZER_AUTH_DATABASE      sqlite:<file> (default sqlite:auth.db) or postgres://...
   FEDERIZER_AUTH_HOST, FEDERIZER_AUTH_PORT, FEDERIZER_AUTH_SIGNING_ALG (ES256, EdDSA, RS256),
   FEDERIZER_AUTH_KEY_ROTATION (e.g. 30d), FEDERIZER_SHARE_WINDOW (e.g. 7d), FEDERIZER_DNS (host:port),

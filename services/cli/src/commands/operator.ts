@@ -12,8 +12,9 @@ The Kubernetes operator of Federizer (see docs/operations.md).
 
 run      runs the operator: MailDomain and MailUser objects become mail domains and their users. The Helm
          chart (charts/federizer) runs it in the cluster; configured by the environment:
-  KUBECONFIG                          a kubeconfig; default the in-cluster service account, then ~/.kube/config
-  FEDERIZER_OPERATOR_IMAGE            the image of MailDomains that name none (the chart sets its own)
+  KUBECONFIG                          a kubeconfig; default ~/.kube/config, then the in-cluster service account
+  FEDERIZER_OPERATOR_IMAGE            the image of MailDomains that name none (the chart sets its own;
+                                      default ghcr.io/federizer/federizer:0.1.0)
   FEDERIZER_OPERATOR_NAMESPACE        watch only this namespace (default every namespace)
   FEDERIZER_OPERATOR_LEADER_ELECTION  0 to run without a Lease (one replica only; default 1)
   FEDERIZER_OPERATOR_LEASE_NAMESPACE, FEDERIZER_OPERATOR_LEASE_NAME (federizer-operator), POD_NAME,
@@ -28,7 +29,8 @@ render   prints, as multi-document YAML, the objects the operator would apply fo
   -f, --file FILE        the MailDomain objects
   --namespace NS         for objects that name none (default: default)
   --service-monitor      include the ServiceMonitor (as on a cluster with the Prometheus Operator)
-  --image IMAGE          the image of MailDomains that name none (default: the operator's own)
+  --image IMAGE          the image of MailDomains that name none (default ghcr.io/federizer/federizer:0.1.0;
+                         render does not read FEDERIZER_OPERATOR_IMAGE)
 Generated Secrets (admin token, cookie keys, the MTA's key pair) are new random values at every run; in a
 cluster the operator creates them once and never replaces them. Without a uid the objects carry no owner
 references. Exit code 2 when an object is invalid, with every reason and where.`;
