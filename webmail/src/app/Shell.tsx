@@ -99,6 +99,23 @@ const Banner = styled.div<{ $tone: 'muted' | 'danger' }>`
   border-bottom: 1px solid ${(p) => p.theme.color.border};
 `;
 
+/** The row under the header: the sync's state and an action the mailbox refused, one above the other. */
+const Banners = styled.div`
+  grid-column: 1 / -1;
+  grid-row: 2;
+`;
+
+const Dismiss = styled.button`
+  margin-left: 0.75rem;
+  font: inherit;
+  color: inherit;
+  text-decoration: underline;
+  background: none;
+  border: 0;
+  padding: 0;
+  cursor: pointer;
+`;
+
 const Hidden = styled.div.attrs({ className: 'visually-hidden' })``;
 
 /** A button's words, kept for screen readers but not shown where the header has no room for them. */
@@ -135,6 +152,21 @@ function SyncBanner() {
       </Banner>
     );
   return null;
+}
+
+/** An archive, trash or mark-unread the mailbox refused: the change was undone, and this says why. */
+function ActionProblem() {
+  const { actions } = useServices();
+  const { problem } = useStore(actions);
+  if (problem === undefined) return null;
+  return (
+    <Banner $tone="danger" role="alert">
+      {problem}
+      <Dismiss type="button" onClick={() => actions.dismissProblem()}>
+        Dismiss
+      </Dismiss>
+    </Banner>
+  );
 }
 
 export function Shell() {
@@ -206,7 +238,10 @@ export function Shell() {
           <Icon name="signOut" />
         </IconButton>
       </Header>
-      <SyncBanner />
+      <Banners>
+        <SyncBanner />
+        <ActionProblem />
+      </Banners>
       {menu && <Scrim data-testid="drawer-scrim" aria-hidden="true" onClick={() => setMenu(false)} />}
       <Side $open={menu} id="mailboxes">
         <MailboxNav current={current} unread={mail.unreadCounts()} onNavigate={() => setMenu(false)} />

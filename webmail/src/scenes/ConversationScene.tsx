@@ -112,7 +112,7 @@ export function ConversationScene({
             // The latest message filed here: the user's own reply (in Sent) would leave this one read.
             const here = entries.filter((e) => e.summary.mailbox === mailbox);
             const target = here[here.length - 1] ?? entries[entries.length - 1]!;
-            void actions.setSeen([target.summary.id], false);
+            void actions.markUnread([target.summary.id]);
             onBack();
           }}
         >

@@ -106,7 +106,7 @@ export function MailScene({ mailbox, threadId }: { mailbox: MailboxName; threadI
   const file = (target: MailboxName) => {
     const c = openIndex >= 0 ? conversations[openIndex] : conversations[active];
     if (!c) return;
-    void actions.move(
+    void actions.file(
       c.messages.map((m) => m.id),
       target,
     );

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { MailboxClient } from '../api/client.js';
 import type { MessagePatch, MessageSummary } from '../api/types.js';
-import type { LocalDb } from './local-db.js';
+import { StoppedError, type LocalDb } from './local-db.js';
 import { MailActions } from './mail-actions.js';
 import { MailStore } from './mail-store.js';
 
@@ -20,13 +20,13 @@ const message: MessageSummary = {
 };
 
 /** A mailbox whose answers to PATCH the test gives, one request at a time, as a slow network would. */
-function slowMailbox() {
+function slowMailbox(write: () => Promise<void> = () => Promise.resolve()) {
   const calls: { patch: MessagePatch; answer(s: MessageSummary): void; fail(e: Error): void }[] = [];
   const api = {
     updateMessage: (_id: string, patch: MessagePatch) =>
       new Promise<MessageSummary>((answer, fail) => calls.push({ patch, answer, fail })),
   } as unknown as MailboxClient;
-  const db = { write: () => Promise.resolve() } as unknown as LocalDb;
+  const db = { write } as unknown as LocalDb;
   const mail = new MailStore();
   mail.replaceAll([message]);
   return { calls, mail, actions: new MailActions(api, db, mail) };
@@ -92,6 +92,47 @@ describe('MailActions', () => {
     await expect(unread).rejects.toThrow('refused');
     // Refused: what the mailbox said last, the synchronization's summary, not the state before the changes.
     expect(mail.get(message.id)).toMatchObject({ seen: true, mailbox: 'archive' });
+  });
+
+  it('a change answered after the local copy closed (signed out) is done, not a failure; other write errors are', async () => {
+    const stopped = slowMailbox(() => Promise.reject(new StoppedError('stopped: not writing summaries')));
+    const unread = stopped.actions.update(message.id, { seen: false });
+    await tick();
+    stopped.calls[0]!.answer({ ...message, seen: false });
+    await expect(unread).resolves.toBeUndefined();
+
+    const broken = slowMailbox(() => Promise.reject(new Error('QuotaExceededError')));
+    const flag = broken.actions.update(message.id, { flagged: true });
+    await tick();
+    broken.calls[0]!.answer({ ...message, flagged: true });
+    await expect(flag).rejects.toThrow('QuotaExceededError');
+  });
+
+  it('says when the mailbox refuses an archive, a trash or a mark-unread, after undoing it, until dismissed', async () => {
+    const { calls, mail, actions } = slowMailbox();
+    const trash = actions.file([message.id], 'trash');
+    expect(mail.get(message.id)?.mailbox).toBe('trash');
+    await tick();
+    calls[0]!.fail(new Error('not_found: no such message (HTTP 404)'));
+    await expect(trash).resolves.toBeUndefined(); // reported, not thrown at a button that cannot catch it
+    expect(mail.get(message.id)?.mailbox).toBe('inbox');
+    expect(actions.state.problem).toBe(
+      'The message could not be moved to Trash: not_found: no such message (HTTP 404)',
+    );
+    actions.dismissProblem();
+    expect(actions.state.problem).toBeUndefined();
+
+    const unread = actions.markUnread([message.id]);
+    await tick();
+    calls[1]!.fail(new Error('the mailbox did not answer'));
+    await unread;
+    expect(actions.state.problem).toBe('The message could not be marked unread: the mailbox did not answer');
+    // The next change that succeeds takes the report away.
+    const archive = actions.file([message.id], 'archive');
+    await tick();
+    calls[2]!.answer({ ...message, mailbox: 'archive' });
+    await archive;
+    expect(actions.state.problem).toBeUndefined();
   });
 
   it('a message deleted while a change was on its way is not brought back by the answer', async () => {

@@ -4,8 +4,9 @@
  */
 import type { MailboxClient } from '../api/client.js';
 import type { MailboxName, MessagePatch, MessageSummary } from '../api/types.js';
-import type { LocalDb } from './local-db.js';
+import { StoppedError, type LocalDb } from './local-db.js';
 import type { MailStore } from './mail-store.js';
+import { Store } from './store.js';
 
 /** The changes of one message still on their way to the mailbox. */
 interface InFlight {
@@ -15,7 +16,12 @@ interface InFlight {
   count: number;
 }
 
-export class MailActions {
+export interface ActionsState {
+  /** What the user asked that the mailbox refused or never answered, until dismissed or another succeeds. */
+  readonly problem: string | undefined;
+}
+
+export class MailActions extends Store<ActionsState> {
   /**
    * Changes of one message go to the mailbox one after another, in the order the user made them: sent at
    * once, two changes (opening a conversation marks it read, and Mark as unread follows) could be applied
@@ -28,7 +34,9 @@ export class MailActions {
     private readonly api: MailboxClient,
     private readonly db: LocalDb,
     private readonly mail: MailStore,
-  ) {}
+  ) {
+    super({ problem: undefined });
+  }
 
   async update(id: string, patch: MessagePatch): Promise<void> {
     this.mail.pend(id, patch);
@@ -46,7 +54,13 @@ export class MailActions {
       throw e;
     }
     if (this.#last(id, flight)) this.mail.settle(id, after);
-    await this.db.write(['summaries'], (t) => t.objectStore('summaries').put(after));
+    try {
+      await this.db.write(['summaries'], (t) => t.objectStore('summaries').put(after));
+    } catch (e) {
+      // The mailbox made the change. A local copy closed meanwhile (signed out, the app stopped) is not
+      // one to keep it in; the next sign-in reads the mailbox again.
+      if (!(e instanceof StoppedError)) throw e;
+    }
   }
 
   /** One change of the message has its answer: true when it was the last one on its way. */
@@ -71,6 +85,33 @@ export class MailActions {
     await Promise.all(ids.map((id) => this.update(id, { seen })));
   }
 
+  /**
+   * What a button or a key asks (Archive, Trash, Mark as unread): it shows at once, and if the mailbox
+   * refuses it, it is undone and `problem` says so, since the user has moved on and sees only the undoing.
+   */
+  async file(ids: readonly string[], mailbox: MailboxName): Promise<void> {
+    const what = ids.length === 1 ? 'the message' : `${ids.length} messages`;
+    await this.#reported(this.move(ids, mailbox), `${what} could not be moved to ${capitalized(mailbox)}`);
+  }
+
+  async markUnread(ids: readonly string[]): Promise<void> {
+    await this.#reported(this.setSeen(ids, false), 'the message could not be marked unread');
+  }
+
+  dismissProblem(): void {
+    this.setState({ problem: undefined });
+  }
+
+  async #reported(action: Promise<void>, failed: string): Promise<void> {
+    try {
+      await action;
+      this.setState({ problem: undefined });
+    } catch (e) {
+      const problem = `${failed.charAt(0).toUpperCase()}${failed.slice(1)}: ${(e as Error).message}`;
+      this.setState({ problem });
+    }
+  }
+
   /** For good (from the Trash). */
   async destroy(ids: readonly string[]): Promise<void> {
     for (const id of ids) {
@@ -82,4 +123,8 @@ export class MailActions {
       });
     }
   }
+}
+
+function capitalized(name: string): string {
+  return `${name.charAt(0).toUpperCase()}${name.slice(1)}`;
 }
