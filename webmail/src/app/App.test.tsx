@@ -269,4 +269,33 @@ describe('the webmail', () => {
     expect(screen.queryByTestId('drawer-scrim')).toBeNull();
     store.close();
   });
+  it('says so when the mailbox cannot be reached to archive a conversation, and puts it back in the Inbox', async () => {
+    const gil = await fed.signIn('gil@example.net');
+    const text = await alice.api.upload(new Blob(['About cake.']), { mediaType: 'text/plain; charset=UTF-8' });
+    await alice.api.send(
+      buildDraft({
+        ...{ from: 'Alice <alice@example.com>', to: 'gil@example.net', cc: '', bcc: '', subject: 'Cake', text },
+        messageId: newMessageId('example.com'),
+        attachments: [],
+      }),
+    );
+    window.location.hash = '#/inbox';
+    const { store } = startApp(gil.config, gil.indexedDB);
+    const user = userEvent.setup();
+    await user.click(await screen.findByRole('option', { name: /Cake/ }, { timeout: 20_000 }));
+    await screen.findByRole('article', { name: /Message from Alice/ }, { timeout: 20_000 });
+    // example.net's mailbox goes away: the archive shows at once, then is undone with the reason.
+    await fed.fed.stop('example.net');
+    try {
+      await user.click(screen.getByRole('button', { name: 'Archive' }));
+      const alert = await screen.findByRole('alert', {}, { timeout: 20_000 });
+      expect(alert.textContent).toMatch(/^The message could not be moved to Archive: .*could not be reached/);
+      await screen.findByRole('option', { name: /Cake/ });
+      await user.click(within(alert).getByRole('button', { name: 'Dismiss' }));
+      expect(screen.queryByRole('alert')).toBeNull();
+    } finally {
+      await fed.fed.restart('example.net');
+      store.close();
+    }
+  });
 });
