@@ -115,7 +115,7 @@ export function recipientError(value: string): string | undefined {
 function entryError(value: string): string | undefined {
   // A group (`name: a, b;`) spans commas: no single entry can be judged on its own.
   if (value.replace(/"(?:[^"\\]|\\.)*"/g, '').includes(':')) return undefined;
-  for (const entry of splitEntries(value)) {
+  for (const entry of splitAddressEntries(value)) {
     const text = entry.trim();
     if (text === '') continue;
     try {
@@ -139,8 +139,8 @@ function entryError(value: string): string | undefined {
   return undefined;
 }
 
-/** The field split at commas outside quoted strings, angle brackets and comments. */
-function splitEntries(value: string): string[] {
+/** An address list split at its commas, outside quoted strings, angle brackets and comments; untrimmed. */
+export function splitAddressEntries(value: string): string[] {
   const entries: string[] = [];
   let start = 0;
   let quoted = false;

@@ -3,7 +3,7 @@
  * a copy. The AS still applies the user's forwarding policy when it signs each forward.
  */
 import type { MailboxClient } from '../api/client.js';
-import { recipientError, recipientsOf } from '../api/draft.js';
+import { recipientError, recipientsOf, splitAddressEntries } from '../api/draft.js';
 import type { ForwardingRule } from '../api/types.js';
 import { Store } from './store.js';
 
@@ -22,23 +22,13 @@ export interface SettingsState {
   readonly saved: boolean;
 }
 
-/** Splits on commas and line breaks outside quotes and angle brackets. */
+/** One forwarding target per line or per comma (a line is an address list: splitAddressEntries). */
 export function splitTargets(text: string): string[] {
-  const out: string[] = [];
-  let current = '';
-  let quoted = false;
-  let angle = false;
-  for (const c of text) {
-    if (c === '"') quoted = !quoted;
-    else if (c === '<' && !quoted) angle = true;
-    else if (c === '>' && !quoted) angle = false;
-    if ((c === ',' || c === '\n') && !quoted && !angle) {
-      out.push(current);
-      current = '';
-    } else current += c;
-  }
-  out.push(current);
-  return out.map((t) => t.trim()).filter((t) => t !== '');
+  return text
+    .split('\n')
+    .flatMap((line) => splitAddressEntries(line))
+    .map((t) => t.trim())
+    .filter((t) => t !== '');
 }
 
 export class SettingsStore extends Store<SettingsState> {
