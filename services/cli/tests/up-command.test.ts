@@ -123,8 +123,10 @@ describe('federizer up', () => {
   it('exits with 1 when a port of the layout is taken, naming the port and its service', async () => {
     let blocker: Server | undefined;
     let base = 0;
+    // Below Linux's ephemeral range (32768 and up), where another test's client connection could take the
+    // DNS port (base) at any moment and be reported instead.
     for (let attempt = 0; attempt < 20 && blocker === undefined; attempt++) {
-      base = 20_000 + Math.floor(Math.random() * 40_000);
+      base = 20_000 + Math.floor(Math.random() * 12_000);
       const candidate = createServer();
       blocker = await new Promise<Server | undefined>((resolve) => {
         candidate.once('error', () => resolve(undefined));
