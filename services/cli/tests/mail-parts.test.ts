@@ -2,6 +2,7 @@
  * The pieces of `federizer mail` that need no network: where the DNS server is, how the draft's headers are
  * written, the progress bar, the login page's error region and the table of `mail list`.
  */
+import { spawnSync } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -57,6 +58,8 @@ describe('where the DNS server is', () => {
 
   it('without --dns, federation.json of the data directory (--data-dir, then FEDERIZER_DATA_DIR, then ./.federizer)', async () => {
     await writeFile(join(dir, 'federation.json'), JSON.stringify({ dns: { host: '127.0.0.1', port: 5300 } }));
+    // `federizer up` holds the lock while it runs: this test process stands in for it.
+    await writeFile(join(dir, 'federizer.lock'), `${process.pid}\n`);
     expect(await locateDns({ dataDir: dir }, {}, '/')).toMatchObject({
       servers: [{ host: '127.0.0.1', port: 5300 }],
       local: true,
@@ -67,6 +70,7 @@ describe('where the DNS server is', () => {
       join(dir, 'cwd', '.federizer', 'federation.json'),
       JSON.stringify({ dns: { host: '::1', port: 5301 }, domains: {}, users: [] }),
     );
+    await writeFile(join(dir, 'cwd', '.federizer', 'federizer.lock'), `${process.pid}\n`);
     expect(await locateDns({}, {}, join(dir, 'cwd'))).toMatchObject({
       servers: [{ host: '::1', port: 5301 }],
       local: true,
@@ -95,6 +99,22 @@ describe('where the DNS server is', () => {
     await expect(locateDns({ dataDir: dir }, {}, '/')).rejects.toThrow(/has no usable "dns"/);
     await writeFile(join(dir, 'federation.json'), '{"dns":');
     await expect(locateDns({ dataDir: dir }, {}, '/')).rejects.toThrow(/is not JSON/);
+  });
+
+  it('a federation.json whose `federizer up` has stopped is refused at once, saying how to start it', async () => {
+    const stopped = join(dir, 'stopped');
+    await mkdir(stopped, { recursive: true });
+    await writeFile(join(stopped, 'federation.json'), JSON.stringify({ dns: { host: '127.0.0.1', port: 5300 } }));
+    const expected = `the local federation of ${stopped} is not running (${join(stopped, 'federation.json')} describes its last start): start it with \`federizer up\` (npm start), or give --dns HOST:PORT`;
+    // A clean stop removes the lock.
+    await expect(locateDns({ dataDir: stopped }, {}, '/')).rejects.toThrow(expected);
+    // A `federizer up` killed with -9 leaves its lock behind, naming a process that is gone.
+    const gone = spawnSync(process.execPath, ['-e', '']).pid!;
+    await writeFile(join(stopped, 'federizer.lock'), `${gone}\n`);
+    const failure = locateDns({ dataDir: stopped }, {}, '/');
+    await expect(failure).rejects.toThrow(expected);
+    // Exit 1, not 2: nothing is wrong with the command line.
+    await expect(failure).rejects.not.toBeInstanceOf(UsageError);
   });
 });
 

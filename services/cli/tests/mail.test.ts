@@ -364,6 +364,8 @@ describe('federizer mail', () => {
       join(data, 'federation.json'),
       JSON.stringify({ dns: fed.auth.dns.address, domains: {}, users: [] }),
     );
+    // The lock of a running `federizer up`, held here by the test process.
+    await writeFile(join(data, 'federizer.lock'), `${process.pid}\n`);
     // No --dev: the local federation is development mode by nature (http, loopback).
     const listed = await cli(
       ['list', '--user', 'alice@example.com', '--password-stdin', '--data-dir', data, '--json'],

@@ -90,6 +90,13 @@ describe('federizer up', () => {
     expect(await run.exited).toBe(0);
     expect(run.stderr()).toMatch(/SIGINT: stopping the domains…\nfederizer up: stopped\n$/);
     for (const port of ports) expect(await refused(port)).toBe(true);
+
+    // federation.json stays, describing the last start; the mail CLI reads the stopped state off the lock.
+    const user = file.users[0]!;
+    const mail = start(['mail', 'list', '--user', user.address, '--password-stdin', '--data-dir', join(dir, 'data')]);
+    mail.child.stdin!.end(`${user.password}\n`);
+    expect(await mail.exited).toBe(1);
+    expect(mail.stderr()).toContain(`federizer: the local federation of ${join(dir, 'data')} is not running`);
   });
 
   it('a second start prints the same users with the same passwords, and SIGTERM stops it too', async () => {

@@ -58,8 +58,9 @@ Finding the user's mailbox and Authorization Server (_federizer._rs._tcp and _fe
   --dns HOST:PORT   the DNS server to ask (an IP address)
   --dev             development mode: http and loopback addresses allowed (implied by federation.json)
   --data-dir DIR    without --dns, the DNS server of the local federation is read from DIR/federation.json,
-                    written by \`federizer up\` (env FEDERIZER_DATA_DIR, default ./.federizer); when no
-                    directory is named and ./.federizer has no federation, the system's resolvers are asked
+                    written by \`federizer up\`, which must be running (env FEDERIZER_DATA_DIR, default
+                    ./.federizer); when no directory is named and ./.federizer has no federation, the
+                    system's resolvers are asked
 
 Signing in:
   --password-stdin  read the password from standard input (one line) and sign in without a browser;

@@ -125,6 +125,12 @@ export function writeEndpoints(dir: string, endpoints: DomainEndpoints): Promise
   return writeJsonFile(join(dir, 'endpoints.json'), endpoints, 0o644);
 }
 
+/** The pid of the `federizer up` that holds `dataDir`, if that process still runs. */
+export async function federationHolder(dataDir: string): Promise<number | undefined> {
+  const holder = Number((await readFile(join(dataDir, 'federizer.lock'), 'utf8').catch(() => '')).trim());
+  return Number.isSafeInteger(holder) && holder > 0 && alive(holder) ? holder : undefined;
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -147,8 +153,8 @@ export async function lockDataDir(dataDir: string): Promise<{ release(): Promise
       break;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw e;
-      const holder = Number((await readFile(path, 'utf8').catch(() => '')).trim());
-      if (Number.isSafeInteger(holder) && holder > 0 && alive(holder)) {
+      const holder = await federationHolder(dataDir);
+      if (holder !== undefined) {
         throw new Error(
           `${dataDir} is in use by another local federation (pid ${holder}); stop it, or use another --data-dir`,
         );

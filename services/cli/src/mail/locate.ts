@@ -1,13 +1,14 @@
 /**
  * Where the mail CLI asks for the `_federizer` SRV records: the DNS server given with `--dns`; else the one of
- * the local federation that `federizer up` runs, as its `federation.json` says; else, when no data directory
- * was named and `./.federizer` holds no federation, the system's resolvers, as any mail client on the
- * Internet would.
+ * the local federation that `federizer up` runs, as its `federation.json` says (an error if that federation
+ * is not running); else, when no data directory was named and `./.federizer` holds no federation, the
+ * system's resolvers, as any mail client on the Internet would.
  */
 import { getServers } from 'node:dns';
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { federationHolder } from '../federation/state.js';
 import { UsageError } from '../io.js';
 
 export interface DnsLocation {
@@ -65,6 +66,14 @@ export async function locateDns(options: LocateOptions, env: NodeJS.ProcessEnv, 
   const { host, port } = (dns ?? {}) as { host?: unknown; port?: unknown };
   if (typeof host !== 'string' || isIP(host) === 0 || typeof port !== 'number' || !Number.isInteger(port)) {
     throw new Error(`${file} has no usable "dns": {"host": IP address, "port": number}`);
+  }
+  // The file stays when `federizer up` stops (it describes the last start); its lock says whether it runs,
+  // which spares a wait for a DNS server that is not there.
+  if ((await federationHolder(dirname(file))) === undefined) {
+    throw new Error(
+      `the local federation of ${dirname(file)} is not running (${file} describes its last start): ` +
+        'start it with `federizer up` (npm start), or give --dns HOST:PORT',
+    );
   }
   return { servers: [{ host, port }], source: file, local: true };
 }
