@@ -91,6 +91,10 @@ export function ConversationList(props: ConversationListProps) {
     getScrollElement: () => scroller.current,
     estimateSize: () => props.rowHeight,
     overscan: 8,
+    // Its flushSync re-render runs inside React's own layout effects when the list mounts or scrolls to the
+    // active row, where React refuses it (with a warning) and renders in its batch anyway; asking for the
+    // batch spares the refusal.
+    useFlushSync: false,
   });
 
   useEffect(() => {
