@@ -76,8 +76,8 @@ describe('scenario 6: kill -9 of the receiving domain during a fetch', () => {
 
     await s.fed.startDomain('example.net');
     const bob = await s.user('bob@example.net');
-    // The restarted mailbox takes up the fetch its killed predecessor had claimed: the claim of a process that
-    // is gone must not hold the mail back for long (here, two minutes at most).
+    // The restarted mailbox takes up the fetch its killed predecessor had claimed, at once: the lease of a dead
+    // process of this host is taken back at start (LeasedWorker), not waited out (a minute for a fetch).
     const whole = await arrived(bob, messageId, { held: true, timeoutMs: 120_000 });
     expect(whole.resources.map((r) => [r.contentId, r.size, r.status]).sort()).toEqual(
       [

@@ -2,6 +2,7 @@
  * The wake loop of LeasedWorker on a real queue. The poll timer is set to an hour, so a job that runs was
  * claimed through a wake or a finished job; a worker that waited for its timer would hang the test.
  */
+import { spawnSync } from 'node:child_process';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '@federizer/common';
 import { JobQueue, type ClaimOptions, type Job } from '../storage/jobs.js';
@@ -11,7 +12,7 @@ import {
   testDatabases,
   type MailboxTestDatabase,
 } from '../storage/testing.js';
-import { LeasedWorker } from './worker.js';
+import { LeasedWorker, leaseOwner } from './worker.js';
 
 const HOUR = 3_600_000;
 
@@ -148,5 +149,41 @@ describe.each(testDatabases())('LeasedWorker on $name', (database) => {
     worker.finish(1);
     await polled;
     expect(await queue.depth()).toEqual({});
+  });
+
+  it('takes back at start the jobs a dead process of this host had leased, and no one else’s', async () => {
+    const gone = spawnSync(process.execPath, ['-e', '']).pid!;
+    const host = leaseOwner('test').split(':')[1]!;
+    const owners = {
+      // kill -9 of the mailbox, started again (as `federizer up` and the kill scenario do).
+      killed: leaseOwner('test', host, gone),
+      // A container restarted in its pod: same host name, and often the same pid (1), as this process.
+      restarted: leaseOwner('test'),
+      // A live process of this host (another cluster worker): its leases are its own.
+      live: leaseOwner('test', host, process.ppid),
+      // Another host: nothing here can tell whether it runs.
+      elsewhere: leaseOwner('test', 'f'.repeat(12), gone),
+    };
+    const claimedBy = new Map<number, keyof typeof owners>();
+    for (let i = 1; i <= 4; i++) await queue.enqueue('test', `k${i}`, 'x.example', i);
+    for (const [who, owner] of Object.entries(owners) as [keyof typeof owners, string][]) {
+      const { jobs } = await queue.claimBatch<number>({ kinds: ['test'], owner, limit: 1, leaseMs: HOUR });
+      claimedBy.set(jobs[0]!.payload, who);
+    }
+    const payloadOf = (who: keyof typeof owners) => [...claimedBy].find(([, w]) => w === who)![0];
+
+    worker = new TestWorker(queue, 4);
+    worker.start();
+    await worker.startedCount(2);
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    expect(worker.started.sort()).toEqual([payloadOf('killed'), payloadOf('restarted')].sort());
+    for (const who of ['killed', 'restarted'] as const) {
+      // The attempt the dead process made counts (it may be what killed it): this is the second.
+      expect(await queue.find('test', `k${payloadOf(who)}`)).toMatchObject({ leaseOwner: worker.owner, attempts: 2 });
+      worker.finish(payloadOf(who));
+    }
+    for (const who of ['live', 'elsewhere'] as const) {
+      expect(await queue.find('test', `k${payloadOf(who)}`)).toMatchObject({ leaseOwner: owners[who], attempts: 1 });
+    }
   });
 });

@@ -9,9 +9,42 @@
  * Claims never overlap within a worker: wakes arriving during a claim are folded into one more after it. The timer poll remains for what no wake announces: jobs queued by other
  * replicas, retries coming due, leases expiring.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import type { Logger } from '@federizer/common';
 import type { Job, JobQueue } from '../storage/index.js';
+
+/** This machine in lease owners: a short digest of its host name (in Kubernetes, the pod's name). */
+const THIS_HOST = createHash('sha256').update(hostname()).digest('hex').slice(0, 12);
+
+/**
+ * A lease owner: `kind:host:pid:nonce`, unique per worker. It says enough for a process starting on the same
+ * host to tell the leases of a predecessor that died holding them (`abandonedBy`).
+ */
+export function leaseOwner(kind: string, host = THIS_HOST, pid = process.pid): string {
+  return `${kind}:${host}:${pid}:${randomBytes(6).toString('hex')}`;
+}
+
+/**
+ * Whether `owner` was a worker of a process of this host that is gone: its pid runs nothing, or runs this
+ * process, which it cannot be (a container restarted in its pod has its host name and often its pid 1).
+ * The leases of other hosts, and of live processes here (cluster workers), are theirs until they expire.
+ */
+export function abandonedBy(owner: string, self: string): boolean {
+  const [kind, host, pid] = owner.split(':');
+  const [selfKind, selfHost, selfPid] = self.split(':');
+  if (owner === self || kind !== selfKind || host !== selfHost || !/^[1-9]\d*$/.test(pid ?? '')) return false;
+  return pid === selfPid || !alive(Number(pid));
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
 
 export interface WorkerOptions {
   readonly kind: string;
@@ -38,7 +71,7 @@ export abstract class LeasedWorker<P> {
   #backlog = false;
 
   protected constructor(private readonly options: WorkerOptions) {
-    this.owner = `${options.kind}-${randomUUID()}`;
+    this.owner = leaseOwner(options.kind);
   }
 
   /** Runs one claimed job to its end: completes, retries or fails it in the queue. Never throws. */
@@ -51,7 +84,23 @@ export abstract class LeasedWorker<P> {
       this.wake();
       this.#timer = setTimeout(tick, this.options.pollMs ?? 1000).unref();
     };
-    tick();
+    // The jobs a killed predecessor on this host had claimed are taken back before the first claim, rather
+    // than after their leases expire (a minute for a fetch).
+    this.#claiming = this.#reclaim()
+      .catch((err: unknown) => this.options.logger.error({ err }, `${this.options.kind}: taking back leases failed`))
+      .finally(() => {
+        this.#claiming = undefined;
+        tick();
+      });
+  }
+
+  async #reclaim(): Promise<void> {
+    for (const owner of await this.options.jobs.leaseOwners(this.options.kind)) {
+      if (!abandonedBy(owner, this.owner)) continue;
+      const n = await this.options.jobs.release(owner, { abandoned: true });
+      if (n > 0)
+        this.options.logger.warn({ owner, jobs: n }, `${this.options.kind}: took back the jobs of a process that died`);
+    }
   }
 
   /**

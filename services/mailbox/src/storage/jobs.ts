@@ -493,17 +493,32 @@ export class JobQueue {
   /**
    * Graceful shutdown: the owner's leased jobs are due again at once, for other workers, and the attempt
    * the shutdown interrupted is not counted. Answers how many were released.
+   *
+   * With `abandoned`, the owner is a process that died holding them (killed, crashed): they are due again
+   * as well, but the attempt counts, for it may be what brought the process down.
    */
-  async release(owner: string): Promise<number> {
+  async release(owner: string, options: { abandoned?: boolean } = {}): Promise<number> {
     checkString(owner, 'owner', 64);
     return this.#knex('mail_jobs')
       .where({ lease_owner: owner, status: 'pending' })
       .update({
         lease_owner: null,
         lease_until: null,
-        attempts: this.#knex.raw('case when ?? > 0 then ?? - 1 else 0 end', ['attempts', 'attempts']),
+        ...(options.abandoned
+          ? {}
+          : { attempts: this.#knex.raw('case when ?? > 0 then ?? - 1 else 0 end', ['attempts', 'attempts']) }),
         updated_at: this.#now(),
       });
+  }
+
+  /** The owners holding a lease, not yet expired, on pending jobs of `kind`: a few, one per worker. */
+  async leaseOwners(kind: string): Promise<string[]> {
+    checkString(kind, 'kind', 16);
+    const rows = (await this.#knex('mail_jobs')
+      .distinct('lease_owner')
+      .where({ kind, status: 'pending' })
+      .andWhere('lease_until', '>', this.#now())) as { lease_owner: string | null }[];
+    return rows.flatMap((r) => (r.lease_owner === null ? [] : [r.lease_owner]));
   }
 
   /** Stops a pending job (a withdrawn share needs no transfer); a running attempt then cannot complete it. */
