@@ -164,13 +164,20 @@ describe.each(testDatabases())('LeasedWorker on $name', (database) => {
       // Another host: nothing here can tell whether it runs.
       elsewhere: leaseOwner('test', 'f'.repeat(12), gone),
     };
-    const claimedBy = new Map<number, keyof typeof owners>();
+    const claimedBy = new Map<number, keyof typeof owners | 'sibling'>();
     for (let i = 1; i <= 4; i++) await queue.enqueue('test', `k${i}`, 'x.example', i);
     for (const [who, owner] of Object.entries(owners) as [keyof typeof owners, string][]) {
       const { jobs } = await queue.claimBatch<number>({ kinds: ['test'], owner, limit: 1, leaseMs: HOUR });
       claimedBy.set(jobs[0]!.payload, who);
     }
-    const payloadOf = (who: keyof typeof owners) => [...claimedBy].find(([, w]) => w === who)![0];
+    // Another service of this very process (two replicas in one test process), running a job of its own.
+    // (Another destination: x.example already has the four leases a worker of one slot may hold at once.)
+    await queue.enqueue('test', 'k5', 'y.example', 5);
+    const sibling = new TestWorker(queue, 1);
+    const siblingPoll = sibling.poll();
+    await sibling.startedCount(1);
+    claimedBy.set(sibling.started[0]!, 'sibling');
+    const payloadOf = (who: keyof typeof owners | 'sibling') => [...claimedBy].find(([, w]) => w === who)![0];
 
     worker = new TestWorker(queue, 4);
     worker.start();
@@ -185,5 +192,8 @@ describe.each(testDatabases())('LeasedWorker on $name', (database) => {
     for (const who of ['live', 'elsewhere'] as const) {
       expect(await queue.find('test', `k${payloadOf(who)}`)).toMatchObject({ leaseOwner: owners[who], attempts: 1 });
     }
+    expect(await queue.find('test', `k${payloadOf('sibling')}`)).toMatchObject({ leaseOwner: sibling.owner });
+    sibling.finish(payloadOf('sibling'));
+    await siblingPoll;
   });
 });

@@ -25,15 +25,20 @@ export function leaseOwner(kind: string, host = THIS_HOST, pid = process.pid): s
   return `${kind}:${host}:${pid}:${randomBytes(6).toString('hex')}`;
 }
 
+/** The owners of the workers made by this process: several services may share one process (and database). */
+const ownersOfThisProcess = new Set<string>();
+
 /**
  * Whether `owner` was a worker of a process of this host that is gone: its pid runs nothing, or runs this
- * process, which it cannot be (a container restarted in its pod has its host name and often its pid 1).
- * The leases of other hosts, and of live processes here (cluster workers), are theirs until they expire.
+ * process without being one of its workers (a container restarted in its pod has its host name, and often
+ * its pid 1). The leases of other hosts, and of live processes here (cluster workers), are theirs until
+ * they expire.
  */
 export function abandonedBy(owner: string, self: string): boolean {
   const [kind, host, pid] = owner.split(':');
   const [selfKind, selfHost, selfPid] = self.split(':');
-  if (owner === self || kind !== selfKind || host !== selfHost || !/^[1-9]\d*$/.test(pid ?? '')) return false;
+  if (ownersOfThisProcess.has(owner) || kind !== selfKind || host !== selfHost || !/^[1-9]\d*$/.test(pid ?? ''))
+    return false;
   return pid === selfPid || !alive(Number(pid));
 }
 
@@ -72,6 +77,7 @@ export abstract class LeasedWorker<P> {
 
   protected constructor(private readonly options: WorkerOptions) {
     this.owner = leaseOwner(options.kind);
+    ownersOfThisProcess.add(this.owner);
   }
 
   /** Runs one claimed job to its end: completes, retries or fails it in the queue. Never throws. */
