@@ -114,6 +114,9 @@ describe('MessageCard', () => {
       ),
     );
     const article = screen.getByRole('article', { name: /Message from Alice/ });
+    // The display name, then the address alone (the From is `Alice <alice@example.com>`).
+    expect(within(article).getByRole('heading').textContent).toBe('Alice');
+    expect(within(article).getByText('alice@example.com')).toBeTruthy();
     expect(within(article).getByText('To: Bob <bob@example.net>')).toBeTruthy();
     expect(screen.getByTitle('Message content').getAttribute('srcdoc')).toContain('<b>Venice</b>');
     const photo = screen.getByTestId('attachment');
@@ -121,6 +124,25 @@ describe('MessageCard', () => {
     expect(within(photo).getByRole('status').textContent).toBe('fetching from the sender…');
     expect(within(photo).queryByRole('link')).toBeNull();
     expect(screen.getByRole('button', { name: /Forward/ })).toBeTruthy();
+  });
+
+  it('shows a sender without a display name by the address, once', () => {
+    render(
+      wrap(
+        <MessageCard
+          entry={entryOf({ ...received, from: 'alice@example.com' })}
+          bodies={{}}
+          streams
+          received
+          onReply={noop}
+          onForward={noop}
+          onUnsend={noop}
+        />,
+      ),
+    );
+    const article = screen.getByRole('article', { name: /Message from alice@example\.com/ });
+    expect(within(article).getByRole('heading').textContent).toBe('alice@example.com');
+    expect(within(article).getAllByText('alice@example.com')).toHaveLength(1);
   });
 
   it('previews held images, video and audio through /r/ URLs, with a download link each', async () => {

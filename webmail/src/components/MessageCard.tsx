@@ -1,7 +1,7 @@
 /** One message of a conversation: who and when, the chain of forwards, the text, the media, the files. */
 import styled from 'styled-components';
 import type { ContentBlock, MessageView } from '../api/message-view.js';
-import { displayName } from '../api/message-view.js';
+import { addressesIn, displayName } from '../api/message-view.js';
 import type { BodyState, ReaderEntry } from '../stores/reader-store.js';
 import { AttachmentView } from './AttachmentView.js';
 import { Button } from './Button.js';
@@ -96,12 +96,19 @@ export function MessageCard({
 }: MessageCardProps) {
   const { summary, view } = entry;
   const when = new Date(summary.date).toLocaleString();
+  const name = displayName(summary.from);
+  // The address under the name, unless the name is the address already (no display name).
+  const address = addressesIn(summary.from)[0];
   return (
-    <Article aria-label={`Message from ${displayName(summary.from)}, ${when}`} data-testid="message">
+    <Article aria-label={`Message from ${name}, ${when}`} data-testid="message">
       <Header>
         <div>
-          <h3>{displayName(summary.from)}</h3>
-          <Meta>{summary.from}</Meta>
+          <h3>{name}</h3>
+          {address === undefined ? (
+            <Meta>{summary.from}</Meta>
+          ) : (
+            address !== name.toLowerCase() && <Meta>{address}</Meta>
+          )}
           {view?.to && <Meta>To: {view.to}</Meta>}
           {view?.cc && <Meta>Cc: {view.cc}</Meta>}
           {view?.bcc && <Meta>Bcc: {view.bcc}</Meta>}
