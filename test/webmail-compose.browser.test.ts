@@ -19,6 +19,8 @@
  * And the keyboard focus where jsdom cannot show it, on a phone-sized screen (one pane at a time): an opened
  * conversation takes it on its heading, the list takes it back on that row; the forward dialog, shown
  * modal by the browser, starts in its field, and Escape gives it back to the button that opened it.
+ *
+ * And a message forwarded as a new one of the user's own, from the button to the recipient's inbox.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -309,7 +311,7 @@ describe.skipIf(!existsSync(CHROMIUM))('composing and notifications in Chromium 
     await expect.poll(focused).toMatch(new RegExp(`^listbox \\| .*${subject}.* \\| false$`));
 
     await bob.keyboard.press('Enter');
-    await message.getByRole('button', { name: 'Forward' }).click();
+    await message.getByRole('button', { name: 'Forward', exact: true }).click();
     const dialog = bob.getByRole('dialog', { name: /Forward/ });
     await dialog.waitFor();
     await expect.poll(focused).toBe('input | forward-to | true');
@@ -327,5 +329,43 @@ describe.skipIf(!existsSync(CHROMIUM))('composing and notifications in Chromium 
     // Escape again, outside the dialog: back to the list, on that row.
     await bob.keyboard.press('Escape');
     await expect.poll(focused).toMatch(new RegExp(`^listbox \\| .*${subject}.* \\| false$`));
+  }, 300_000);
+
+  it('forwards a message as a new one of the user’s own: the original quoted below, the recipient to choose', async () => {
+    const subject = 'The minutes, for Bobby too';
+    const alice = await (await newContext()).newPage();
+    await signIn(alice, 'alice@example.com');
+    await send(alice, 'bob@example.net', subject);
+    const bob = await (await newContext()).newPage();
+    await signIn(bob, 'bob@example.net');
+    await bob.getByRole('option', { name: new RegExp(subject) }).click({ timeout: 60_000 });
+    const message = bob.getByRole('article', { name: /Message from alice@example\.com/ });
+    await message.getByText(`About: ${subject}`).waitFor({ timeout: 60_000 });
+
+    await message.getByRole('button', { name: 'Forward as new message' }).click();
+    await bob.getByRole('heading', { name: 'Forward as a new message' }).waitFor();
+    expect(await bob.getByLabel('Subject', { exact: true }).inputValue()).toBe(`Fwd: ${subject}`);
+    const text = bob.getByLabel('Message', { exact: true });
+    await expect
+      .poll(() => text.inputValue())
+      .toMatch(
+        new RegExp(
+          `^\\n\\n---------- Forwarded message ----------\\nFrom: alice@example\\.com\\n[^]*\\nAbout: ${subject}$`,
+        ),
+      );
+    // To is empty: the writing starts there.
+    expect(await bob.evaluate('document.activeElement?.getAttribute("name")')).toBe('to');
+    await bob.keyboard.type('bobby@example.org');
+    await text.press('Control+Home');
+    await text.pressSequentially('For you as well.');
+    await bob.getByRole('button', { name: /^Send/ }).click();
+    await bob.getByRole('heading', { name: 'Sent' }).waitFor();
+
+    // Bobby has it from Bob, with Bob's words above Alice's.
+    const bobby = await (await newContext()).newPage();
+    await signIn(bobby, 'bobby@example.org');
+    await bobby.getByRole('option', { name: new RegExp(`Fwd: ${subject}`) }).click({ timeout: 60_000 });
+    const copy = bobby.getByRole('article', { name: /Message from bob@example\.net/ });
+    await copy.getByText(/^For you as well\.\s+---------- Forwarded message ----------/).waitFor({ timeout: 60_000 });
   }, 300_000);
 });

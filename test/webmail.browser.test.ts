@@ -206,7 +206,7 @@ describe.skipIf(!existsSync(CHROMIUM))('the webmail in Chromium on the local fed
     await shot(alice, 'alice-sent-delivery');
 
     // Bob forwards it through the chain; nothing is uploaded again.
-    await message.getByRole('button', { name: 'Forward' }).click();
+    await message.getByRole('button', { name: 'Forward', exact: true }).click();
     const dialog = bob.getByRole('dialog', { name: /Forward/ });
     await dialog.getByLabel('Forward to').fill('bobby@example.org');
     await dialog.getByRole('button', { name: 'Forward' }).click();

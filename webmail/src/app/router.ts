@@ -8,7 +8,7 @@ import { Store } from '../stores/store.js';
 
 export type ComposeIntent =
   | { readonly kind: 'new' }
-  | { readonly kind: 'reply' | 'reply-all'; readonly id: string }
+  | { readonly kind: 'reply' | 'reply-all' | 'forward'; readonly id: string }
   /**
    * `messageId`, when known: the draft's Message-ID, which stays while each save gives the draft a new id,
    * so that the draft is found again when `id` was replaced meanwhile (a reload during a save).
@@ -29,7 +29,7 @@ export function parseRoute(hash: string): Route {
   const [first, second, third] = segments;
   if (first === 'settings') return { name: 'settings' };
   if (first === 'compose') {
-    for (const kind of ['reply', 'reply-all', 'draft'] as const) {
+    for (const kind of ['reply', 'reply-all', 'forward', 'draft'] as const) {
       const id = params.get(kind);
       if (!id) continue;
       const messageId = kind === 'draft' ? params.get('mid') : null;

@@ -123,7 +123,9 @@ describe('MessageCard', () => {
     expect(within(photo).getByText('Venice.png')).toBeTruthy();
     expect(within(photo).getByRole('status').textContent).toBe('fetching from the sender…');
     expect(within(photo).queryByRole('link')).toBeNull();
-    expect(screen.getByRole('button', { name: /Forward/ })).toBeTruthy();
+    expect(screen.getByRole('button', { name: 'Forward' })).toBeTruthy();
+    // Without a handler (the scene gives one), no forward as a new message.
+    expect(screen.queryByRole('button', { name: 'Forward as new message' })).toBeNull();
   });
 
   it('shows a sender without a display name by the address, once', () => {
@@ -192,6 +194,7 @@ describe('MessageCard', () => {
         '<jDf54WH1zE1l99eX7TKw6PrAi0TVAMuMPQBZ_-SOtKg>',
       ].map((contentId) => ({ contentId, size: 1000, status: 'held' as const })),
     };
+    const forwardedAsNew: string[] = [];
     render(
       wrap(
         <MessageCard
@@ -201,6 +204,7 @@ describe('MessageCard', () => {
           received={false}
           onReply={noop}
           onForward={noop}
+          onForwardAsNew={(view) => forwardedAsNew.push(view.id)}
           onUnsend={noop}
         />,
       ),
@@ -219,8 +223,10 @@ describe('MessageCard', () => {
     // No download attribute on a /r/ URL: Chromium would not send it through the service worker, and the
     // server would answer with the app's page; the worker's Content-Disposition saves it under its name.
     expect(pdf.hasAttribute('download')).toBe(false);
-    // A message not received (a sent one) cannot be forwarded through the chain.
-    expect(screen.queryByRole('button', { name: /Forward/ })).toBeNull();
+    // A message not received (a sent one) cannot be forwarded through the chain, only as a new message.
+    expect(screen.queryByRole('button', { name: 'Forward' })).toBeNull();
+    await userEvent.click(screen.getByRole('button', { name: 'Forward as new message' }));
+    expect(forwardedAsNew).toEqual([message.id]);
   });
 
   it('lists deliveries per recipient and offers unsend while a copy is on its way', async () => {

@@ -78,7 +78,10 @@ export interface MessageCardProps {
   readonly streams: boolean;
   readonly received: boolean;
   readonly onReply: (view: MessageView, all: boolean) => void;
+  /** Forward (PROTOCOL.md §7): the recipient fetches from the origin. Only for a message received. */
   readonly onForward: (view: MessageView) => void;
+  /** Forward as a new message of the user's own (see forwardSeed); received or sent. */
+  readonly onForwardAsNew?: (view: MessageView) => void;
   readonly onUnsend: () => void;
   /** Opens a draft in the compose (a draft is answered by finishing it, not by replying to it). */
   readonly onEdit?: (view: MessageView) => void;
@@ -91,6 +94,7 @@ export function MessageCard({
   received,
   onReply,
   onForward,
+  onForwardAsNew,
   onUnsend,
   onEdit,
 }: MessageCardProps) {
@@ -153,6 +157,11 @@ export function MessageCard({
               {received && (
                 <Button type="button" onClick={() => onForward(view)}>
                   <Icon name="forward" /> Forward
+                </Button>
+              )}
+              {onForwardAsNew && (
+                <Button type="button" onClick={() => onForwardAsNew(view)}>
+                  <Icon name="forward" /> Forward as new message
                 </Button>
               )}
             </Toolbar>

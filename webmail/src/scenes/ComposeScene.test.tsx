@@ -290,4 +290,10 @@ describe('the compose route', () => {
       intent: { kind: 'reply', id: '01hz4k0example' },
     });
   });
+
+  it('carries a forward as a new message, and reads it back', () => {
+    const route: Route = { name: 'compose', intent: { kind: 'forward', id: '01hz4k0example' } };
+    expect(routeHref(route)).toBe('#/compose?forward=01hz4k0example');
+    expect(parseRoute(routeHref(route))).toEqual(route);
+  });
 });

@@ -257,6 +257,7 @@ const TITLES: Record<ComposeIntent['kind'], string> = {
   new: 'New message',
   reply: 'Reply',
   'reply-all': 'Reply to all',
+  forward: 'Forward as a new message',
   draft: 'Edit draft',
 };
 

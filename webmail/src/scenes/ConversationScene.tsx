@@ -128,6 +128,7 @@ export function ConversationScene({
           received={canForward(entry.summary.id)}
           onReply={reply}
           onForward={setForwarding}
+          onForwardAsNew={(view) => router.go({ name: 'compose', intent: { kind: 'forward', id: view.id } })}
           onUnsend={() => void reader.unsend(entry.summary.id)}
           onEdit={(view) => router.go({ name: 'compose', intent: { kind: 'draft', id: view.id } })}
         />

@@ -5,12 +5,13 @@
  * while the text is unchanged and dropped, as the user is told, once it is changed.
  */
 import { describe, expect, it, vi } from 'vitest';
+import openapi from '../../../openapi/mailbox.openapi.json' with { type: 'json' };
 import { buildDraft, newMessageId } from '../api/draft.js';
 import { rebuildMessage, type MessageView } from '../api/message-view.js';
 import { externalContentType, type Part } from '../api/protocol.js';
-import type { UploadedResource } from '../api/types.js';
+import type { Message, UploadedResource } from '../api/types.js';
 import { useAliceAndBob } from '../testing/alice-and-bob.js';
-import { draftSeed, HTML_DROPPED_NOTICE, HTML_KEPT_NOTICE, loadComposeSeed } from './compose-seeds.js';
+import { draftSeed, forwardSeed, HTML_DROPPED_NOTICE, HTML_KEPT_NOTICE, loadComposeSeed } from './compose-seeds.js';
 import { ComposeStore } from './compose-store.js';
 import { htmlToText } from './html-text.js';
 import { MessageCache } from './message-cache.js';
@@ -69,6 +70,57 @@ describe('loadComposeSeed', () => {
     expect(seed!.text).not.toContain('<');
   });
 
+  it('forwards as a new message: the original quoted, its attachments referenced, and Bob may send it', async () => {
+    const { alice, bob } = world;
+    const note = await alice.api.upload(new Blob(['The plan, attached.']), { mediaType: 'text/plain; charset=UTF-8' });
+    const plan = await alice.api.upload(new Blob(['%PDF-1.7 the plan']), { mediaType: 'application/pdf' });
+    const messageId = newMessageId('example.com');
+    await alice.api.send(
+      buildDraft({
+        ...{ from: alice.address, to: 'bob@example.net', cc: '', bcc: '', subject: 'The plan', messageId },
+        text: note,
+        attachments: [{ resource: plan, filename: 'plan.pdf' }],
+      }),
+    );
+    let id: string | undefined;
+    await vi.waitFor(
+      async () => {
+        const m = (await bob.api.listMessages('inbox')).messages.find((x) => x.messageId === messageId);
+        expect(m).toBeDefined();
+        expect((await bob.api.getMessage(m!.id)).resources.map((r) => r.status)).toEqual(['held', 'held']);
+        id = m!.id;
+      },
+      { timeout: 20_000 },
+    );
+    const seed = await loadComposeSeed(
+      { kind: 'forward', id: id! },
+      { sources: new MessageCache(bob.api, bob.db), me: bob.address },
+    );
+    expect(seed).toMatchObject({ subject: 'Fwd: The plan', attachments: [{ filename: 'plan.pdf', inline: false }] });
+    expect(seed!.to).toBeUndefined();
+    expect(seed!.notice).toBeUndefined();
+    expect(seed!.text).toMatch(
+      /^\n\n---------- Forwarded message ----------\nFrom: alice@example\.com\nDate: .+\nSubject: The plan\nTo: bob@example\.net\n\nThe plan, attached\.$/,
+    );
+
+    // Bob's mailbox holds what it fetched: the attachment is referenced, not uploaded again, and accepted.
+    const c = new ComposeStore({ api: bob.api, from: bob.address, domain: 'example.net', maxResourceSize: 1e9, seed });
+    c.set('to', alice.address);
+    c.set('text', `See below.${c.state.text}`);
+    expect(await c.send()).toBe(true);
+    c.dispose();
+    await vi.waitFor(
+      async () => {
+        const m = (await alice.api.listMessages('inbox')).messages.find((x) => x.subject === 'Fwd: The plan');
+        expect(m).toBeDefined();
+        const view = rebuildMessage(await alice.api.getMessage(m!.id));
+        expect(view.from).toBe(bob.address);
+        expect(view.attachments.map((a) => [a.contentId, a.filename])).toEqual([[plan.contentId, 'plan.pdf']]);
+      },
+      { timeout: 20_000 },
+    );
+  });
+
   it('starts a new message from nothing', async () => {
     await expect(
       loadComposeSeed(
@@ -76,6 +128,27 @@ describe('loadComposeSeed', () => {
         { sources: new MessageCache(world.bob.api, world.bob.db), me: world.bob.address },
       ),
     ).resolves.toBeUndefined();
+  });
+});
+
+describe('forwardSeed', () => {
+  it('leaves out, and says so, what has not arrived from the sender yet; attaches inline media too', () => {
+    const received = (openapi.components.examples.ReceivedMessage as { value: unknown }).value as Message;
+    const view = rebuildMessage(received);
+    const pending = [...view.media, ...view.attachments].filter((r) => r.status !== 'held');
+    expect(pending.length).toBe(1);
+    const seed = forwardSeed(view, { text: 'Hi Bob', missing: 1, html: false });
+    expect(seed.notice).toBe(
+      'Not included: its text, still being fetched from the sender, and 1 attachment still being fetched from the ' +
+        'sender. Forward it again once everything has arrived to include it.',
+    );
+    expect(seed.attachments!.map((a) => a.resource.contentId)).not.toContain(pending[0]!.contentId);
+    expect(seed.attachments!.every((a) => a.inline === false)).toBe(true);
+    expect(seed.text).toContain('\nCc: "Carol, the Photographer" <carol@example.net>\n');
+    // Forwarded again, the subject is not prefixed twice.
+    expect(
+      forwardSeed({ ...view, subject: 'Fwd: Vacation photo' }, { text: '', missing: 0, html: false }).subject,
+    ).toBe('Fwd: Vacation photo');
   });
 });
 

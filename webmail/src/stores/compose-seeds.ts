@@ -1,5 +1,6 @@
 /**
- * Where a reply, a reply to all, or a saved draft starts: pure functions of the message being answered,
+ * Where a reply, a reply to all, a forward as a new message, or a saved draft starts: pure functions of the
+ * message being answered,
  * and `loadComposeSeed`, which reads that message and its text (the words of an HTML-only one) first.
  */
 import type { DraftAttachment } from '../api/draft.js';
@@ -63,6 +64,47 @@ export function replySeed(view: MessageView, text: string | undefined, me: strin
     threadId: view.threadId,
     inReplyTo: view.messageId,
     references: [view.references, view.messageId].filter(Boolean).join(' '),
+  };
+}
+
+/**
+ * "Forward as a new message": a message of the user's own, to recipients still to be chosen, quoting the
+ * original's headers and text, with the original's media and attachments attached again. They are
+ * referenced, not uploaded again: once fetched, a received resource is held by the user's mailbox, as an
+ * upload would be (PROTOCOL.md §4.1 asks no more). What has not arrived from the sender yet cannot be
+ * attached; the user is told what is left out. Unlike Forward (the chain of §7, where the recipient fetches
+ * from the origin), the recipients see the user as the sender, and the user's words above the original.
+ */
+export function forwardSeed(view: MessageView, body: ComposeText): ComposeSeed {
+  const resources = [...view.media, ...view.attachments];
+  const held = resources.filter((r) => r.status === 'held');
+  const header = [
+    '---------- Forwarded message ----------',
+    `From: ${view.from}`,
+    `Date: ${new Date(view.date).toLocaleString()}`,
+    `Subject: ${view.subject}`,
+    ...(view.to ? [`To: ${view.to}`] : []),
+    ...(view.cc ? [`Cc: ${view.cc}`] : []),
+  ].join('\n');
+  const left: string[] = [];
+  if (body.missing > 0) left.push('its text, still being fetched from the sender');
+  const pending = resources.length - held.length;
+  if (pending > 0)
+    left.push(`${pending} ${pending === 1 ? 'attachment' : 'attachments'} still being fetched from the sender`);
+  const notice =
+    left.length > 0
+      ? `Not included: ${left.join(', and ')}. Forward it again once everything has arrived to include it.`
+      : undefined;
+  return {
+    subject: /^(fwd?|fw):/i.test(view.subject.trim()) ? view.subject : `Fwd: ${view.subject}`,
+    text: `\n\n${header}\n\n${body.text}`,
+    // The editor is plain text: nothing in it shows an inline image, so each is attached.
+    attachments: held.map((r) => ({
+      resource: { contentId: r.contentId, size: r.size, mediaType: r.mediaType },
+      filename: r.filename ?? 'attachment',
+      inline: false,
+    })),
+    ...(notice ? { notice } : {}),
   };
 }
 
@@ -162,8 +204,8 @@ export async function loadComposeSeed(
   if (intent.kind === 'new') return undefined;
   const view = rebuildMessage(await options.sources.message(intent.id));
   const text = await composeText(view, options.sources, options.parseHtml);
-  return intent.kind === 'draft'
-    ? draftSeed(view, text, intent.id)
-    : // A reply quotes what has arrived of the text; none of it yet, no quote.
-      replySeed(view, text.text || undefined, options.me, intent.kind === 'reply-all');
+  if (intent.kind === 'draft') return draftSeed(view, text, intent.id);
+  if (intent.kind === 'forward') return forwardSeed(view, text);
+  // A reply quotes what has arrived of the text; none of it yet, no quote.
+  return replySeed(view, text.text || undefined, options.me, intent.kind === 'reply-all');
 }

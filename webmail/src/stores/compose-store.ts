@@ -51,7 +51,10 @@ export interface ComposeState {
   /** Per field, why it is not valid; `form` for what stops sending as a whole. */
   readonly errors: Readonly<Partial<Record<'to' | 'cc' | 'bcc' | 'form', string>>>;
   readonly attachments: readonly ComposeAttachment[];
-  /** What the user must know of the text's parts before changing it (a reopened draft's HTML, see draftSeed). */
+  /**
+   * What the user must know of what the compose started from: a reopened draft's HTML before the text is
+   * changed (see draftSeed), what a forward could not include (see forwardSeed).
+   */
   readonly textNotice: string | undefined;
   readonly draftId: string | undefined;
   readonly save: SaveStatus;
@@ -77,6 +80,8 @@ export interface ComposeSeed {
   readonly textParts?: readonly ContentBlock[];
   /** What is said while those parts are kept, and once the text changed and they no longer are. */
   readonly textNotice?: { readonly kept: string; readonly dropped: string };
+  /** What the user must know of what the compose starts from (what a forward could not include). */
+  readonly notice?: string;
 }
 
 export interface ComposeOptions {
@@ -125,7 +130,7 @@ export class ComposeStore extends Store<ComposeState> {
         resource: a.resource,
         inline: a.inline ?? false,
       })),
-      textNotice: seed.textNotice?.kept,
+      textNotice: seed.textNotice?.kept ?? seed.notice,
       draftId: seed.draftId,
       save: seed.draftId ? 'saved' : 'idle',
       saveError: undefined,
