@@ -8,3 +8,4 @@ export * from './dns-client.js';
 export * from './replay-store.js';
 export * from './discovery.js';
 export * from './ports.js';
+export * from './process.js';

@@ -15,7 +15,7 @@ import { ResourceUrls } from '../stores/resource-urls.js';
 import { lightTheme } from '../theme/theme.js';
 import { AttachmentView } from './AttachmentView.js';
 import { HtmlBody } from './HtmlBody.js';
-import { MessageCard } from './MessageCard.js';
+import { MessageCard, type MessageCardProps } from './MessageCard.js';
 import { sanitizeEmailHtml } from './sanitize-html.js';
 
 const received = (document.components.examples.ReceivedMessage as { value: unknown }).value as Message;
@@ -97,22 +97,18 @@ describe('sanitizeEmailHtml', () => {
 
 describe('MessageCard', () => {
   const noop = () => undefined;
+  /** A received message's card, with no bodies loaded and handlers that do nothing, unless `props` says. */
+  const renderCard = (props: Partial<MessageCardProps> & Pick<MessageCardProps, 'entry'>) =>
+    render(
+      wrap(<MessageCard bodies={{}} streams received onReply={noop} onForward={noop} onUnsend={noop} {...props} />),
+    );
 
   it('shows who wrote, the HTML part, and a pending attachment without a download link yet', () => {
     const html = '<p>A photo of <b>Venice</b></p>';
-    render(
-      wrap(
-        <MessageCard
-          entry={entryOf(received)}
-          bodies={{ [HTML_ID]: { status: 'ready', text: html }, [PLAIN_ID]: { status: 'ready', text: 'A photo' } }}
-          streams
-          received
-          onReply={noop}
-          onForward={noop}
-          onUnsend={noop}
-        />,
-      ),
-    );
+    renderCard({
+      entry: entryOf(received),
+      bodies: { [HTML_ID]: { status: 'ready', text: html }, [PLAIN_ID]: { status: 'ready', text: 'A photo' } },
+    });
     const article = screen.getByRole('article', { name: /Message from Alice/ });
     // The display name, then the address alone (the From is `Alice <alice@example.com>`).
     expect(within(article).getByRole('heading').textContent).toBe('Alice');
@@ -129,19 +125,7 @@ describe('MessageCard', () => {
   });
 
   it('shows a sender without a display name by the address, once', () => {
-    render(
-      wrap(
-        <MessageCard
-          entry={entryOf({ ...received, from: 'alice@example.com' })}
-          bodies={{}}
-          streams
-          received
-          onReply={noop}
-          onForward={noop}
-          onUnsend={noop}
-        />,
-      ),
-    );
+    renderCard({ entry: entryOf({ ...received, from: 'alice@example.com' }) });
     const article = screen.getByRole('article', { name: /Message from alice@example\.com/ });
     expect(within(article).getByRole('heading').textContent).toBe('alice@example.com');
     expect(within(article).getAllByText('alice@example.com')).toHaveLength(1);

@@ -11,6 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { processAlive } from '@federizer/common';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, type JWK } from 'jose';
 
 export interface DomainSecrets {
@@ -128,16 +129,7 @@ export function writeEndpoints(dir: string, endpoints: DomainEndpoints): Promise
 /** The pid of the `federizer up` that holds `dataDir`, if that process still runs. */
 export async function federationHolder(dataDir: string): Promise<number | undefined> {
   const holder = Number((await readFile(join(dataDir, 'federizer.lock'), 'utf8').catch(() => '')).trim());
-  return Number.isSafeInteger(holder) && holder > 0 && alive(holder) ? holder : undefined;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
+  return Number.isSafeInteger(holder) && holder > 0 && processAlive(holder) ? holder : undefined;
 }
 
 /**

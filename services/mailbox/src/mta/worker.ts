@@ -11,7 +11,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import type { Logger } from '@federizer/common';
+import { processAlive, type Logger } from '@federizer/common';
 import type { Job, JobQueue } from '../storage/index.js';
 
 /** This machine in lease owners: a short digest of its host name (in Kubernetes, the pod's name). */
@@ -39,16 +39,7 @@ export function abandonedBy(owner: string, self: string): boolean {
   const [selfKind, selfHost, selfPid] = self.split(':');
   if (ownersOfThisProcess.has(owner) || kind !== selfKind || host !== selfHost || !/^[1-9]\d*$/.test(pid ?? ''))
     return false;
-  return pid === selfPid || !alive(Number(pid));
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
+  return pid === selfPid || !processAlive(Number(pid));
 }
 
 export interface WorkerOptions {
