@@ -1,7 +1,7 @@
 /**
  * Where a reply, a reply to all, a forward as a new message, or a saved draft starts: pure functions of the
- * message being answered,
- * and `loadComposeSeed`, which reads that message and its text (the words of an HTML-only one) first.
+ * message being answered, and `loadComposeSeed`, which reads that message and its text (the words of an
+ * HTML-only one) first.
  */
 import type { DraftAttachment } from '../api/draft.js';
 import { rebuildMessage, type MessageView, type ResourceRef } from '../api/message-view.js';
