@@ -4,7 +4,7 @@
  * Usage mistakes exit with 2 and say what is wrong; a taken port exits with 1 and names it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -38,6 +38,30 @@ async function bannerOf(run: Running): Promise<string> {
     await new Promise((r) => setTimeout(r, 100));
   }
   return run.stdout();
+}
+
+/** Resolves with the match once the process's stderr matches `pattern`, within a minute. */
+async function until(run: Running, pattern: RegExp): Promise<RegExpMatchArray> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const match = pattern.exec(run.stderr());
+    if (match) return match;
+    if (run.child.exitCode !== null) throw new Error(`federizer up exited with ${run.child.exitCode}: ${run.stderr()}`);
+    if (Date.now() > deadline) throw new Error(`no ${pattern} on stderr: ${run.stderr()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** The pids whose parent is `pid` (Linux's /proc: field 4 of /proc/PID/stat, after the command in brackets). */
+async function childrenOf(pid: number): Promise<number[]> {
+  const children: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
+    const parent = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    if (parent === pid) children.push(Number(entry));
+  }
+  return children.sort((a, b) => a - b);
 }
 
 async function refused(port: number): Promise<boolean> {
@@ -106,6 +130,30 @@ describe('federizer up', () => {
     for (const user of first.users) expect(banner).toContain(`${user.address}   password ${user.password}`);
     const again = JSON.parse(await readFile(join(dir, 'data', 'federation.json'), 'utf8')) as FederationFile;
     expect(again.domains).toEqual(first.domains);
+    run.child.kill('SIGTERM');
+    expect(await run.exited).toBe(0);
+  });
+
+  it('starts a domain whose process was killed again, on the same ports, and the others keep running', async () => {
+    const run = start(args());
+    await bannerOf(run);
+    const file = JSON.parse(await readFile(join(dir, 'data', 'federation.json'), 'utf8')) as FederationFile;
+    // The domains' processes are the children of `federizer up`: one of them dies as the OOM killer would do it.
+    const children = await childrenOf(run.child.pid!);
+    expect(children).toHaveLength(Object.keys(file.domains).length);
+    process.kill(children[0]!, 'SIGKILL');
+    const died = await until(run, /federizer up: (\S+) stopped unexpectedly \(SIGKILL\); starting it again in 1 s\n/);
+    const domain = died[1]!;
+    await until(run, new RegExp(`federizer up: ${domain.replace(/\./g, '\\.')} is running again\n`));
+    // Same ports (its issuer is in every token and in DNS), and the other domains never stopped.
+    for (const d of Object.values(file.domains)) {
+      const res = await fetch(`http://127.0.0.1:${new URL(d.issuer).port}/.well-known/oauth-authorization-server`);
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as { issuer: string }).issuer).toBe(d.issuer);
+    }
+    const now = await childrenOf(run.child.pid!);
+    expect(now).toHaveLength(children.length);
+    expect(now).not.toContain(children[0]);
     run.child.kill('SIGTERM');
     expect(await run.exited).toBe(0);
   });

@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_DATA_DIR, DEFAULT_DOMAINS, DEFAULT_PORT_BASE } from '../federation/layout.js';
 import { startLocalFederation, type LocalFederation } from '../federation/local-federation.js';
 import { formatLogLine } from '../federation/log-format.js';
+import { DomainRestarts } from '../federation/restarts.js';
 import { ensureWebmailBuilt } from '../federation/webmail-build.js';
 import { WEBMAIL_ROOT } from '../federation/webmail-server.js';
 import type { CommandIo } from '../io.js';
@@ -25,7 +26,9 @@ whose password is printed. Everything is kept in the data directory, so a restar
   --no-webmail-build  do not build webmail/ first (by default it is built when its build is missing or stale)
 
 The services are reached at http://as.<domain-with-dashes>.localhost:PORT and the like: browsers and curl
-send *.localhost to loopback. Stops gracefully on Ctrl-C (SIGINT) or SIGTERM.`;
+send *.localhost to loopback. A domain whose process dies is started again (after 1 s, doubling up to 30 s
+while it keeps dying within a minute of starting; left down after five such deaths in a row). Stops
+gracefully on Ctrl-C (SIGINT) or SIGTERM.`;
 
 const UNSUPPORTED_RUNTIME = /^oidc-provider WARNING: Unsupported runtime/;
 
@@ -100,6 +103,13 @@ export async function upCommand(args: readonly string[], io: CommandIo): Promise
       );
   }
 
+  // A domain whose process dies is started again; the federation object is there once every domain is up.
+  let started!: (fed: LocalFederation) => void;
+  const federation = new Promise<LocalFederation>((resolve) => (started = resolve));
+  const restarts = new DomainRestarts({
+    start: async (domain) => (await federation).startDomain(domain),
+    say: (line) => io.stderr.write(`federizer up: ${line}\n`),
+  });
   let fed: LocalFederation;
   try {
     fed = await startLocalFederation({
@@ -114,20 +124,20 @@ export async function upCommand(args: readonly string[], io: CommandIo): Promise
         io.stderr.write(formatLogLine(domain, line));
       },
       onEvent: (event) => {
-        if (event.type === 'exit')
-          io.stderr.write(
-            `federizer up: ${event.domain} stopped unexpectedly (${event.signal ?? `exit code ${event.code}`}); the other domains keep running (restart federizer up to bring it back)\n`,
-          );
+        if (event.type === 'exit') restarts.died(event.domain, event.signal ?? `exit code ${event.code}`);
         else io.stderr.write(`federizer up: warning: ${event.message}\n`);
       },
     });
   } catch (e) {
+    restarts.stop();
     // Caller mistakes (a bad domain name, a port base out of range) are usage errors.
     if (e instanceof TypeError) throw new UsageError(e.message);
     throw e;
   }
+  started(fed);
   io.stdout.write(banner(fed));
   const received = await signal;
+  restarts.stop();
   io.stderr.write(`federizer up: ${received}: stopping the domains…\n`);
   await fed.close();
   io.stderr.write('federizer up: stopped\n');
