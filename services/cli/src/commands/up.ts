@@ -26,9 +26,9 @@ whose password is printed. Everything is kept in the data directory, so a restar
   --no-webmail-build  do not build webmail/ first (by default it is built when its build is missing or stale)
 
 The services are reached at http://as.<domain-with-dashes>.localhost:PORT and the like: browsers and curl
-send *.localhost to loopback. A domain whose process dies is started again (after 1 s, doubling up to 30 s
-while it keeps dying within a minute of starting; left down after five such deaths in a row). Stops
-gracefully on Ctrl-C (SIGINT) or SIGTERM.`;
+send *.localhost to loopback. A domain whose process dies is started again after 1 s (then 2, 4, 8 and 16 s
+while it keeps dying within a minute of each restart; left down when it dies that soon after the fifth).
+Stops gracefully on Ctrl-C (SIGINT) or SIGTERM.`;
 
 const UNSUPPORTED_RUNTIME = /^oidc-provider WARNING: Unsupported runtime/;
 

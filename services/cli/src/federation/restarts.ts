@@ -1,17 +1,16 @@
 /**
  * What `federizer up` does when a domain's process dies under it (killed, out of memory, a crash): it starts
- * the domain again, on the same ports and data, after a pause that doubles while the domain keeps dying soon
- * after each start (1 s, 2 s, 4 s, … up to 30 s), and leaves it down, saying so, after five such deaths in a
- * row. A domain that ran for a minute before it died starts from a 1 s pause again. Its mail is safe on disk:
+ * the domain again, on the same ports and data, after a pause that doubles while the domain keeps dying within
+ * a minute of each restart (1, 2, 4, 8, then 16 s), and leaves it down, saying so, when it dies that soon
+ * after the fifth. A domain that ran for a minute before it died starts from a 1 s pause again. Its mail is safe on disk:
  * the restarted mailbox takes back at once the transfers and fetches the dead process held (LeasedWorker).
  */
 
 /** A start that lasted this long was not a crash loop: the next death waits 1 s again. */
 export const STABLE_AFTER_MS = 60_000;
-/** Deaths in a row, each soon after its start, before the domain is left down. */
-export const MAX_QUICK_DEATHS = 5;
+/** Restarts in a row, each followed by a death within STABLE_AFTER_MS, before the domain is left down. */
+export const MAX_QUICK_RESTARTS = 5;
 const FIRST_PAUSE_MS = 1_000;
-const MAX_PAUSE_MS = 30_000;
 
 export interface RestartOptions {
   /** Starts the domain again (LocalFederation.startDomain); resolves once it serves. */
@@ -24,7 +23,7 @@ export interface RestartOptions {
 export class DomainRestarts {
   readonly #o: RestartOptions;
   readonly #now: () => number;
-  /** Per domain: deaths in a row soon after a start, and when it was last started. */
+  /** Per domain: deaths in a row, each but the first within a minute of a restart, and the last start. */
   readonly #history = new Map<string, { deaths: number; startedAt: number }>();
   readonly #timers = new Set<NodeJS.Timeout>();
   #stopped = false;
@@ -45,14 +44,14 @@ export class DomainRestarts {
     const quick = last !== undefined && this.#now() - last.startedAt < STABLE_AFTER_MS;
     const deaths = quick ? last.deaths + 1 : 1;
     this.#history.set(domain, { deaths, startedAt: last?.startedAt ?? 0 });
-    if (deaths > MAX_QUICK_DEATHS) {
+    if (deaths > MAX_QUICK_RESTARTS) {
       this.#o.say(
-        `${what}: left down, after ${MAX_QUICK_DEATHS} times in a row within a minute of starting ` +
+        `${what}: left down, as it died within a minute of each of its last ${MAX_QUICK_RESTARTS} restarts ` +
           '(its log is above; restart federizer up once the cause is fixed)',
       );
       return;
     }
-    const pause = Math.min(FIRST_PAUSE_MS * 2 ** (deaths - 1), MAX_PAUSE_MS);
+    const pause = FIRST_PAUSE_MS * 2 ** (deaths - 1);
     this.#o.say(`${what}; ${next} in ${pause / 1000} s`);
     const timer = setTimeout(() => {
       this.#timers.delete(timer);
