@@ -32,7 +32,12 @@ import {
   type Stored,
 } from './helpers.js';
 
-const HIDDEN = ['bobby', 'erin'];
+/**
+ * The Bcc recipients as a reader could find them: a name or an address, as a word. Not as any substring:
+ * base64url (the assertion, the digests, the Content-IDs) spells out a short word now and then; a run once
+ * failed on "...ugdxBerinVf..." in the JWT.
+ */
+const HIDDEN: Readonly<Record<string, RegExp>> = { bobby: /\bbobby\b/i, erin: /\berin\b/i };
 
 /** Every string a reader of the stored message can see: the JSON, and the decoded assertions. */
 function readable(m: Stored): string {
@@ -97,12 +102,14 @@ describe('scenario 2: Cc and Bcc', () => {
       const chain = await verifyChain(s, m);
       expect([...chain.origin.recipients].sort()).toEqual(['bob@example.net', 'carol@example.net']);
       const seen = readable(m);
-      for (const hidden of HIDDEN) expect(seen).not.toContain(hidden);
-      expect(seen).not.toContain('bcc');
+      for (const hidden of Object.values(HIDDEN)) expect(seen).not.toMatch(hidden);
+      // No Bcc header, nor its name among the assertion's signed headers (a JSON string: quoted).
+      expect(seen).not.toContain('"bcc"');
       // Nor in the resources they can download.
       const view = await render(user, m);
       expect(view.text).toBe(text);
-      for (const part of view.parts) for (const hidden of HIDDEN) expect(part.bytes.includes(hidden)).toBe(false);
+      for (const part of view.parts)
+        for (const hidden of Object.values(HIDDEN)) expect(hidden.test(part.bytes.toString('latin1'))).toBe(false);
       // One copy only: the Bcc copies that reached the same domain are not theirs.
       expect((await list(user)).filter((x) => x.messageId === messageId)).toHaveLength(1);
     });
@@ -122,8 +129,8 @@ describe('scenario 2: Cc and Bcc', () => {
       expect([...(await verifyChain(s, m)).origin.recipients].sort()).toEqual(
         ['bob@example.net', 'carol@example.net', hidden].sort(),
       );
-      const other = HIDDEN.find((x) => !hidden.startsWith(x))!;
-      expect(readable(m)).not.toContain(other);
+      const other = Object.keys(HIDDEN).find((x) => !hidden.startsWith(x))!;
+      expect(readable(m)).not.toMatch(HIDDEN[other]!);
       const view = await render(user, m);
       expect(view.text).toBe(text);
       expect(view.attachments[0]!.bytes.equals(photo)).toBe(true);

@@ -335,6 +335,10 @@ describe('the local federation on fixed ports', () => {
       /0 \(random ports\) or a port from 1024/,
     );
     await expect(startLocalFederation({ ...options, portBase: 65530 })).rejects.toThrow(/leaves no room for 3 domains/);
+    // The Fetch standard's port blocking: undici and every browser refuse port 10080.
+    await expect(startLocalFederation({ ...options, portBase: 10070 })).rejects.toThrow(
+      '--port-base 10070 puts the Authorization Server of example.com on port 10080, which browsers and fetch refuse to connect to (a "bad port" of the Fetch standard); choose another',
+    );
     await expect(stat(options.dataDir)).rejects.toThrow(/ENOENT/);
   });
 });

@@ -2,7 +2,7 @@ import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { freePort, freePorts } from './ports.js';
+import { freePort, freePorts, isFetchBadPort } from './ports.js';
 
 const listen = (port: number) =>
   new Promise<() => Promise<void>>((resolve, reject) => {
@@ -25,6 +25,13 @@ describe('freePorts', () => {
     }
     const closers = await Promise.all(ports.map(listen));
     await Promise.all(closers.map((c) => c()));
+  });
+
+  it("never chooses a port browsers and fetch refuse to connect to (the Fetch standard's bad ports)", async () => {
+    expect(isFetchBadPort(10080)).toBe(true);
+    expect(isFetchBadPort(6000)).toBe(true);
+    expect(isFetchBadPort(10081)).toBe(false);
+    await expect(freePorts(1, { range: [10080, 10080] })).rejects.toThrow('no 1 free ports between 10080 and 10080');
   });
 
   it('leaves out a port that is taken, and says so when too few are left', async () => {

@@ -14,6 +14,23 @@ import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 
 const LOWEST = 10_000;
+
+/**
+ * The Fetch standard's "bad ports" (https://fetch.spec.whatwg.org/#port-blocking): browsers and undici's
+ * fetch refuse to connect to them ("bad port"), so no service a browser or a fetch must reach may listen on
+ * one. 10080 lies in the range ports are chosen from; a test once drew it.
+ */
+const FETCH_BAD_PORTS: ReadonlySet<number> = new Set([
+  1, 7, 9, 11, 13, 15, 17, 19, 20, 21, 22, 23, 25, 37, 42, 43, 53, 69, 77, 79, 87, 95, 101, 102, 103, 104, 109, 110,
+  111, 113, 115, 117, 119, 123, 135, 137, 139, 143, 161, 179, 389, 427, 465, 512, 513, 514, 515, 526, 530, 531, 532,
+  540, 548, 554, 556, 563, 587, 601, 636, 989, 990, 993, 995, 1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061,
+  6000, 6566, 6665, 6666, 6667, 6668, 6669, 6679, 6697, 10080,
+]);
+
+/** Whether browsers and fetch refuse `port` (see FETCH_BAD_PORTS). */
+export function isFetchBadPort(port: number): boolean {
+  return FETCH_BAD_PORTS.has(port);
+}
 /** Below the default ephemeral ranges of Linux (32768) and of macOS and Windows (49152). */
 const DEFAULT_EPHEMERAL_START = 32_768;
 
@@ -80,6 +97,7 @@ export async function freePorts(count: number, options: FreePortOptions = {}): P
     for (let tried = 0; ports.length < count; tried++) {
       if (tried >= span) throw new Error(`no ${count} free ports between ${low} and ${high} on ${host}`);
       candidate = candidate >= high ? low : candidate + 1;
+      if (isFetchBadPort(candidate)) continue;
       const server = await listenTcp(candidate, host);
       if (!server) continue;
       if (options.udp && !(await udpFree(candidate, host))) {

@@ -45,6 +45,21 @@ export function fixedPorts(base: number, index: number): DomainPorts {
   return { as: first, mailbox: first + 1, webmail: first + 2 };
 }
 
+/** Every port of the fixed layout of base `base`, with what listens there (for messages). */
+export function fixedLayout(base: number, domains: readonly string[]): { port: number; what: string }[] {
+  return [
+    { port: base, what: 'the DNS server' },
+    ...domains.flatMap((d, i) => {
+      const p = fixedPorts(base, i);
+      return [
+        { port: p.as, what: `the Authorization Server of ${d}` },
+        { port: p.mailbox, what: `the mailbox of ${d}` },
+        { port: p.webmail, what: `the webmail of ${d}` },
+      ];
+    }),
+  ];
+}
+
 export function highestFixedPort(base: number, domainCount: number): number {
   return fixedPorts(base, domainCount - 1).webmail;
 }

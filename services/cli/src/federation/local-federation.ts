@@ -11,7 +11,7 @@ import { createServer, type Server } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { DnsServer, freePorts } from '@federizer/common';
+import { DnsServer, freePorts, isFetchBadPort } from '@federizer/common';
 import type { ChildMessage, ParentMessage } from './domain-process.js';
 import type { DomainSpec, MailboxSettings, RunningDomain } from './domain-services.js';
 import {
@@ -22,6 +22,7 @@ import {
   DEFAULT_PORT_BASE,
   checkDomains,
   demoUserOf,
+  fixedLayout,
   fixedPorts,
   highestFixedPort,
   hostOf,
@@ -203,6 +204,13 @@ export async function startLocalFederation(options: LocalFederationOptions): Pro
     throw new TypeError(
       `--port-base ${portBase} leaves no room for ${domains.length} domains (up to port ${highestFixedPort(portBase, domains.length)})`,
     );
+  if (portBase > 0) {
+    const bad = fixedLayout(portBase, domains).find((l) => isFetchBadPort(l.port));
+    if (bad)
+      throw new TypeError(
+        `--port-base ${portBase} puts ${bad.what} on port ${bad.port}, which browsers and fetch refuse to connect to (a "bad port" of the Fetch standard); choose another`,
+      );
+  }
   const processes = options.processes ?? true;
   const dataDir = resolve(options.dataDir);
   const logLevel = options.logLevel ?? 'warn';
@@ -234,18 +242,7 @@ export async function startLocalFederation(options: LocalFederationOptions): Pro
     for (const domain of domains) dirs.set(domain, await ensureDomainDir(dataDir, domain));
     if (portBase > 0) {
       for (const [i, domain] of domains.entries()) portsOf.set(domain, fixedPorts(portBase, i));
-      const wanted = [
-        { port: portBase, what: 'the DNS server' },
-        ...domains.flatMap((d) => {
-          const p = portsOf.get(d)!;
-          return [
-            { port: p.as, what: `the Authorization Server of ${d}` },
-            { port: p.mailbox, what: `the mailbox of ${d}` },
-            { port: p.webmail, what: `the webmail of ${d}` },
-          ];
-        }),
-      ];
-      for (const { port, what } of wanted) {
+      for (const { port, what } of fixedLayout(portBase, domains)) {
         if (!(await isFree(port)))
           throw new PortInUseError(
             `port ${port} (${what}) is already in use: is another local federation running? Stop it, or choose another --port-base`,
