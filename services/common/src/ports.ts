@@ -31,6 +31,7 @@ const FETCH_BAD_PORTS: ReadonlySet<number> = new Set([
 export function isFetchBadPort(port: number): boolean {
   return FETCH_BAD_PORTS.has(port);
 }
+
 /** Below the default ephemeral ranges of Linux (32768) and of macOS and Windows (49152). */
 const DEFAULT_EPHEMERAL_START = 32_768;
 
