@@ -107,7 +107,7 @@ export class MailActions extends Store<ActionsState> {
       await action;
       this.setState({ problem: undefined });
     } catch (e) {
-      const problem = `${failed.charAt(0).toUpperCase()}${failed.slice(1)}: ${(e as Error).message}`;
+      const problem = `${capitalized(failed)}: ${(e as Error).message}`;
       this.setState({ problem });
     }
   }
