@@ -211,6 +211,29 @@ describe.each(testDatabases())('sending ($name)', (database) => {
     ).toBe('resource_not_held');
   });
 
+  it('PROTOCOL §4.1: the declared size is the size parameter as §2 parses it (RFC 2045 names, any case)', async () => {
+    const text = await upload('size as parsed');
+    const withType = (type0: string): Message => {
+      const message = draft('bob@example.com', text);
+      const leaf = message.body.parts[0]!.headers as Record<string, unknown>[];
+      leaf[2] = { 'Content-Type': [type0, 'text/plain; charset=utf-8'] };
+      return message;
+    };
+    const base = 'message/external-body; access-type="x-content-addressed-uri"; hash-algorithm="sha256"';
+    const send = async (message: Message) => {
+      const res = await api('/messages/send', { method: 'POST', body: { message } });
+      return { status: res.status, body: (await res.json()) as { error?: string } };
+    };
+    // Parameter names are case-insensitive (RFC 2045 §5.1): SIZE is the size.
+    expect((await send(withType(`${base}; SIZE="${text.size}"`))).status).toBe(202);
+    // x-size is another parameter: the size is the one named size, whatever comes before it.
+    expect((await send(withType(`${base}; x-size="1"; size="${text.size}"`))).status).toBe(202);
+    expect(await send(withType(`${base}; x-size="${text.size}"; size="${text.size + 1}"`))).toMatchObject({
+      status: 400,
+      body: { error: 'resource_size_mismatch' },
+    });
+  });
+
   it('PROTOCOL §2: a malformed draft is refused with the parser rule (400 invalid_message)', async () => {
     const res = await api('/messages/send', {
       method: 'POST',

@@ -9,6 +9,7 @@ import express, { type NextFunction, type Request, type Response, type Router } 
 import {
   ProtocolError,
   assertionDigest,
+  parseExternalBody,
   ORIGIN_EHL,
   domainOf,
   ehtOrUndefined,
@@ -67,18 +68,18 @@ export class SendError extends Error {
 /** Each leaf part's Content-ID and declared size (the resources the copy shares). */
 export function leaves(body: Body): { contentId: string; size: number; mediaType: string }[] {
   const out: { contentId: string; size: number; mediaType: string }[] = [];
-  const walk = (parts: readonly Part[]) => {
-    for (const part of parts) {
-      if (part.parts) {
-        walk(part.parts);
-        continue;
-      }
+  const walk = (parts: readonly Part[], path: string) => {
+    parts.forEach((part, i) => {
+      if (part.parts) return walk(part.parts, `${path}[${i}].parts`);
       const cid = headerValue(part.headers, 'Content-ID')!;
       const type = part.headers.find((h) => Object.hasOwn(h, 'Content-Type'))!['Content-Type'] as readonly string[];
-      out.push({ contentId: cid, size: Number(/size="?(\d+)"?/.exec(type[0]!)![1]), mediaType: type[1]! });
-    }
+      // The size as validateMessage read it (§2): parameter names are case-insensitive, and a parameter
+      // merely ending in "size" (x-size) is another one.
+      const { size } = parseExternalBody(type[0]!, `${path}[${i}].headers`);
+      out.push({ contentId: cid, size, mediaType: type[1]! });
+    });
   };
-  walk(body.parts);
+  walk(body.parts, 'body.parts');
   return out;
 }
 
