@@ -255,7 +255,7 @@ export async function verifyAssertion(
   try {
     const { header, payload, alg } = checkAssertionHeader(token, options.algorithms);
     const issuer = await checkIssuer(payload, options.senderDomain, options.trust);
-    await verifySignature(token, await options.trust.keyFor(issuer, header), alg);
+    await verifySignature(token, await options.trust.keyFor(issuer, header, options.senderDomain), alg);
     const claims = checkAssertionClaims(payload, options);
     await checkAzp(claims, options.senderDomain, options.trust);
     return { header, claims };

@@ -437,6 +437,44 @@ describe('Discovery redirects (PROTOCOL §8, design Note 1)', () => {
   });
 });
 
+describe('PROTOCOL §8: development mode allows http, it does not require it', () => {
+  const plain = 'http://as1.example.com:8443/.well-known/oauth-authorization-server';
+  const tls = 'https://as1.example.com:8443/.well-known/oauth-authorization-server';
+  const meta = { ...AS_META, issuer: 'https://as1.example.com:8443' };
+
+  it('asks a target that refuses the plain connection again over https', async () => {
+    const { discovery, urls } = setup({
+      srv: { [AS_SRV]: srv(['as1.example.com', 8443]) },
+      routes: { [plain]: networkError(), [tls]: json(meta) },
+      options: { allowHttp: true },
+    });
+    expect(await discovery.authorizationServer('example.com')).toMatchObject({
+      issuer: meta.issuer,
+      baseUrl: 'https://as1.example.com:8443',
+    });
+    expect(urls()).toEqual([plain, tls]);
+  });
+
+  it('does not ask again over https after an HTTP answer', async () => {
+    const { discovery, urls } = setup({
+      srv: { [AS_SRV]: srv(['as1.example.com', 8443]) },
+      routes: { [plain]: text('down', 503), [tls]: json(meta) },
+      options: { allowHttp: true },
+    });
+    await rejection(discovery.authorizationServer('example.com'), 'discovery_failed', /HTTP 503/);
+    expect(urls()).toEqual([plain]);
+  });
+
+  it('never tries http outside development mode', async () => {
+    const { discovery, urls } = setup({
+      srv: { [AS_SRV]: srv(['as1.example.com', 8443]) },
+      routes: { [plain]: json(meta), [tls]: networkError() },
+    });
+    await rejection(discovery.authorizationServer('example.com'), 'discovery_failed');
+    expect(urls()).toEqual([tls]);
+  });
+});
+
 describe('Discovery development mode redirects', () => {
   it('follows a redirect to http:// when allowHttp is set', async () => {
     const base = 'http://as1.example.com:8080';
@@ -453,6 +491,15 @@ describe('Discovery development mode redirects', () => {
   });
 });
 
+describe('PROTOCOL §8: the issuer is authoritative', () => {
+  it('takes an issuer on another origin than the SRV target (hosted AS, issuer with a path)', async () => {
+    const issuer = 'https://id.example.org/tenants/example-com';
+    const { discovery } = setup({ routes: { [AS_URL]: json({ ...AS_META, issuer }) } });
+    expect(await discovery.issuerFor('example.com')).toBe(issuer);
+    await expect(discovery.keyFor(issuer, { alg: 'ES256', kid: 'k1' }, 'example.com')).resolves.toBeDefined();
+  });
+});
+
 describe('RFC 8414 metadata validation', () => {
   const cases: Array<[rule: string, route: Route, message: RegExp]> = [
     ['the document is JSON', text('<html>'), /not a JSON document/],
@@ -462,11 +509,6 @@ describe('RFC 8414 metadata validation', () => {
     ['issuer is a URL', json({ ...AS_META, issuer: 'as1.example.com' }), /"issuer" must be an absolute URL/],
     ['issuer has no query', json({ ...AS_META, issuer: `${ISSUER}/?tenant=1` }), /"issuer" must not have a query/],
     ['issuer has no fragment', json({ ...AS_META, issuer: `${ISSUER}/#x` }), /"issuer" must not have a fragment/],
-    [
-      'issuer lives on the origin that served it',
-      json({ ...AS_META, issuer: 'https://as.example.org' }),
-      /"issuer" .* not on the origin/,
-    ],
     ['jwks_uri is present', json({ ...AS_META, jwks_uri: undefined }), /"jwks_uri" must be a non-empty string/],
     ['jwks_uri is a URL', json({ ...AS_META, jwks_uri: 'jwks' }), /"jwks_uri" must be an absolute URL/],
     ['token_endpoint is present', json({ ...AS_META, token_endpoint: undefined }), /"token_endpoint"/],
@@ -578,38 +620,58 @@ describe('Discovery.keyFor (PROTOCOL §5.4)', () => {
 
   it('finds the key by kid, and it verifies', async () => {
     const { discovery } = await discovered();
-    const key = await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' });
+    const key = await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com');
     await expect(compactVerify(await sign(k1.privateKey, 'k1'), key)).resolves.toBeDefined();
   });
 
   it('imports a key once and fetches the JWKS once', async () => {
     const { discovery, fetchesOf } = await discovered();
     const [a, b] = await Promise.all([
-      discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }),
-      discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }),
+      discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com'),
+      discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com'),
     ]);
     expect(a).toBe(b);
-    expect(await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' })).toBe(a);
+    expect(await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com')).toBe(a);
     expect(fetchesOf(JWKS_URL)).toBe(1);
   });
 
-  it('PROTOCOL §5.3: an issuer never discovered has no keys', async () => {
-    const { discovery, httpCalls } = setup();
-    await rejection(discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }), 'issuer_mismatch', ISSUER);
-    expect(httpCalls).toHaveLength(0);
+  it("PROTOCOL §5.3: an issuer that the domain's AS metadata does not name has no keys there", async () => {
+    const { discovery, fetchesOf } = setup();
+    const other = 'https://as.example.org';
+    await rejection(discovery.keyFor(other, { alg: 'ES256', kid: 'k1' }, 'example.com'), 'issuer_mismatch', other);
+    expect(fetchesOf(JWKS_URL)).toBe(0);
+  });
+
+  it("PROTOCOL §8: a domain claiming another's issuer lends it none of its keys (keys are per domain)", async () => {
+    // example.net's metadata names example.com's issuer, with a JWKS of its own holding a key under kid k1.
+    const evil = await es256('k1');
+    const netAs = 'https://as.example.net/.well-known/oauth-authorization-server';
+    const netJwks = 'https://as.example.net/jwks';
+    const { discovery } = setup({
+      srv: { '_federizer._as._tcp.example.net': srv(['as.example.net']) },
+      routes: { [netAs]: json({ ...AS_META, jwks_uri: netJwks }), [netJwks]: json({ keys: [evil.publicJwk] }) },
+    });
+    expect(await discovery.issuerFor('example.net')).toBe(ISSUER);
+    const header = { alg: 'ES256', kid: 'k1' };
+    const netKey = await discovery.keyFor(ISSUER, header, 'example.net');
+    await expect(compactVerify(await sign(evil.privateKey, 'k1'), netKey)).resolves.toBeDefined();
+    // example.com's assertions are still verified with example.com's JWKS, whichever domain was looked up first.
+    const comKey = await discovery.keyFor(ISSUER, header, 'example.com');
+    await expect(compactVerify(await sign(k1.privateKey, 'k1'), comKey)).resolves.toBeDefined();
+    await expect(compactVerify(await sign(evil.privateKey, 'k1'), comKey)).rejects.toThrow();
   });
 
   it('RFC 7517: a key whose use is not sig is ignored', async () => {
     const { discovery } = await discovered({
       routes: { [JWKS_URL]: json({ keys: [{ ...k1.publicJwk, use: 'enc' }] }) },
     });
-    await rejection(discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }), 'unknown_key', JWKS_URL);
+    await rejection(discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com'), 'unknown_key', JWKS_URL);
   });
 
   it('RFC 7517: a key of another type than the alg needs is ignored', async () => {
     const { discovery } = await discovered();
-    await rejection(discovery.keyFor(ISSUER, { alg: 'RS256', kid: 'k1' }), 'unknown_key');
-    await rejection(discovery.keyFor(ISSUER, { alg: 'EdDSA', kid: 'k1' }), 'unknown_key');
+    await rejection(discovery.keyFor(ISSUER, { alg: 'RS256', kid: 'k1' }, 'example.com'), 'unknown_key');
+    await rejection(discovery.keyFor(ISSUER, { alg: 'EdDSA', kid: 'k1' }, 'example.com'), 'unknown_key');
   });
 
   it('selects the only compatible key when the header has no kid', async () => {
@@ -617,72 +679,84 @@ describe('Discovery.keyFor (PROTOCOL §5.4)', () => {
     const { discovery } = await discovered({
       routes: { [JWKS_URL]: json({ keys: [other, { ...k1.publicJwk, kid: undefined }] }) },
     });
-    const key = await discovery.keyFor(ISSUER, { alg: 'ES256' });
+    const key = await discovery.keyFor(ISSUER, { alg: 'ES256' }, 'example.com');
     await expect(compactVerify(await sign(k1.privateKey, 'k1'), key)).resolves.toBeDefined();
   });
 
   it('PROTOCOL §5.4: an unknown kid refetches the JWKS at most once a minute', async () => {
     const { discovery, clock, fetchesOf } = await discovered();
-    await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' });
+    await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com');
     clock.t += 30_000;
-    await rejection(discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'nope' }), 'unknown_key', /kid "nope"/);
+    await rejection(
+      discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'nope' }, 'example.com'),
+      'unknown_key',
+      /kid "nope"/,
+    );
     expect(fetchesOf(JWKS_URL)).toBe(1);
     clock.t += 30_000;
-    await rejection(discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'nope' }), 'unknown_key');
+    await rejection(discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'nope' }, 'example.com'), 'unknown_key');
     expect(fetchesOf(JWKS_URL)).toBe(2);
     clock.t += 59_000;
-    await rejection(discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'nope' }), 'unknown_key');
+    await rejection(discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'nope' }, 'example.com'), 'unknown_key');
     expect(fetchesOf(JWKS_URL)).toBe(2);
   });
 
   it('picks up a rotated key once the minute has passed', async () => {
     const { discovery, clock, routes, fetchesOf } = await discovered();
-    await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' });
+    await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com');
     routes[JWKS_URL] = json({ keys: [k1.publicJwk, k2.publicJwk] });
     clock.t += 10_000;
-    await rejection(discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k2' }), 'unknown_key');
+    await rejection(discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k2' }, 'example.com'), 'unknown_key');
     clock.t += 50_000;
-    const key = await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k2' });
+    const key = await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k2' }, 'example.com');
     await expect(compactVerify(await sign(k2.privateKey, 'k2'), key)).resolves.toBeDefined();
-    expect(await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' })).toBeDefined();
+    expect(await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com')).toBeDefined();
     expect(fetchesOf(JWKS_URL)).toBe(2);
   });
 
   it('keeps the keys that verify when a refetch fails', async () => {
     const { discovery, clock, routes } = await discovered();
-    const key = await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' });
+    const key = await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com');
     routes[JWKS_URL] = text('down', 503);
     clock.t += 60_000;
-    await rejection(discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k2' }), 'discovery_failed', `${JWKS_URL}: HTTP 503`);
-    expect(await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' })).toBe(key);
+    await rejection(
+      discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k2' }, 'example.com'),
+      'discovery_failed',
+      `${JWKS_URL}: HTTP 503`,
+    );
+    expect(await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com')).toBe(key);
   });
 
   it('caches the JWKS for the TTL of the AS result it came from', async () => {
     const { discovery, clock, fetchesOf } = await discovered();
-    await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' });
+    await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com');
     clock.t += 599_000;
-    await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' });
+    await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com');
     expect(fetchesOf(JWKS_URL)).toBe(1);
     clock.t += 1000;
-    await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' });
+    await discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com');
     expect(fetchesOf(JWKS_URL)).toBe(2);
   });
 
   it('fetches the JWKS with the same redirect rules', async () => {
     const moved = 'https://keys.example.com/as1.json';
     const { discovery } = await discovered({ routes: { [JWKS_URL]: redirect(moved), [moved]: json(jwks) } });
-    await expect(discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' })).resolves.toBeDefined();
+    await expect(discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com')).resolves.toBeDefined();
   });
 
   it('PROTOCOL §8: a JWKS redirect to http:// is refused', async () => {
     const { discovery } = await discovered({ routes: { [JWKS_URL]: redirect('http://keys.example.com/as1.json') } });
-    await rejection(discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }), 'discovery_failed', /refused/);
+    await rejection(
+      discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com'),
+      'discovery_failed',
+      /refused/,
+    );
   });
 
   it('RFC 7517: a JWKS without a keys array is invalid', async () => {
     const { discovery } = await discovered({ routes: { [JWKS_URL]: json({ key: [] }) } });
     await rejection(
-      discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }),
+      discovery.keyFor(ISSUER, { alg: 'ES256', kid: 'k1' }, 'example.com'),
       'discovery_invalid_metadata',
       `${JWKS_URL}: "keys"`,
     );

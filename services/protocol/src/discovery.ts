@@ -263,6 +263,9 @@ function transient(error: ProtocolError): ProtocolError {
   return error;
 }
 
+/** Failures where the request got no HTTP answer at all (refused, reset, not HTTP), before any time-out. */
+const unanswered = new WeakSet<object>();
+
 function isTransient(error: unknown): error is ProtocolError {
   return error instanceof ProtocolError && transientErrors.has(error);
 }
@@ -359,16 +362,14 @@ function urlField(doc: Record<string, unknown>, field: string, url: string, allo
 }
 
 /**
- * RFC 8414 §3.3 ties the issuer to the URL its metadata came from. SRV targets and redirects make the exact
- * rule inapplicable, so the issuer must at least share the origin that served it: otherwise any domain
- * could claim another's issuer, and `keyFor` would then hand out the impostor's keys for it (§6.2).
+ * §8: the metadata's `issuer` is authoritative, wherever it points: SRV targets, redirects and hosting (one AS
+ * for many domains, an issuer with a path) make RFC 8414 §3.3's rule (the issuer is the URL the metadata was
+ * fetched under) inapplicable. A domain claiming another's issuer gains nothing: `keyFor` takes the keys of
+ * the JWKS that the verified domain's own metadata names, never an issuer-wide table.
  */
 function issuerField(doc: Record<string, unknown>, url: string, allowHttp: boolean): string {
   const issuer = urlField(doc, 'issuer', url, allowHttp);
   if (issuer.includes('?')) throw invalidField(url, 'issuer', 'must not have a query');
-  if (new URL(issuer).origin !== new URL(url).origin) {
-    throw invalidField(url, 'issuer', `${JSON.stringify(issuer)} is not on the origin that served the metadata`);
-  }
   return issuer;
 }
 
@@ -428,7 +429,9 @@ interface Discovered {
   ttlSeconds: number;
 }
 
-interface IssuerSource {
+/** What a domain's AS metadata says about its keys. */
+interface KeySource {
+  issuer: string;
   jwksUri: string;
   ttlSeconds: number;
 }
@@ -447,8 +450,8 @@ export class Discovery implements TrustResolver {
   readonly #servers: TtlCache<AuthorizationServerInfo>;
   readonly #mailboxes: TtlCache<MailboxMetadata>;
   readonly #jwks: TtlCache<JWK[]>;
-  /** Every issuer an AS lookup has vouched for, so that `keyFor` needs no domain. */
-  readonly #issuers = new Map<string, IssuerSource>();
+  /** Per domain, the issuer and JWKS its latest AS lookup found (`keyFor` reads the domain's own). */
+  readonly #keySources = new Map<string, KeySource>();
   readonly #jwksFetchedAt = new Map<string, number>();
   readonly #imported = new Map<string, Promise<VerificationKey>>();
 
@@ -475,7 +478,7 @@ export class Discovery implements TrustResolver {
     return this.#servers.get(name, async () => {
       const found = await this.#discover(name, AS_PATH);
       const { issuer, jwksUri, metadata } = checkAsMetadata(found.document, found.url, this.#allowHttp);
-      this.#issuers.set(issuer, { jwksUri, ttlSeconds: found.ttlSeconds });
+      this.#keySources.set(normalizeDomain(domain), { issuer, jwksUri, ttlSeconds: found.ttlSeconds });
       return { value: { issuer, metadata, baseUrl: found.baseUrl }, ttlSeconds: found.ttlSeconds };
     });
   }
@@ -498,16 +501,22 @@ export class Discovery implements TrustResolver {
     return (await this.mailbox(domain)).mta_client_id;
   }
 
-  /** §5.4: from the JWKS of an issuer found by `authorizationServer`; one refetch a minute on an unknown kid. */
-  async keyFor(issuer: string, header: JWSHeaderParameters): Promise<VerificationKey> {
-    const source = this.#issuers.get(issuer);
-    if (source === undefined) {
-      throw new ProtocolError('issuer_mismatch', `${issuer}: not the issuer of any authorization server discovered`);
+  /**
+   * §5.4: from the JWKS that `domain`'s AS metadata names, whose `issuer` must be `issuer`; one refetch a
+   * minute on an unknown kid. Keys are looked up per domain: the same issuer claimed by another domain's
+   * metadata (with another JWKS) never lends its keys to this one.
+   */
+  async keyFor(issuer: string, header: JWSHeaderParameters, domain: string): Promise<VerificationKey> {
+    const found = await this.authorizationServer(domain);
+    const source = this.#keySources.get(normalizeDomain(domain));
+    if (found.issuer !== issuer || source === undefined || source.issuer !== issuer) {
+      throw new ProtocolError('issuer_mismatch', `${issuer}: not the issuer ${srvName('as', domain)} leads to`);
     }
-    const cacheKey = `${issuer}\n${source.jwksUri}`;
-    const load = (): Promise<Loaded<JWK[]>> => this.#loadJwks(issuer, source);
+    // The JWKS is cached by its URL: several domains hosted on one AS share it.
+    const cacheKey = source.jwksUri;
+    const load = (): Promise<Loaded<JWK[]>> => this.#loadJwks(source);
     let jwk = selectJwk(await this.#jwks.get(cacheKey, load), header);
-    if (jwk === undefined && this.#mayRefetchJwks(issuer)) {
+    if (jwk === undefined && this.#mayRefetchJwks(source.jwksUri)) {
       jwk = selectJwk(await this.#jwks.refresh(cacheKey, load), header);
     }
     if (jwk === undefined || header.alg === undefined) {
@@ -518,14 +527,14 @@ export class Discovery implements TrustResolver {
     return this.#importOnce(jwk, header.alg);
   }
 
-  #mayRefetchJwks(issuer: string): boolean {
-    const last = this.#jwksFetchedAt.get(issuer);
+  #mayRefetchJwks(jwksUri: string): boolean {
+    const last = this.#jwksFetchedAt.get(jwksUri);
     return last === undefined || this.#now() - last >= this.#jwksMinRefetchMs;
   }
 
-  async #loadJwks(issuer: string, source: IssuerSource): Promise<Loaded<JWK[]>> {
+  async #loadJwks(source: KeySource): Promise<Loaded<JWK[]>> {
     // Counted at the attempt, not the success: a failing JWKS endpoint is not hammered either.
-    this.#jwksFetchedAt.set(issuer, this.#now());
+    this.#jwksFetchedAt.set(source.jwksUri, this.#now());
     const { url, document } = await this.#fetchJson(source.jwksUri);
     return { value: checkJwks(document, url), ttlSeconds: source.ttlSeconds };
   }
@@ -550,8 +559,16 @@ export class Discovery implements TrustResolver {
     const failures: ProtocolError[] = [];
     for (const record of orderSrv(answer.records, this.#random)) {
       try {
-        const baseUrl = this.#baseUrl(name, record);
-        return { baseUrl, ttlSeconds, ...(await this.#fetchJson(baseUrl + path)) };
+        let baseUrl = this.#baseUrl(name, record);
+        try {
+          return { baseUrl, ttlSeconds, ...(await this.#fetchJson(baseUrl + path)) };
+        } catch (error) {
+          // Development mode allows http, it does not require it: a target that refused the plain connection
+          // (it speaks TLS) is asked again over https. A time-out or an HTTP answer is not retried.
+          if (!this.#allowHttp || !unanswered.has(error as object)) throw error;
+          baseUrl = `https${baseUrl.slice('http'.length)}`;
+          return { baseUrl, ttlSeconds, ...(await this.#fetchJson(baseUrl + path)) };
+        }
       } catch (error) {
         if (!isTransient(error)) throw error;
         failures.push(error);
@@ -626,7 +643,9 @@ export class Discovery implements TrustResolver {
       return await deadline.race(Promise.resolve().then(() => this.#httpGet(url, init)));
     } catch (cause) {
       const why = deadline.expired ? `timed out after ${this.#timeoutMs} ms` : messageOf(cause);
-      throw transient(new ProtocolError('discovery_failed', `${url}: ${why}`, { cause }));
+      const error = transient(new ProtocolError('discovery_failed', `${url}: ${why}`, { cause }));
+      if (!deadline.expired) unanswered.add(error);
+      throw error;
     }
   }
 

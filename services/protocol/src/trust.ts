@@ -12,8 +12,11 @@ export type VerificationKey = CryptoKey | KeyObject;
 export interface TrustResolver {
   /** §5.3: the `issuer` of the AS metadata that `_federizer._as._tcp.<domain>` leads to. */
   issuerFor(domain: string): Promise<string>;
-  /** §5.4: the key of `issuer`'s JWKS that verifies a JWS with this protected header. */
-  keyFor(issuer: string, header: JWSHeaderParameters): Promise<VerificationKey>;
+  /**
+   * §5.4: the key that verifies a JWS with this protected header, from the JWKS of `domain`'s AS, whose
+   * issuer must be `issuer` (keys are per domain: another domain claiming the same issuer lends it none).
+   */
+  keyFor(issuer: string, header: JWSHeaderParameters, domain: string): Promise<VerificationKey>;
   /** §5.7: the `mta_client_id` of the mailbox that `_federizer._rs._tcp.<domain>` leads to. */
   mtaClientIdFor(domain: string): Promise<string>;
 }
@@ -48,10 +51,10 @@ export class StaticTrust implements TrustResolver {
     return this.domain(domain).mtaClientId;
   }
 
-  async keyFor(issuer: string, header: JWSHeaderParameters): Promise<VerificationKey> {
-    const entry = Object.values(this.domains).find((d) => d.issuer === issuer);
-    if (entry === undefined) throw new ProtocolError('issuer_mismatch', `${issuer} is not a known issuer`);
-    const cacheKey = `${issuer} ${String(header.kid)} ${String(header.alg)}`;
+  async keyFor(issuer: string, header: JWSHeaderParameters, domain: string): Promise<VerificationKey> {
+    const entry = this.domain(domain);
+    if (entry.issuer !== issuer) throw new ProtocolError('issuer_mismatch', `${issuer} is not the issuer of ${domain}`);
+    const cacheKey = `${domain} ${String(header.kid)} ${String(header.alg)}`;
     let key = this.keys.get(cacheKey);
     if (key === undefined) {
       key = keyFromJwks({ keys: [...entry.jwks.keys] }, header);

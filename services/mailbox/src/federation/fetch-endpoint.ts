@@ -129,7 +129,7 @@ export async function checkAccessToken(
         'invalid_token',
         `iss ${String(claims.iss)} is not ${issuer}, the issuer of ${fetch.domain}`,
       );
-    await verifySignature(token, await deps.trust.keyFor(issuer, header), alg);
+    await verifySignature(token, await deps.trust.keyFor(issuer, header, fetch.domain), alg);
     payload = claims;
   } catch (e) {
     if (e instanceof FetchError) throw e;

@@ -226,7 +226,7 @@ async function receiveTransfer(req: Request, ctx: Context): Promise<Answer> {
   try {
     const issuer = await checkIssuerThroughDns(payload, senderDomain, deps.trust);
     // 4. signature
-    await checkSignature(token, header, alg, issuer, deps.trust);
+    await checkSignature(token, header, alg, issuer, senderDomain, deps.trust);
     // 5. exp, iat, scope
     claims = checkClaims(payload, newest.kind, nowMs);
     // 6. DPoP
@@ -469,9 +469,12 @@ function checkSignature(
   header: JWSHeaderParameters,
   alg: JwsAlg,
   issuer: string,
+  senderDomain: string,
   trust: TrustResolver,
 ): Promise<void> {
-  return during('token', 'the assertion', async () => verifySignature(token, await trust.keyFor(issuer, header), alg));
+  return during('token', 'the assertion', async () =>
+    verifySignature(token, await trust.keyFor(issuer, header, senderDomain), alg),
+  );
 }
 
 /** §5.5: the claims' shape, `iat` not in the future, `exp` not past, `scope`, and `ehl` for the block. */
