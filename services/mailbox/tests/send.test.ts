@@ -234,6 +234,17 @@ describe.each(testDatabases())('sending ($name)', (database) => {
     });
   });
 
+  it('PROTOCOL §4.1: a draft holding a header only mailboxes write is refused (400 invalid_message)', async () => {
+    const text = await upload('stamped already');
+    const message = draft('bob@example.com', text, [{ 'Body-Digest': `<${'B'.repeat(43)}>` }]);
+    const res = await api('/messages/send', { method: 'POST', body: { message } });
+    expect(res.status).toBe(400);
+    expect(await res.json()).toMatchObject({
+      error: 'invalid_message',
+      error_description: expect.stringMatching(/Body-Digest/),
+    });
+  });
+
   it('PROTOCOL §2: a malformed draft is refused with the parser rule (400 invalid_message)', async () => {
     const res = await api('/messages/send', {
       method: 'POST',

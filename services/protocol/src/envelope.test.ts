@@ -155,6 +155,19 @@ describe('prepareSend (PROTOCOL §4.2): Date, Recipients-Digest, Body-Digest on 
     expect(thrown(() => draftHeaders(draft([{ Date: DATE_PLUS_ONE }]))).code).toBe('invalid_chain');
   });
 
+  it.each([
+    ['Recipients-Digest', `<${'R'.repeat(43)}>`],
+    ['Body-Digest', `<${'B'.repeat(43)}>`],
+    ['JWT-Assertion-Digest', `<${'J'.repeat(43)}>`],
+    ['Received', 'from example.com by example.net; Sun, 22 Dec 2024 20:49:35 +0100'],
+    ['Forwarded-From', 'bob@example.net'],
+    ['Forwarded-To', 'bobby@example.org'],
+  ])('PROTOCOL §4.1: a draft holding %s, which only mailboxes write, is rejected', (name, value) => {
+    const err = thrown(() => prepareSend(draft([{ [name]: value }]), { date: NOW }));
+    expect(err.code).toBe('invalid_header');
+    expect(err.message).toContain(`no ${name} header`);
+  });
+
   it('PROTOCOL §2: a draft has exactly one headers block; an envelope with an assertion is rejected', () => {
     const sent: Message = { envelope: [{ 'jwt-assertion': JWS1 }, ...draft().envelope], body: BODY };
     expect(thrown(() => prepareSend(sent, { date: NOW })).code).toBe('invalid_chain');
@@ -176,10 +189,15 @@ describe('prepareSend (PROTOCOL §4.3): one copy per distinct view of the recipi
   const BCC = 'dave@example.net, Eve <eve@example.org>, bob@example.net, Dave <dave@EXAMPLE.NET>';
   const copies = () => prepareSend(draft([], BCC), { date: NOW, offsetMinutes: 60 });
 
-  it('one To/Cc copy plus one copy per distinct Bcc recipient not already in To/Cc', () => {
+  it('one To/Cc copy plus one copy per distinct Bcc recipient', () => {
     const c = copies();
-    expect(c).toHaveLength(3);
-    expect(c.map((x) => x.view)).toEqual(['to-cc', { bcc: 'dave@example.net' }, { bcc: 'eve@example.org' }]);
+    expect(c).toHaveLength(4);
+    expect(c.map((x) => x.view)).toEqual([
+      'to-cc',
+      { bcc: 'dave@example.net' },
+      { bcc: 'eve@example.org' },
+      { bcc: 'bob@example.net' },
+    ]);
   });
 
   it('the To/Cc copy carries no Bcc and goes to the To/Cc recipients', () => {
@@ -211,7 +229,7 @@ describe('prepareSend (PROTOCOL §4.3): one copy per distinct view of the recipi
       expect(valueOf(headers, 'Recipients-Digest')).toBe(expectedRecipientsDigest(headers));
       expect(copy.exchangeHeaders[2]).toEqual({ 'Recipients-Digest': valueOf(headers, 'Recipients-Digest') });
     }
-    expect(new Set(c.map((x) => valueOf(headersOf(x.message), 'Recipients-Digest'))).size).toBe(3);
+    expect(new Set(c.map((x) => valueOf(headersOf(x.message), 'Recipients-Digest'))).size).toBe(4);
   });
 
   it('every copy shares Date, Body-Digest and the body', () => {
@@ -223,16 +241,18 @@ describe('prepareSend (PROTOCOL §4.3): one copy per distinct view of the recipi
     }
   });
 
-  it('a Bcc recipient who is also in To gets no extra copy', () => {
+  it('PROTOCOL §4.3: a Bcc recipient who is also in To gets a Bcc copy too ("each Bcc recipient gets a copy")', () => {
     const c = prepareSend(draft([], 'Bob <bob@example.net>'), { date: NOW });
-    expect(c).toHaveLength(1);
-    expect(c[0]!.view).toBe('to-cc');
+    expect(c.map((x) => x.view)).toEqual(['to-cc', { bcc: 'bob@example.net' }]);
     expect(names(headersOf(c[0]!.message))).not.toContain('Bcc');
+    expect(valueOf(headersOf(c[1]!.message), 'Bcc')).toBe('Bob <bob@example.net>');
+    expect(c[0]!.recipients).toContain('bob@example.net');
+    expect(c[1]!.recipients).toEqual(['bob@example.net']);
   });
 
-  it('a Bcc recipient who is also in Cc gets no extra copy', () => {
+  it('PROTOCOL §4.3: a Bcc recipient who is also in Cc gets a Bcc copy too', () => {
     const c = prepareSend(draft([], 'jane@example.net'), { date: NOW });
-    expect(c).toHaveLength(1);
+    expect(c.map((x) => x.view)).toEqual(['to-cc', { bcc: 'jane@example.net' }]);
   });
 
   it('only Bcc recipients: no To/Cc copy, one copy each', () => {

@@ -47,8 +47,25 @@ export function draftHeaders(draft: Message): readonly Header[] {
       path: 'envelope[0].headers',
     });
   }
+  // Stamping would add a second one (§4.2), and every receiver refuses a block holding two (§7.4).
+  const stamped = MAILBOX_HEADERS.find((name) => findHeader(only.headers, name) !== undefined);
+  if (stamped !== undefined) {
+    throw new ProtocolError('invalid_header', `a draft has no ${stamped} header: only mailboxes write it`, {
+      path: 'envelope[0].headers',
+    });
+  }
   return only.headers;
 }
+
+/** §4.1: the headers that only mailboxes write, never a draft. */
+const MAILBOX_HEADERS = [
+  'Recipients-Digest',
+  'Body-Digest',
+  'JWT-Assertion-Digest',
+  'Received',
+  'Forwarded-From',
+  'Forwarded-To',
+] as const;
 
 /** Formats a mailbox for a header value: `Name <addr>`, the name quoted when it needs to be. */
 export function formatMailbox(box: Mailbox): string {
@@ -84,8 +101,9 @@ function addressesIn(headers: readonly Header[], names: readonly string[]): Mail
 
 /**
  * §4.2–4.3: stamps Date, Recipients-Digest and Body-Digest on a draft and splits it into one copy per
- * distinct view: the To/Cc copy carries no Bcc; each Bcc recipient (not already a To/Cc recipient) gets
- * a copy whose Bcc names that recipient alone.
+ * distinct view: the To/Cc copy carries no Bcc; each Bcc recipient gets a copy whose Bcc names that
+ * recipient alone, also one who is a To or Cc recipient too (§4.3 makes no exception: that copy tells them
+ * they were also a blind recipient, which the To/Cc copy does not).
  */
 export function prepareSend(draft: Message, options: SendOptions): OutgoingCopy[] {
   const headers = draftHeaders(draft);
@@ -112,7 +130,7 @@ export function prepareSend(draft: Message, options: SendOptions): OutgoingCopy[
   const bccDone = new Set<string>();
   for (const box of addressesIn(headers, ['Bcc'])) {
     const address = normalizeAddress(box.address);
-    if (visibleSet.has(address) || bccDone.has(address)) continue;
+    if (bccDone.has(address)) continue;
     bccDone.add(address);
     // the Bcc header keeps its place among the headers, holding this recipient alone
     const blockHeaders = headers.map((h) => (Object.hasOwn(h, 'Bcc') ? { Bcc: formatMailbox(box) } : h));
