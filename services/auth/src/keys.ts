@@ -3,6 +3,11 @@
  * (plus a day) after retirement, so assertions already sent stay verifiable for as long as they are valid
  * (PROTOCOL.md §4.6). Keys live in the database, so every replica signs with the same current key and a
  * rotation made by one (on its schedule or by the admin API) is picked up by the others on their next check.
+ *
+ * A scheduled rotation publishes the next key an hour (PREPUBLISH_MS) before it signs anything: a verifier
+ * may cache the JWKS that long (§8.4) and refetches it at most once a minute on an unknown kid (§5.4), so a
+ * key used as soon as it is made would have transfers refused for up to a minute. The admin API's rotation
+ * is immediate: it is for a key that must stop signing now.
  */
 import { randomUUID } from 'node:crypto';
 import { exportJWK, generateKeyPair, importJWK, type CryptoKey, type JWK, type JWSHeaderParameters } from 'jose';
@@ -35,6 +40,8 @@ export interface KeyRingOptions {
 }
 
 const DAY_MS = 24 * 3600 * 1000;
+/** How long a scheduled key is published before it becomes current: the longest JWKS cache of §8.4. */
+export const PREPUBLISH_MS = 3600 * 1000;
 const PUBLIC_MEMBERS: Record<string, readonly string[]> = {
   EC: ['kty', 'crv', 'x', 'y'],
   OKP: ['kty', 'crv', 'x'],
@@ -54,6 +61,21 @@ async function newKey(alg: JwsAlg): Promise<JWK> {
     ...(alg === 'RS256' ? { modulusLength: 3072 } : {}),
   });
   return exportJWK(privateKey);
+}
+
+function newKid(activatedAt: number): string {
+  return `${new Date(activatedAt).toISOString().slice(0, 10)}-${randomUUID().slice(0, 8)}`;
+}
+
+function keyRow(kid: string, alg: JwsAlg, jwk: JWK, createdAt: number, activatedAt: number): Row {
+  return {
+    kid,
+    alg,
+    private_jwk: JSON.stringify(jwk),
+    created_at: createdAt,
+    activated_at: activatedAt,
+    retired_at: null,
+  };
 }
 
 export class KeyRing {
@@ -80,7 +102,7 @@ export class KeyRing {
     return key;
   }
 
-  /** Current first, then retired keys still within their retention. */
+  /** Current first, then the next key if one is published ahead, then retired keys within their retention. */
   get keys(): readonly SigningKey[] {
     return this.#keys;
   }
@@ -108,23 +130,36 @@ export class KeyRing {
   }
 
   /**
-   * Re-reads the keys (another replica may have rotated), rotates when the current key is due, and drops
-   * retired keys past their retention. Returns true when the published set changed.
+   * Re-reads the keys (another replica may have rotated), publishes the next key PREPUBLISH_MS before the
+   * current one is due, makes it current once its time has come (retiring the previous), and drops retired
+   * keys past their retention. Returns true when the published set or the current key changed.
    */
   async refresh(now = Date.now()): Promise<boolean> {
     let rows = await this.#rows();
-    const current = rows.find((r) => r.retired_at === null && r.alg === this.options.alg);
-    if (current === undefined || Number(current.activated_at) + this.options.rotationSeconds * 1000 <= now) {
+    const unretired = (r: Row) => r.retired_at === null && r.alg === this.options.alg;
+    const active = (r: Row) => Number(r.activated_at) <= now;
+    const current = rows.find((r) => unretired(r) && active(r));
+    if (current === undefined) {
+      // The first key (or the first of a new algorithm): there is nothing to publish it ahead of.
       await this.rotate(now);
       rows = await this.#rows();
+    } else if (!rows.some((r) => unretired(r) && !active(r))) {
+      const rotationMs = this.options.rotationSeconds * 1000;
+      const dueAt = Number(current.activated_at) + rotationMs;
+      const ahead = Math.min(PREPUBLISH_MS, rotationMs);
+      if (dueAt - ahead <= now) {
+        await this.#insert(now, Math.max(dueAt, now + ahead));
+        rows = await this.#rows();
+      }
     }
     const keep = rows.filter(
       (r) => r.retired_at === null || Number(r.retired_at) + this.options.shareWindowSeconds * 1000 + DAY_MS > now,
     );
     const expired = rows.filter((r) => !keep.includes(r)).map((r) => r.kid);
     if (expired.length > 0) await this.knex('signing_keys').whereIn('kid', expired).delete();
-    // Two replicas rotating at once leave two unretired keys: the newest is current, the others retire.
-    const [newest, ...others] = keep.filter((r) => r.retired_at === null);
+    // The newest active key is current; the other active ones retire (the previous key once the next one's
+    // time has come, or two replicas that rotated at once). A key published ahead waits for its time.
+    const [newest, ...others] = keep.filter((r) => r.retired_at === null && active(r));
     const stale = others.map((r) => r.kid);
     if (stale.length > 0)
       await this.knex('signing_keys').whereIn('kid', stale).whereNull('retired_at').update({ retired_at: now });
@@ -137,22 +172,24 @@ export class KeyRing {
     return true;
   }
 
-  /** Makes a new key current and retires the previous one. */
+  /**
+   * Makes a new key current now and retires the others (the previous key, and a next key published ahead,
+   * which then never signs). For the admin API: a key that must stop signing at once.
+   */
   async rotate(now = Date.now()): Promise<string> {
     const jwk = await newKey(this.options.alg);
-    const kid = `${new Date(now).toISOString().slice(0, 10)}-${randomUUID().slice(0, 8)}`;
+    const kid = newKid(now);
     await this.knex.transaction(async (trx) => {
       await trx('signing_keys').whereNull('retired_at').update({ retired_at: now });
-      await trx('signing_keys').insert({
-        kid,
-        alg: this.options.alg,
-        private_jwk: JSON.stringify(jwk),
-        created_at: now,
-        activated_at: now,
-        retired_at: null,
-      });
+      await trx('signing_keys').insert(keyRow(kid, this.options.alg, jwk, now, now));
     });
     return kid;
+  }
+
+  /** Publishes a new key that becomes current at `activatedAt` (a scheduled rotation). */
+  async #insert(now: number, activatedAt: number): Promise<void> {
+    const jwk = await newKey(this.options.alg);
+    await this.knex('signing_keys').insert(keyRow(newKid(activatedAt), this.options.alg, jwk, now, activatedAt));
   }
 
   async #rows(): Promise<Row[]> {

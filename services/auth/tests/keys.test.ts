@@ -194,6 +194,69 @@ describe.each(testDatabases())('signing keys on $name', (database) => {
     });
   });
 
+  describe('scheduled rotation', () => {
+    let knex: Knex;
+    let destroy: () => Promise<void>;
+    beforeAll(async () => {
+      const db = await database.create();
+      destroy = db.destroy;
+      knex = createKnex(db.config);
+      await migrateLatest(knex, authMigrations, AUTH_MIGRATIONS_TABLE);
+    });
+    afterAll(async () => {
+      await knex?.destroy();
+      await destroy?.();
+    });
+
+    it('PROTOCOL §8.4, docs §4.6: the next key is published an hour before it signs, so no cached JWKS misses it', async () => {
+      const HOUR = 3600_000;
+      const options = { alg: 'ES256' as const, rotationSeconds: 30 * 24 * 3600, shareWindowSeconds: 7 * 24 * 3600 };
+      const T0 = Date.UTC(2031, 0, 1);
+      const due = T0 + options.rotationSeconds * 1000;
+      const ring = await KeyRing.load(knex, options, T0);
+      const first = ring.current.kid;
+
+      expect(await ring.refresh(due - 2 * HOUR)).toBe(false);
+      expect(ring.jwks.keys.map((k) => k.kid)).toEqual([first]);
+
+      // An hour before it is due, the next key is in the JWKS, but the current one still signs.
+      expect(await ring.refresh(due - HOUR)).toBe(true);
+      const [current, next] = ring.keys;
+      expect(current!.kid).toBe(first);
+      expect(ring.current.kid).toBe(first);
+      expect(next!).toMatchObject({ activatedAt: due, retiredAt: null });
+      expect(ring.jwks.keys.map((k) => k.kid)).toEqual([first, next!.kid]);
+      expect(await ring.refresh(due - 1000)).toBe(false);
+
+      // A replica starting in between publishes the same two keys and signs with the same one.
+      const replica = await KeyRing.load(knex, options, due - HOUR / 2);
+      expect(replica.jwks.keys.map((k) => k.kid)).toEqual([first, next!.kid]);
+      expect(replica.current.kid).toBe(first);
+
+      // Its time come, the next key signs and the previous one retires (and stays published).
+      expect(await ring.refresh(due + 1000)).toBe(true);
+      expect(ring.current.kid).toBe(next!.kid);
+      expect(ring.keys.map((k) => [k.kid, k.retiredAt])).toEqual([
+        [next!.kid, null],
+        [first, due + 1000],
+      ]);
+      expect(await replica.refresh(due + 2000)).toBe(true);
+      expect(replica.current.kid).toBe(next!.kid);
+    });
+
+    it('a key due long ago (the AS was down) is replaced an hour after the AS is back, not at once', async () => {
+      await knex('signing_keys').delete();
+      const options = { alg: 'ES256' as const, rotationSeconds: 30 * 24 * 3600, shareWindowSeconds: 7 * 24 * 3600 };
+      const T0 = Date.UTC(2032, 0, 1);
+      const ring = await KeyRing.load(knex, options, T0);
+      const first = ring.current.kid;
+      const back = T0 + 2 * options.rotationSeconds * 1000;
+      expect(await ring.refresh(back)).toBe(true);
+      expect(ring.current.kid).toBe(first);
+      expect(ring.keys[1]).toMatchObject({ activatedAt: back + 3600_000 });
+    });
+  });
+
   describe('retention, as the running service sees it', () => {
     let clockFed: Federation;
     let clock = Date.now();
