@@ -19,6 +19,30 @@ export class UsageError extends Error {
   override readonly name = 'UsageError';
 }
 
+/**
+ * A mistake node:util's parseArgs found, said the way the rest of the CLI speaks (its own messages carry
+ * advice about `--` that fits no command here), followed by where the options are described.
+ */
+export function optionMistake(error: unknown, command: string): UsageError {
+  const message = error instanceof Error ? error.message : String(error);
+  const quoted = /'([^']*)'/.exec(message)?.[1];
+  const option = quoted?.replace(/ <value>$/, '');
+  let what = message;
+  switch ((error as { code?: unknown }).code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      if (option !== undefined) what = `unknown option ${option}`;
+      break;
+    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
+      if (option !== undefined)
+        what = / argument missing$/.test(message) ? `${option} needs a value` : `${option} takes no value`;
+      break;
+    case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
+      if (quoted !== undefined) what = `unexpected argument ${JSON.stringify(quoted)}`;
+      break;
+  }
+  return new UsageError(`${what}\nRun \`federizer ${command} --help\` for its options.`);
+}
+
 export async function readAll(stream: AsyncIterable<Uint8Array>): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of stream) chunks.push(Buffer.from(chunk));

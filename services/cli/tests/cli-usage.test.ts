@@ -42,6 +42,24 @@ describe('a command line without its command', () => {
   });
 });
 
+describe('a mistake in the options', () => {
+  it('is said in one line with where the options are, not followed by the whole help (exit 2)', async () => {
+    const cases: [string[], string][] = [
+      [['mail', 'send', '--bogus'], 'unknown option --bogus\nRun `federizer mail --help` for its options.'],
+      [['mail', 'list', '--user'], '--user needs a value\nRun `federizer mail --help` for its options.'],
+      [['user', 'set', '--disable=yes'], '--disable takes no value\nRun `federizer user --help` for its options.'],
+      [['operator', 'render', '-q'], 'unknown option -q\nRun `federizer operator render --help` for its options.'],
+      [['auth', 'extra'], 'unexpected argument "extra"\nRun `federizer auth --help` for its options.'],
+    ];
+    for (const [argv, said] of cases) {
+      const out = await cli(argv);
+      expect(out.code, argv.join(' ')).toBe(2);
+      expect(out.stdout, argv.join(' ')).toBe('');
+      expect(out.stderr, argv.join(' ')).toBe(`federizer: ${said}\n`);
+    }
+  });
+});
+
 describe('federizer protocol digest', () => {
   let dir: string;
   beforeAll(async () => {

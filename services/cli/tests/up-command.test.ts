@@ -163,7 +163,8 @@ describe('federizer up', () => {
       [['--port-base', 'abc'], /--port-base is a port number \(or 0 for free ports\), not "abc"/],
       [['--port-base', '80'], /the port base is 0 \(random ports\) or a port from 1024, not 80/],
       [['--domains', 'example_com'], /"example_com" is not a domain name/],
-      [['--frobnicate'], /Unknown option '--frobnicate'/],
+      [['--frobnicate'], /^federizer: unknown option --frobnicate\nRun `federizer up --help` for its options\.\n$/],
+      [['--verbose=yes'], /^federizer: -v, --verbose takes no value\n/],
     ];
     for (const [extra, message] of cases) {
       const run = start(['up', '--data-dir', join(dir, 'never'), '--no-webmail-build', ...extra]);

@@ -3,7 +3,7 @@ import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { AuthService, readAuthEnv } from '@federizer/auth';
 import type { CommandIo } from '../io.js';
-import { UsageError } from '../io.js';
+import { optionMistake, UsageError } from '../io.js';
 import { untilSignal } from '../signals.js';
 
 const HELP = `federizer auth [--workers N|auto]
@@ -39,7 +39,7 @@ export async function authCommand(args: readonly string[], io: CommandIo): Promi
       strict: true,
     }));
   } catch (e) {
-    throw new UsageError(`${(e as Error).message}\n\n${HELP}`);
+    throw optionMistake(e, 'auth');
   }
   if (values.help) {
     io.stdout.write(`${HELP}\n`);

@@ -23,7 +23,7 @@ import {
   type AuthorizationServerInfo,
   type MailboxMetadata,
 } from '@federizer/protocol';
-import { UsageError, type CommandIo } from '../io.js';
+import { type CommandIo, optionMistake, UsageError } from '../io.js';
 import {
   TEXT_MEDIA_TYPE,
   addressListOption,
@@ -372,7 +372,7 @@ export async function mailCommand(
   try {
     parsed = parseArgs({ args: [...args], options: OPTIONS, allowPositionals: true, strict: true });
   } catch (e) {
-    throw new UsageError(`${(e as Error).message}\n\n${HELP}`);
+    throw optionMistake(e, 'mail');
   }
   const values = parsed.values as Values;
   const [sub, ...extra] = parsed.positionals;

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import type { MailDomain } from '@federizer/operator';
 import type { CommandIo } from '../io.js';
-import { UsageError } from '../io.js';
+import { optionMistake, UsageError } from '../io.js';
 import { untilSignal } from '../signals.js';
 
 const HELP = `federizer operator render -f FILE|- [--namespace NS] [--service-monitor] [--image IMAGE]
@@ -69,7 +69,7 @@ async function renderCommand(args: readonly string[], io: CommandIo): Promise<nu
       allowPositionals: false,
     }));
   } catch (e) {
-    throw new UsageError(`${(e as Error).message}\n\n${HELP}`);
+    throw optionMistake(e, 'operator render');
   }
   if (values.help) {
     io.stdout.write(`${HELP}\n`);

@@ -8,7 +8,7 @@ import { DomainRestarts } from '../federation/restarts.js';
 import { ensureWebmailBuilt } from '../federation/webmail-build.js';
 import { WEBMAIL_ROOT } from '../federation/webmail-server.js';
 import type { CommandIo } from '../io.js';
-import { UsageError } from '../io.js';
+import { optionMistake, UsageError } from '../io.js';
 import { untilSignal } from '../signals.js';
 
 const HELP = `federizer up [--domains LIST] [--data-dir DIR] [--port-base N] [--verbose] [--no-webmail-build]
@@ -79,7 +79,7 @@ export async function upCommand(args: readonly string[], io: CommandIo): Promise
       allowPositionals: false,
     }));
   } catch (e) {
-    throw new UsageError(`${(e as Error).message}\n\n${HELP}`);
+    throw optionMistake(e, 'up');
   }
   if (values.help) {
     io.stdout.write(`${HELP}\n`);

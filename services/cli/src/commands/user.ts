@@ -2,7 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import type { CommandIo } from '../io.js';
-import { UsageError } from '../io.js';
+import { optionMistake, UsageError } from '../io.js';
 
 const HELP = `federizer user add ADDRESS --password-stdin [--display-name NAME] [--forwarding any|manual|none] [--quota N]
 federizer user list
@@ -91,7 +91,7 @@ export async function userCommand(
   try {
     parsed = parseArgs({ args: [...args], options: OPTIONS, allowPositionals: true, strict: true });
   } catch (e) {
-    throw new UsageError(`${(e as Error).message}\n\n${HELP}`);
+    throw optionMistake(e, 'user');
   }
   const { values, positionals } = parsed;
   const [sub, address, ...extra] = positionals;
