@@ -216,7 +216,16 @@ export async function verifyProof(req: Request, deps: ExchangeDeps): Promise<str
     });
     return verified.jkt;
   } catch (e) {
-    throw new ExchangeError('invalid_dpop_proof', `DPoP proof: ${(e as Error).message}`, { cause: e });
+    if (e instanceof ProtocolError) {
+      throw new ExchangeError('invalid_dpop_proof', `DPoP proof: ${e.message}`, { cause: e });
+    }
+    // The replay store (the database) failed: nothing is known against the proof, so the caller asks again
+    // later (RFC 6749 §4.1.2.1 temporarily_unavailable, 503) rather than take a refusal of its request.
+    throw new ExchangeError('temporarily_unavailable', 'the DPoP proof could not be checked now; try again later', {
+      status: 503,
+      headers: { 'Retry-After': String(RETRY_AFTER_SECONDS) },
+      cause: e,
+    });
   }
 }
 
@@ -369,7 +378,7 @@ export async function verifySubjectAssertion(req: Request, deps: ExchangeDeps, s
     if (e instanceof ProtocolError && e.code === 'discovery_failed') {
       throw new ExchangeError('temporarily_unavailable', `subject_token: ${reason}`, {
         status: 503,
-        headers: { 'Retry-After': String(RETRY_AFTER_DISCOVERY_SECONDS) },
+        headers: { 'Retry-After': String(RETRY_AFTER_SECONDS) },
         cause: e,
       });
     }
@@ -377,8 +386,11 @@ export async function verifySubjectAssertion(req: Request, deps: ExchangeDeps, s
   }
 }
 
-/** How soon a caller refused because the sender's domain did not answer should ask again. */
-const RETRY_AFTER_DISCOVERY_SECONDS = 30;
+/**
+ * How soon a caller refused for a passing failure (the sender's domain did not answer, the replay store's
+ * database failed) should ask again.
+ */
+const RETRY_AFTER_SECONDS = 30;
 
 function senderDomainOf(req: Request, messageId: string): string {
   const explicit = req.params.sender_domain;

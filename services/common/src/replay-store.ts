@@ -12,6 +12,13 @@ export interface KnexReplayStoreOptions {
   table?: string;
 }
 
+/**
+ * The `key` column of the replay tables (mailbox `mail_replay`, auth `replay`) is varchar(512). PostgreSQL
+ * refuses a longer value and SQLite stores it anyway; refused here, the two agree, and a caller that passes
+ * unhashed input learns it from a test on either. DPoP records are 43 characters (`dpopReplayKey`).
+ */
+export const MAX_REPLAY_KEY_LENGTH = 512;
+
 /** The protocol library's ReplayStore, shared by every replica through the database. */
 export class KnexReplayStore implements ReplayStore {
   readonly #knex: Knex;
@@ -26,6 +33,8 @@ export class KnexReplayStore implements ReplayStore {
 
   async checkAndRecord(key: string, expiresAt: number): Promise<boolean> {
     if (typeof key !== 'string' || key === '') throw new TypeError('replay key must be a non-empty string');
+    if (key.length > MAX_REPLAY_KEY_LENGTH)
+      throw new TypeError(`replay key must be at most ${MAX_REPLAY_KEY_LENGTH} characters; hash longer input`);
     if (!Number.isSafeInteger(expiresAt)) throw new TypeError('expiresAt must be an integer (unix seconds)');
     // One statement decides: a new key is inserted, an expired one is taken over, a live one is left alone
     // and returns no row. PostgreSQL re-checks the WHERE against the row a concurrent insert committed, and

@@ -394,6 +394,8 @@ export class MailboxService implements AsyncDisposable {
         },
         now,
         rateLimit: { perDomainPerMinute: config.transferRatePerMinute },
+        // Answered 503 with Retry-After (PROTOCOL §5), not this app's 500: the sender retries.
+        onError: (err) => this.logger.error({ err }, 'transfer failed; answered 503'),
       }),
     );
     app.use(
@@ -408,6 +410,8 @@ export class MailboxService implements AsyncDisposable {
         blobs: this.blobs,
         now,
         onChanged: (address) => this.notifier.notify(address),
+        // Answered 503 with Retry-After (PROTOCOL §6.3), never a 401 the fetcher would take as final.
+        onError: (err) => this.logger.error({ err }, 'fetch failed; answered 503'),
       }),
     );
 

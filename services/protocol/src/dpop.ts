@@ -60,8 +60,12 @@ export interface VerifiedDpopProof {
 }
 
 export interface ReplayStore {
-  /** Atomically records jti; resolves false when it was already recorded and not yet expired. */
-  checkAndRecord(key: string, expiresAt: number /* unix seconds */): Promise<boolean>;
+  /**
+   * Atomically records `key`; resolves false when it was already recorded and not yet expired. `expiresAt`
+   * is whole unix seconds. `verifyDpopProof` passes `dpopReplayKey(jkt, jti)`: 43 characters whatever the
+   * length of the jti, so a store may keep keys in a bounded column.
+   */
+  checkAndRecord(key: string, expiresAt: number /* unix seconds, an integer */): Promise<boolean>;
 }
 
 const DEFAULT_MAX_AGE_SECONDS = 60;
@@ -259,9 +263,27 @@ export async function verifyDpopProof(proof: string, opts: VerifyDpopProofOption
   if (opts.expectedJkt !== undefined && jkt !== opts.expectedJkt) {
     throw new ProtocolError('dpop_key_mismatch', 'the proof key thumbprint does not equal cnf.jkt');
   }
-  const fresh = await opts.replay.checkAndRecord(`${jkt}:${claims.jti}`, claims.iat + maxAge + REPLAY_MARGIN_SECONDS);
-  if (!fresh) throw new ProtocolError('dpop_replayed', `jti ${claims.jti} was already used`);
+  // iat is a NumericDate (RFC 7519 §2), which may have a fraction; the stores keep whole seconds, rounded up
+  // so that the record never ends before the proof stops being accepted.
+  const expiresAt = Math.ceil(claims.iat + maxAge + REPLAY_MARGIN_SECONDS);
+  const fresh = await opts.replay.checkAndRecord(dpopReplayKey(jkt, claims.jti), expiresAt);
+  if (!fresh) throw new ProtocolError('dpop_replayed', `jti ${clip(claims.jti)} was already used`);
   return { jkt, jwk, payload };
+}
+
+/**
+ * The replay record of a proof (docs/protocol.md §10.3): B64U(SHA-256(thumbprint ":" jti)). RFC 9449 puts no
+ * bound on a jti, and the header can carry kilobytes of one; hashed, every record is 43 characters (a
+ * database column of any dialect holds it, a memory store stays small) and the pair stays distinct, since a
+ * thumbprint is always 43 base64url characters without a colon.
+ */
+export function dpopReplayKey(jkt: string, jti: string): string {
+  return b64uSha256(`${jkt}:${jti}`);
+}
+
+/** A jti as an error message quotes it: a caller's kilobytes are not echoed back. */
+function clip(text: string): string {
+  return text.length <= 64 ? text : `${text.slice(0, 64)}…`;
 }
 
 interface DpopClaims {

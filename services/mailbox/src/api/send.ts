@@ -9,6 +9,7 @@ import express, { type NextFunction, type Request, type Response, type Router } 
 import {
   ProtocolError,
   assertionDigest,
+  decodeJwt,
   parseExternalBody,
   ORIGIN_EHL,
   domainOf,
@@ -194,7 +195,7 @@ export async function sendDraft(
       envelope,
       recipients: copy.recipients,
       dpopKey: (await exportDpopKey(key)) as Record<string, unknown>,
-      expiresAt: now + deps.shareWindowSeconds * 1000,
+      expiresAt: shareExpiry(assertion, now, deps.shareWindowSeconds),
     });
     const domains = new Set(copy.recipients.map(domainOf));
     for (const r of copy.recipients.filter((a) => domainOf(a) === deps.domain)) {
@@ -216,6 +217,18 @@ export async function sendDraft(
   }
   deps.onSent?.([...touched]);
   return { id: sentId, messageId, copies: signed.length, deliveries };
+}
+
+/**
+ * When the copy's share ends (epoch ms): this mailbox's share window, but never after its assertion A1
+ * expires, for the fetch refuses every copy whose A1 has expired (PROTOCOL §7, docs/protocol.md §6.3) and a
+ * transfer presenting it is refused too. The outbox then stops retrying, and the deliveries never fetched
+ * are marked expired, when the copy can no longer be delivered, whatever lifetime the AS gave A1.
+ */
+function shareExpiry(assertion: string, now: number, shareWindowSeconds: number): number {
+  const window = now + shareWindowSeconds * 1000;
+  const exp = decodeJwt(assertion).payload.exp;
+  return typeof exp === 'number' && Number.isFinite(exp) ? Math.min(window, Math.floor(exp * 1000)) : window;
 }
 
 /**

@@ -53,6 +53,25 @@ export class TransferError extends Error {
 /** Seconds a sender waits before retrying after a discovery failure: the negative cache time of §8.4. */
 export const DISCOVERY_RETRY_AFTER_SECONDS = 30;
 
+/**
+ * Seconds a sender (or fetcher) waits after an internal failure of this mailbox (its database, its replay
+ * store, the user directory): long enough for a database failover or a restart, well inside the sender's
+ * own back-off.
+ */
+export const INTERNAL_RETRY_AFTER_SECONDS = 30;
+
+/**
+ * §5.3 `503 unavailable`: a failure that is not the request's (anything but a TransferError or a
+ * ProtocolError). Nothing was decided against the transfer, so the sender retries it; a transfer that had
+ * already been stored in part is completed by the retry, which is idempotent (§5.4).
+ */
+export function internalFailure(cause: unknown): TransferError {
+  return new TransferError(503, 'unavailable', 'this mailbox could not handle the transfer now; retry later', {
+    retryAfter: INTERNAL_RETRY_AFTER_SECONDS,
+    cause,
+  });
+}
+
 /** Where in the checks a ProtocolError was raised; decides the answer of the codes that have no fixed one. */
 export type CheckStage = 'message' | 'token' | 'proof';
 

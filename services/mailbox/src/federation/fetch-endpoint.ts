@@ -9,6 +9,10 @@
  * time-out or SERVFAIL, a refused connection, a 5xx), nothing is known against the request yet: the answer is
  * 503 `temporarily_unavailable` with Retry-After, which the fetcher retries, rather than a refusal it would
  * take as final. A definitive answer (no SRV record, another issuer, a bad signature) still refuses.
+ *
+ * Only a ProtocolError (the request broke a rule) refuses. Anything else (the database or the replay store
+ * failing, a bug) says nothing about the request: it answers 503 `temporarily_unavailable` with Retry-After
+ * too, never a 401 or 403 the fetcher would give the resource up for.
  */
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import type { JWTPayload } from 'jose';
@@ -33,7 +37,7 @@ import {
   type TrustResolver,
 } from '@federizer/protocol';
 import { parseRange, type DiskBlobStore } from '../blobs/index.js';
-import { DISCOVERY_RETRY_AFTER_SECONDS } from './errors.js';
+import { DISCOVERY_RETRY_AFTER_SECONDS, INTERNAL_RETRY_AFTER_SECONDS } from './errors.js';
 import { leaves } from '../api/send.js';
 import type { MessageStore, Share, ShareStore } from '../storage/index.js';
 
@@ -49,6 +53,8 @@ export interface FetchEndpointDeps {
   readonly onFetched?: (domain: string, bytes: number) => void;
   /** The sender's deliveries changed (marked fetched), for her long polls. */
   readonly onChanged?: (address: string) => void;
+  /** An internal failure, answered 503: for the log. */
+  readonly onError?: (err: unknown) => void;
 }
 
 export class FetchError extends Error {
@@ -76,6 +82,12 @@ function unavailable(what: string, e: ProtocolError): FetchError {
 function isDiscoveryOutage(e: unknown): e is ProtocolError {
   return e instanceof ProtocolError && e.code === 'discovery_failed';
 }
+
+/**
+ * §7.5: the clock tolerance of assertions and access tokens, the one `validateChain` applies to the chain
+ * (passed to it explicitly, so that the origin assertion's expiry is judged alike for every envelope).
+ */
+const CLOCK_TOLERANCE_SECONDS = 30;
 
 /** RFC 1123 host name syntax, lower-cased: what discovery can ask DNS about. */
 const DOMAIN = /^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$/;
@@ -135,9 +147,10 @@ export async function checkAccessToken(
     if (e instanceof FetchError) throw e;
     // The issuer or its JWKS did not answer: the token is neither accepted nor refused yet.
     if (isDiscoveryOutage(e)) throw unavailable(`the issuer of ${fetch.domain}`, e);
-    throw new FetchError(401, 'invalid_token', `access token: ${(e as Error).message}`);
+    if (!(e instanceof ProtocolError)) throw e;
+    throw new FetchError(401, 'invalid_token', `access token: ${e.message}`);
   }
-  if (typeof payload.exp !== 'number' || payload.exp <= now - 30)
+  if (typeof payload.exp !== 'number' || payload.exp <= now - CLOCK_TOLERANCE_SECONDS)
     throw new FetchError(401, 'invalid_token', 'the access token expired');
   const aud = Array.isArray(payload.aud) ? payload.aud : [payload.aud];
   if (!aud.includes(deps.resource))
@@ -160,7 +173,9 @@ export async function checkAccessToken(
       replay: deps.replay,
     });
   } catch (e) {
-    throw new FetchError(401, 'invalid_dpop_proof', `DPoP proof: ${(e as Error).message}`);
+    // The replay store's database failing is not the proof's fault (503 below, not a final 401).
+    if (!(e instanceof ProtocolError)) throw e;
+    throw new FetchError(401, 'invalid_dpop_proof', `DPoP proof: ${e.message}`);
   }
   // §6.3 check 3: azp (and client_id) are the DNS-bound client identity of the fetching domain.
   let expectedAzp: string;
@@ -168,7 +183,8 @@ export async function checkAccessToken(
     expectedAzp = await deps.trust.mtaClientIdFor(fetch.domain);
   } catch (e) {
     if (isDiscoveryOutage(e)) throw unavailable(`the mailbox of ${fetch.domain}`, e);
-    throw new FetchError(401, 'invalid_token', `the MTA of ${fetch.domain}: ${(e as Error).message}`);
+    if (!(e instanceof ProtocolError)) throw e;
+    throw new FetchError(401, 'invalid_token', `the MTA of ${fetch.domain}: ${e.message}`);
   }
   for (const claim of ['azp', 'client_id'] as const) {
     if (payload[claim] !== undefined && payload[claim] !== expectedAzp) {
@@ -230,9 +246,31 @@ export async function findShare(fetch: FetchRequest, payload: JWTPayload, deps: 
 }
 
 /**
- * Steps 6–8: the chain discharges access to the fetching domain, the resource is the message's, and the
- * share is open for the domain the sender shared with: the fetcher's own for a direct copy, or for a
- * forwarded one the domain of the first forwarder (an origin recipient), whose delivery it counts as.
+ * §6.3 check 8, §7.5: the origin assertion A1 is the share, and a fetch needs it unexpired (with the clock
+ * tolerance of §7.5), for a direct copy `[A1, H0]` as for a forwarded one: both answer 410 `share_expired`.
+ * Checked before the chain, whose validation would refuse an expired A1 as a broken chain (403). `findShare`
+ * found this A1 byte for byte among the copies this mailbox sent, so its `exp` is the one its AS signed.
+ */
+export function checkOriginUnexpired(fetch: FetchRequest, nowSeconds: number): void {
+  const origin = fetch.envelope.at(-2) as { 'jwt-assertion': string };
+  let exp: unknown;
+  try {
+    exp = decodeJwt(origin['jwt-assertion']).payload.exp;
+  } catch (e) {
+    throw new FetchError(400, 'invalid_message', `the origin assertion: ${(e as Error).message}`);
+  }
+  // A stored A1 always has a numeric exp; without one nothing shows the share still open.
+  if (typeof exp !== 'number' || exp <= nowSeconds - CLOCK_TOLERANCE_SECONDS) {
+    const when = typeof exp === 'number' ? ` at ${new Date(exp * 1000).toISOString()}` : '';
+    throw new FetchError(410, 'share_expired', `the origin assertion of this message expired${when}`);
+  }
+}
+
+/**
+ * Steps 6–8: the origin assertion is unexpired, the chain discharges access to the fetching domain, the
+ * resource is the message's, and the share is open for the domain the sender shared with: the fetcher's own
+ * for a direct copy, or for a forwarded one the domain of the first forwarder (an origin recipient), whose
+ * delivery it counts as.
  */
 export async function checkAccess(
   fetch: FetchRequest,
@@ -240,6 +278,7 @@ export async function checkAccess(
   deps: FetchEndpointDeps,
 ): Promise<{ size: number; mediaType: string; sharedWith: string }> {
   const now = deps.now();
+  checkOriginUnexpired(fetch, Math.floor(now / 1000));
   let sharedWith = fetch.domain;
   if (fetch.envelope.length > 2) {
     let recipients: readonly string[];
@@ -248,13 +287,15 @@ export async function checkAccess(
         trust: deps.trust,
         now: Math.floor(now / 1000),
         mode: 'fetch',
+        clockToleranceSeconds: CLOCK_TOLERANCE_SECONDS,
       });
       recipients = chain.newest.recipients;
       sharedWith = chain.hops[1]!.senderDomain;
     } catch (e) {
       // A hop's domain did not answer: the chain is not known to fail, so the fetcher asks again later.
       if (isDiscoveryOutage(e)) throw unavailable('a domain of the forward chain', e);
-      throw new FetchError(403, 'invalid_chain', `the forward chain does not hold: ${(e as Error).message}`);
+      if (!(e instanceof ProtocolError)) throw e;
+      throw new FetchError(403, 'invalid_chain', `the forward chain does not hold: ${e.message}`);
     }
     if (!recipients.map(domainOf).includes(fetch.domain))
       throw new FetchError(403, 'access_denied', `${fetch.domain} is not a recipient domain of the newest hop`);
@@ -309,7 +350,7 @@ async function markFetched(deps: FetchEndpointDeps, share: Share, domain: string
 
 export function fetchRouter(deps: FetchEndpointDeps): Router {
   const router = express.Router();
-  router.post('/', express.json({ limit: '4mb' }), async (req: Request, res: Response, next: NextFunction) => {
+  router.post('/', express.json({ limit: '4mb' }), async (req: Request, res: Response) => {
     try {
       const fetch = readRequest(req.body);
       const payload = await checkAccessToken(req, fetch, deps);
@@ -341,16 +382,26 @@ export function fetchRouter(deps: FetchEndpointDeps): Router {
       // A failure destroys the answer: the fetcher sees a short body and resumes with Range.
       reader.pipeTo(res).catch(() => undefined);
     } catch (e) {
-      if (e instanceof FetchError) {
-        if (e.status === 401)
-          res.set(
-            'WWW-Authenticate',
-            `DPoP error="${e.error}", error_description="${e.message.replace(/["\\]/g, "'")}"`,
-          );
-        if (e.retryAfter !== undefined) res.set({ 'Retry-After': String(e.retryAfter), 'Cache-Control': 'no-store' });
-        return void res.status(e.status).json({ error: e.error, error_description: e.message });
-      }
-      next(e);
+      // An answer already begun cannot turn into an error: the fetcher sees a short body and retries.
+      if (res.headersSent) return void res.destroy();
+      if (!(e instanceof FetchError)) deps.onError?.(e);
+      const failure =
+        e instanceof FetchError
+          ? e
+          : new FetchError(
+              503,
+              'temporarily_unavailable',
+              'this mailbox could not check the fetch now; try again later',
+              INTERNAL_RETRY_AFTER_SECONDS,
+            );
+      if (failure.status === 401)
+        res.set(
+          'WWW-Authenticate',
+          `DPoP error="${failure.error}", error_description="${failure.message.replace(/["\\]/g, "'")}"`,
+        );
+      if (failure.retryAfter !== undefined)
+        res.set({ 'Retry-After': String(failure.retryAfter), 'Cache-Control': 'no-store' });
+      res.status(failure.status).json({ error: failure.error, error_description: failure.message });
     }
   });
   // The JSON parser's own failures skip the handler above: answer them with the protocol's errors.

@@ -12,7 +12,7 @@
  * References follow the protocol's numbering: §5.N is check N of a transfer (docs/protocol.md §5.2 lists them);
  * the answers, idempotency and the receive block are docs/protocol.md §5.3, §5.4 and §5.5.
  */
-import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import express, { type Request, type Response, type Router } from 'express';
 import type { JWSHeaderParameters, JWTPayload } from 'jose';
 import {
   DEFAULT_LIMITS,
@@ -57,7 +57,7 @@ import { isMailStoreError } from '../storage/errors.js';
 import type { JobQueue } from '../storage/jobs.js';
 import type { MessageStore, ResourceStatus } from '../storage/messages.js';
 import type { TransferLog } from '../storage/transfers.js';
-import { TransferError, during, duringSync, sendTransferError } from './errors.js';
+import { TransferError, during, duringSync, fromProtocolError, internalFailure, sendTransferError } from './errors.js';
 import { DomainRateLimiter } from './rate-limit.js';
 
 /** Where the endpoint is published (§8.3 `transfer_endpoint`); the DPoP `htu` is checked against it. */
@@ -155,6 +155,8 @@ export interface TransferDeps {
   /** Epoch milliseconds. */
   readonly now?: () => number;
   readonly rateLimit?: { readonly perDomainPerMinute: number };
+  /** An internal failure, answered 503 `unavailable`: for the log. */
+  onError?(err: unknown): void;
 }
 
 type RawHop = ReturnType<typeof chainStructure>[number];
@@ -181,13 +183,18 @@ export function transferRouter(deps: TransferDeps): Router {
     now: deps.now ?? Date.now,
     limiter,
   };
-  router.post('/', async (req: Request, res: Response, next: NextFunction) => {
+  router.post('/', async (req: Request, res: Response) => {
     try {
       const answer = await receiveTransfer(req, ctx);
       res.status(answer.status).set('Cache-Control', 'no-store').json(answer.body);
     } catch (e) {
       if (e instanceof TransferError) return sendTransferError(res, e);
-      next(e);
+      // A rule the message breaks outside the numbered checks is still the message's fault.
+      if (e instanceof ProtocolError) return sendTransferError(res, fromProtocolError(e, 'message'));
+      // Anything else (the database, the replay store, the user directory of check 9 failing) is this
+      // mailbox's failure, not a verdict on the transfer: §5.3 503 with Retry-After, which the sender retries.
+      deps.onError?.(e);
+      sendTransferError(res, internalFailure(e));
     }
   });
   return router;
