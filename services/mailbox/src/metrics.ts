@@ -1,7 +1,7 @@
 /**
  * The mailbox's Prometheus series (on the service's own registry): deliveries by outcome, bytes fetched,
- * transfer and fetch durations, the work queues' depth and oldest age, open long polls, and what the blob
- * collector deleted.
+ * transfer and fetch durations, the work queues' depth and oldest age, open long polls, what the blob
+ * collector deleted, and the change log rows pruned.
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { JobQueue } from './storage/index.js';
@@ -18,6 +18,8 @@ export interface MailboxMetrics {
   readonly blobsCollected: Counter;
   readonly blobBytesCollected: Counter;
   readonly blobCollections: Counter<'outcome'>;
+  readonly changesPruned: Counter;
+  readonly changePrunes: Counter<'outcome'>;
 }
 
 export function mailboxMetrics(
@@ -95,6 +97,17 @@ export function mailboxMetrics(
     blobCollections: new Counter({
       name: 'federizer_mailbox_blob_collections_total',
       help: 'Runs of the blob collector by this replica, by outcome (completed, failed).',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    changesPruned: new Counter({
+      name: 'federizer_mailbox_changes_pruned_total',
+      help: 'Rows of the sync change log removed by retention (older than 30 days and beyond the newest 100,000 of the account).',
+      registers: [registry],
+    }),
+    changePrunes: new Counter({
+      name: 'federizer_mailbox_change_prunes_total',
+      help: 'Runs of the change log retention by this replica, by outcome (completed, failed).',
       labelNames: ['outcome'],
       registers: [registry],
     }),

@@ -69,7 +69,18 @@ export interface MailboxOverrides {
   readonly trust?: TrustResolver & Pick<Discovery, 'mailbox'>;
   /** Whether the outbox runs on its own (tests may drive it with `service.outbox.poll()`). Default true. */
   readonly startWorkers?: boolean;
+  /**
+   * The change log's retention, which runs with the workers: how often (default hourly, the first run a
+   * minute after start or sooner with a shorter interval) and what it keeps (`ChangeLog.prune`'s defaults:
+   * 30 days, or the newest 100,000 changes of each account).
+   */
+  readonly changeRetention?: { readonly intervalMs?: number; readonly keepMs?: number; readonly keepCount?: number };
 }
+
+/** The change log is pruned hourly: what ages out in an hour is a small part of 30 days. */
+const CHANGE_PRUNE_INTERVAL_MS = 60 * 60_000;
+/** The first run comes soon after start, so a replica restarted more often than hourly still prunes. */
+const FIRST_CHANGE_PRUNE_DELAY_MS = 60_000;
 
 /** PROTOCOL.md §8: what a domain's mailbox publishes at /.well-known/federizer. */
 export function wellKnown(config: MailboxConfig) {
@@ -108,6 +119,9 @@ export class MailboxService implements AsyncDisposable {
   #closed = false;
   #metrics: MailboxMetrics | undefined;
   #workers = false;
+  readonly #retention: NonNullable<MailboxOverrides['changeRetention']>;
+  #pruneTimer: NodeJS.Timeout | undefined;
+  #pruning: Promise<void> | undefined;
 
   private constructor(
     readonly config: MailboxConfig,
@@ -122,6 +136,10 @@ export class MailboxService implements AsyncDisposable {
     overrides: MailboxOverrides,
   ) {
     const clock = { now };
+    this.#retention = overrides.changeRetention ?? {};
+    const pruneInterval = this.#retention.intervalMs;
+    if (pruneInterval !== undefined && (!Number.isSafeInteger(pruneInterval) || pruneInterval < 1))
+      throw new TypeError('changeRetention.intervalMs must be a whole number of ms >= 1');
     this.messages = new MessageStore(knex, clock);
     this.shares = new ShareStore(knex, clock);
     this.jobs = new JobQueue(knex, { ...clock, retryBaseMs: config.retryBaseSeconds * 1000 });
@@ -271,6 +289,7 @@ export class MailboxService implements AsyncDisposable {
       // Scheduled before start answers, so a started mailbox always has its collection run planned.
       await service.collector.schedule();
       service.collector.start();
+      service.#startPruning();
     }
     logger.info({ url: service.#server.url, publicUrl: config.publicUrl }, 'mailbox listening');
     return service;
@@ -278,6 +297,46 @@ export class MailboxService implements AsyncDisposable {
 
   get url(): string {
     return this.#server!.url;
+  }
+
+  /**
+   * Applies the change log's retention now and then (PROTOCOL.md §9: a client whose state is older than the
+   * log gets 410 and resynchronizes), on a timer of this process that does not keep it alive. Every replica
+   * runs it, possibly at the same moment: `ChangeLog.pruneBefore` cuts each account under its account lock,
+   * so concurrent runs only find less to do. The next run is planned when one ends, so runs never overlap.
+   */
+  #startPruning(): void {
+    const intervalMs = this.#retention.intervalMs ?? CHANGE_PRUNE_INTERVAL_MS;
+    const plan = (delayMs: number) => {
+      if (this.#closed) return;
+      this.#pruneTimer = setTimeout(() => {
+        this.#pruneTimer = undefined;
+        if (this.#closed) return;
+        this.#pruning = this.#pruneChanges().finally(() => {
+          this.#pruning = undefined;
+          plan(intervalMs);
+        });
+      }, delayMs);
+      this.#pruneTimer.unref();
+    };
+    plan(Math.min(intervalMs, FIRST_CHANGE_PRUNE_DELAY_MS));
+  }
+
+  /** One retention run: counted and logged; a failure is reported, never thrown (the next run tries again). */
+  async #pruneChanges(): Promise<void> {
+    const started = performance.now();
+    try {
+      const removed = await this.changes.prune({
+        keepMs: this.#retention.keepMs,
+        keepCount: this.#retention.keepCount,
+      });
+      this.#metrics?.changesPruned.inc(removed);
+      this.#metrics?.changePrunes.inc({ outcome: 'completed' });
+      if (removed > 0) this.logger.info({ removed, ms: Math.round(performance.now() - started) }, 'change log pruned');
+    } catch (err) {
+      this.#metrics?.changePrunes.inc({ outcome: 'failed' });
+      this.logger.error({ err }, 'pruning the change log failed');
+    }
   }
 
   /** A delivery-failure notice in the sender's inbox: a short text resource naming who did not get it, and why. */
@@ -420,7 +479,7 @@ export class MailboxService implements AsyncDisposable {
     api.use(
       cors({
         origin: (origin, done) => done(null, origin !== undefined && config.corsOrigins.includes(origin)),
-        allowedHeaders: ['Authorization', 'DPoP', 'Content-Type', 'Range', 'If-None-Match'],
+        allowedHeaders: ['Authorization', 'DPoP', 'Content-Type', 'Range', 'If-None-Match', 'If-Range', 'If-Match'],
         exposedHeaders: ['ETag', 'Content-Range', 'Repr-Digest', 'WWW-Authenticate', 'Location', 'Retry-After'],
         maxAge: 600,
       }),
@@ -501,6 +560,8 @@ export class MailboxService implements AsyncDisposable {
     await this.fetcher.stop();
     await this.forwarder.relays.stop();
     await this.collector.stop();
+    clearTimeout(this.#pruneTimer);
+    await this.#pruning;
     await this.httpClient.close();
     await notifierClosed;
     if (this.ownsKnex) await this.knex.destroy();

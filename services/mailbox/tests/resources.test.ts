@@ -96,8 +96,9 @@ describe.each(testDatabases())('the resources API ($name)', (database) => {
     expect(size).toBe(bytes.length);
     const down = await api(`/resources/${cid.slice(1, -1)}`);
     expect(down.status).toBe(200);
-    expect(down.headers.get('etag')).toBe(`"${cid.slice(1, -1)}"`);
-    expect(down.headers.get('cache-control')).toContain('immutable');
+    // PROTOCOL §9, literally: the ETag is the Content-ID (angle brackets are etagc characters, RFC 9110 §8.8.3).
+    expect(down.headers.get('etag')).toBe(`"${cid}"`);
+    expect(down.headers.get('cache-control')).toBe('private, immutable');
     expect(down.headers.get('content-type')).toBe('image/png');
     expect(down.headers.get('repr-digest')).toBe(
       `sha-256=:${Buffer.from(cid.slice(1, -1), 'base64url').toString('base64')}:`,
@@ -115,9 +116,103 @@ describe.each(testDatabases())('the resources API ($name)', (database) => {
     expect(part.headers.get('content-range')).toBe('bytes 100-199/10000');
     expect(Buffer.from(await part.arrayBuffer()).equals(bytes.subarray(100, 200))).toBe(true);
     expect((await api(`/resources/${cid.slice(1, -1)}`, { headers: { range: 'bytes=20000-' } })).status).toBe(416);
+    // The bracket-less entity tag answered before this one is still recognized, for clients that cached it.
     expect(
       (await api(`/resources/${cid.slice(1, -1)}`, { headers: { 'if-none-match': `"${cid.slice(1, -1)}"` } })).status,
     ).toBe(304);
+  });
+
+  /** A fresh resource of `size` random bytes, and the path of its download. */
+  async function uploaded(size: number): Promise<{ bytes: Buffer; cid: string; path: string }> {
+    const bytes = randomBytes(size);
+    const { contentId: cid } = (await (await api('/resources', { method: 'POST', body: bytes })).json()) as {
+      contentId: string;
+    };
+    return { bytes, cid, path: `/resources/${cid.slice(1, -1)}` };
+  }
+
+  it('RFC 9111 §5.2.2.5 / RFC 9110 §15.5.17: a 416, a 404 and a 412 are not cacheable: no-store, no ETag, no immutable', async () => {
+    const { path } = await uploaded(1_000);
+    const refused = await api(path, { headers: { range: 'bytes=5000-' } });
+    expect(refused.status).toBe(416);
+    expect(refused.headers.get('content-range')).toBe('bytes */1000');
+    expect(refused.headers.get('cache-control')).toBe('no-store');
+    expect(refused.headers.get('etag')).toBeNull();
+    expect(refused.headers.get('repr-digest')).toBeNull();
+    expect(await refused.json()).toMatchObject({ error: 'range_not_satisfiable' });
+    for (const missing of [`/resources/${'A'.repeat(42)}E`, '/resources/not-a-digest']) {
+      const res = await api(missing);
+      expect(res.status, missing).toBe(404);
+      expect(res.headers.get('cache-control'), missing).toBe('no-store');
+      expect(res.headers.get('etag'), missing).toBeNull();
+    }
+    const failed = await api(path, { headers: { 'if-match': '"something else"' } });
+    expect(failed.status).toBe(412);
+    expect(failed.headers.get('cache-control')).toBe('no-store');
+    expect(failed.headers.get('etag')).toBeNull();
+  });
+
+  it('RFC 9110 §14.2: Range is for GET only; a HEAD with a Range answers 200 with the whole Content-Length', async () => {
+    const { cid, path } = await uploaded(2_000);
+    for (const range of ['bytes=0-99', 'bytes=5000-', 'bytes=-10']) {
+      const head = await api(path, { method: 'HEAD', headers: { range } });
+      expect(head.status, range).toBe(200);
+      expect(head.headers.get('content-length'), range).toBe('2000');
+      expect(head.headers.get('content-range'), range).toBeNull();
+      expect(head.headers.get('etag'), range).toBe(`"${cid}"`);
+      expect(head.headers.get('cache-control'), range).toBe('private, immutable');
+    }
+  });
+
+  it('RFC 9110 §13.1.5: If-Range honours the Range only when it strongly matches the entity tag', async () => {
+    const { bytes, cid, path } = await uploaded(3_000);
+    const digest = cid.slice(1, -1);
+    const ranged = async (ifRange: string) => api(path, { headers: { range: 'bytes=10-19', 'if-range': ifRange } });
+    for (const tag of [`"${cid}"`, `"${digest}"`]) {
+      const part = await ranged(tag);
+      expect(part.status, tag).toBe(206);
+      expect(Buffer.from(await part.arrayBuffer()).equals(bytes.subarray(10, 20)), tag).toBe(true);
+    }
+    // A weak tag, another tag, or a date (a resource has no Last-Modified): the whole resource.
+    for (const tag of [`W/"${cid}"`, '"another"', 'Tue, 15 Nov 1994 08:12:31 GMT']) {
+      const whole = await ranged(tag);
+      expect(whole.status, tag).toBe(200);
+      expect(whole.headers.get('content-range'), tag).toBeNull();
+      expect(Buffer.from(await whole.arrayBuffer()).equals(bytes), tag).toBe(true);
+    }
+    // Several ranges are not served as multipart/byteranges: the whole resource answers them.
+    const several = await api(path, { headers: { range: 'bytes=0-1,5-6' } });
+    expect(several.status).toBe(200);
+    expect((await several.arrayBuffer()).byteLength).toBe(3_000);
+  });
+
+  it('RFC 9110 §13.1.2: If-None-Match compares weakly (W/ and * answer 304); a 304 has ETag and Cache-Control only', async () => {
+    const { cid, path } = await uploaded(500);
+    const digest = cid.slice(1, -1);
+    for (const header of [`"${cid}"`, `W/"${cid}"`, `W/"${digest}"`, '*', `"other", W/"${cid}"`]) {
+      for (const method of ['GET', 'HEAD']) {
+        const res = await api(path, { method, headers: { 'if-none-match': header } });
+        expect(res.status, `${method} ${header}`).toBe(304);
+        expect(res.headers.get('etag'), header).toBe(`"${cid}"`);
+        expect(res.headers.get('cache-control'), header).toBe('private, immutable');
+        expect(res.headers.get('content-type'), header).toBeNull();
+        expect(res.headers.get('repr-digest'), header).toBeNull();
+      }
+    }
+    expect((await api(path, { headers: { 'if-none-match': '"other"' } })).status).toBe(200);
+  });
+
+  it('RFC 9110 §13.1.1: If-Match compares strongly; a tag that does not match (and is not *) answers 412', async () => {
+    const { cid, path } = await uploaded(500);
+    for (const header of [`"${cid}"`, `"${cid.slice(1, -1)}"`, '*', `"other", "${cid}"`]) {
+      expect((await api(path, { headers: { 'if-match': header } })).status, header).toBe(200);
+    }
+    for (const header of ['"other"', `W/"${cid}"`]) {
+      const res = await api(path, { headers: { 'if-match': header } });
+      expect(res.status, header).toBe(412);
+      expect(await res.json(), header).toMatchObject({ error: 'precondition_failed' });
+    }
+    expect((await api(path, { method: 'HEAD', headers: { 'if-match': '"other"' } })).status).toBe(412);
   });
 
   it('the same bytes uploaded twice are held once (deduplicated per account)', async () => {

@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AuthRecord } from '../auth/session.js';
 import { localFetch, startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
-import { MailboxClient, digestOf } from './client.js';
+import { MailboxClient } from './client.js';
 import { BadRequestError, NotFoundError, QuotaError, RedirectError, ServerError, errorFromResponse } from './errors.js';
 
 let fed: WebmailFederation;
@@ -52,7 +52,8 @@ describe('MailboxClient', () => {
     expect(uploaded).toMatchObject({ size: 16, mediaType: 'application/octet-stream' });
     expect(seen.at(-1)).toBe(16);
     const whole = await alice.api.resource(uploaded.contentId);
-    expect(whole.headers.get('etag')).toBe(`"${digestOf(uploaded.contentId)}"`);
+    // PROTOCOL.md §9: the entity tag is the Content-ID itself, angle brackets included.
+    expect(whole.headers.get('etag')).toBe(`"${uploaded.contentId}"`);
     expect(await whole.text()).toBe('0123456789abcdef');
     const part = await alice.api.resource(uploaded.contentId, { range: 'bytes=4-7' });
     expect(part.status).toBe(206);

@@ -8,18 +8,20 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { digestOf } from '../api/client.js';
 import type { UploadedResource } from '../api/types.js';
 import { localFetch, startWebmailFederation, type SignedIn, type WebmailFederation } from '../testing/federation.js';
-import { RESOURCE_CSP, parseByteRange, proxyResource, type ResourceProxyDeps } from './resource-proxy.js';
+import { RESOURCE_CSP, ifRangeHolds, parseByteRange, proxyResource, type ResourceProxyDeps } from './resource-proxy.js';
 import { parseResourceUrl, resourcePath } from './resource-route.js';
 
 let fed: WebmailFederation;
 let alice: SignedIn;
 let video: UploadedResource;
+let empty: UploadedResource;
 const bytes = Uint8Array.from({ length: 100_000 }, (_, i) => i % 251);
 
 beforeAll(async () => {
   fed = await startWebmailFederation(['example.com']);
   alice = await fed.signIn('alice@example.com');
   video = await alice.api.upload(new Blob([bytes]), { mediaType: 'video/webm' });
+  empty = await alice.api.upload(new Blob([]), { mediaType: 'text/plain' });
 });
 afterAll(() => fed?.close());
 
@@ -111,6 +113,77 @@ describe('proxyResource', () => {
     expect(refused.headers.get('content-range')).toBe('bytes */100000');
   });
 
+  it('PROTOCOL.md §9: answers with the mailbox’s ETag (the Content-ID) and Cache-Control: private, immutable', async () => {
+    const cache = new MemoryCache();
+    const waits: Promise<unknown>[] = [];
+    const first = request(resourcePath(digestOf(video.contentId)));
+    const upstream = await proxyResource(first.req, first.target, deps({ cache, waitUntil: (w) => waits.push(w) }));
+    await upstream.arrayBuffer();
+    await Promise.all(waits);
+    const again = request(resourcePath(digestOf(video.contentId)), { range: 'bytes=0-9' });
+    const kept = await proxyResource(again.req, again.target, deps({ cache }));
+    const direct = await alice.api.resource(video.contentId);
+    await direct.arrayBuffer();
+    for (const res of [upstream, kept, direct]) {
+      expect(res.headers.get('etag')).toBe(`"${video.contentId}"`);
+      expect(res.headers.get('cache-control')).toBe('private, immutable');
+    }
+  });
+
+  it('RFC 9110 §15.5.17: a 416 is not cacheable and says the size, kept copy or mailbox alike', async () => {
+    const cache = new MemoryCache();
+    const waits: Promise<unknown>[] = [];
+    const path = resourcePath(digestOf(video.contentId));
+    const upstream = request(path, { range: 'bytes=100000-' });
+    // From the mailbox: its Content-Range is passed on, not dropped with its error.
+    const fromMailbox = await proxyResource(upstream.req, upstream.target, deps({ cache }));
+    const whole = request(path);
+    await (
+      await proxyResource(whole.req, whole.target, deps({ cache, waitUntil: (w) => waits.push(w) }))
+    ).arrayBuffer();
+    await Promise.all(waits);
+    const fromCopy = await proxyResource(upstream.req, upstream.target, deps({ cache }));
+    for (const res of [fromMailbox, fromCopy]) {
+      expect(res.status).toBe(416);
+      expect(res.headers.get('content-range')).toBe('bytes */100000');
+      expect(res.headers.get('cache-control')).toBe('no-store');
+      expect(res.headers.get('etag')).toBeNull();
+    }
+    // Other refusals are not cacheable either.
+    const missing = request(`/r/${'A'.repeat(42)}E`);
+    expect((await proxyResource(missing.req, missing.target, deps())).headers.get('cache-control')).toBe('no-store');
+  });
+
+  it('RFC 9110 §14.1.1: a suffix range of an empty resource is satisfiable: 200 with no bytes, as the mailbox answers', async () => {
+    const cache = new MemoryCache();
+    const waits: Promise<unknown>[] = [];
+    const path = resourcePath(digestOf(empty.contentId));
+    const tail = request(path, { range: 'bytes=-10' });
+    const fromMailbox = await proxyResource(tail.req, tail.target, deps({ cache, waitUntil: (w) => waits.push(w) }));
+    expect(fromMailbox.status).toBe(200);
+    expect((await fromMailbox.arrayBuffer()).byteLength).toBe(0);
+    await Promise.all(waits);
+    expect(cache.entries.size).toBe(1);
+    const fromCopy = await proxyResource(tail.req, tail.target, deps({ cache }));
+    expect(fromCopy.status).toBe(200);
+    expect(fromCopy.headers.get('content-length')).toBe('0');
+  });
+
+  it('RFC 9110 §13.1.5: an If-Range that does not strongly match serves the whole resource', async () => {
+    const cache = new MemoryCache();
+    const waits: Promise<unknown>[] = [];
+    const path = resourcePath(digestOf(video.contentId));
+    const stale = request(path, { range: 'bytes=0-9', 'if-range': '"something else"' });
+    const fromMailbox = await proxyResource(stale.req, stale.target, deps({ cache, waitUntil: (w) => waits.push(w) }));
+    expect(fromMailbox.status).toBe(200);
+    expect((await fromMailbox.arrayBuffer()).byteLength).toBe(100_000);
+    await Promise.all(waits);
+    const fromCopy = await proxyResource(stale.req, stale.target, deps({ cache }));
+    expect(fromCopy.status).toBe(200);
+    const current = request(path, { range: 'bytes=0-9', 'if-range': `"${video.contentId}"` });
+    expect((await proxyResource(current.req, current.target, deps({ cache }))).status).toBe(206);
+  });
+
   it('answers a download as an attachment with its UTF-8 filename', async () => {
     const { req, target } = request(
       resourcePath(digestOf(video.contentId), { name: 'Fête "d’été".webm', download: true }),
@@ -183,5 +256,28 @@ describe('resource URLs', () => {
     expect(parseByteRange('bytes=-0', 10)).toBe('unsatisfiable');
     expect(parseByteRange('bytes=0-1,4-5', 10)).toBeUndefined(); // several ranges: the whole resource
     expect(parseByteRange(null, 10)).toBeUndefined();
+  });
+
+  it('reads a Range exactly as the mailbox does (services/mailbox/src/blobs/range.ts)', () => {
+    // RFC 9110 §14.1.1: a suffix of an empty representation is satisfiable, and selects nothing: 200.
+    expect(parseByteRange('bytes=-5', 0)).toBeUndefined();
+    expect(parseByteRange('bytes=-0', 0)).toBe('unsatisfiable');
+    expect(parseByteRange('bytes=0-', 0)).toBe('unsatisfiable');
+    // last-pos below first-pos makes the range-spec invalid: ignored, not 416 (§14.1.1).
+    expect(parseByteRange('bytes=5-3', 10)).toBeUndefined();
+    // The unit is case-insensitive (§14.1); the list may have empty elements and white space (§5.6.1).
+    expect(parseByteRange('Bytes=2-4', 10)).toEqual({ start: 2, end: 4 });
+    expect(parseByteRange('bytes= 2-4 ,', 10)).toEqual({ start: 2, end: 4 });
+    expect(parseByteRange('bytes=-20', 10)).toEqual({ start: 0, end: 9 });
+    expect(parseByteRange('items=0-1', 10)).toBeUndefined();
+  });
+
+  it('honours an If-Range only for a strong match of the entity tag, the older bracket-less one included', () => {
+    const digest = digestOf(video.contentId);
+    expect(ifRangeHolds(null, digest)).toBe(true);
+    expect(ifRangeHolds(`"<${digest}>"`, digest)).toBe(true);
+    expect(ifRangeHolds(`"${digest}"`, digest)).toBe(true);
+    expect(ifRangeHolds(`W/"<${digest}>"`, digest)).toBe(false);
+    expect(ifRangeHolds('Tue, 15 Nov 1994 08:12:31 GMT', digest)).toBe(false);
   });
 });

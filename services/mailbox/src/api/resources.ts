@@ -2,6 +2,12 @@
  * The client API's resources (PROTOCOL.md §9): streaming upload, deduplicated per account and counted
  * against its quota, and immutable download with Range, ETag and Repr-Digest. A resource is served only
  * to an account whose uploads or messages reference it: knowing a Content-ID grants nothing.
+ *
+ * The download follows RFC 9110: the entity tag is the Content-ID itself in quotes (`"<digest>"`, angle
+ * brackets included, as PROTOCOL.md §9 says; the bracket-less `"digest"` sent before is still matched, for
+ * clients that cached it). Preconditions are evaluated in the order of §13.2.2: If-Match (strong, 412),
+ * If-None-Match (weak, 304), then Range, for GET only (§14.2), unless an If-Range does not strongly match
+ * (§13.1.5). Only a 200, 206 or 304 is cacheable; every error answer is `Cache-Control: no-store`.
  */
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { isB64uSha256 } from '@federizer/protocol';
@@ -27,8 +33,47 @@ export interface ResourcesDeps {
 const MEDIA_TYPE =
   /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\/[!#$%&'*+\-.^_`|~0-9A-Za-z]+(\s*;\s*[!#$%&'*+\-.^_`|~0-9A-Za-z]+=("[^"]*"|[!#$%&'*+\-.^_`|~0-9A-Za-z]+))*$/;
 
+/** What a resource answers with, PROTOCOL.md §9: immutable, and private to the accounts that hold it. */
+const CACHE_CONTROL = 'private, immutable';
+
+/**
+ * An error answer: never cached, and without the entity tag Express would compute for its JSON (an error
+ * is not a representation of the resource; a cache must not keep it, nor revalidate against it).
+ */
 function problem(res: Response, status: number, error: string, description: string): void {
-  if (!res.headersSent) res.status(status).json({ error, error_description: description });
+  if (res.headersSent) return;
+  for (const name of ['ETag', 'Repr-Digest', 'Accept-Ranges', 'X-Content-Type-Options']) res.removeHeader(name);
+  res
+    .status(status)
+    .set({ 'Cache-Control': 'no-store', 'Content-Type': 'application/json; charset=utf-8' })
+    .end(JSON.stringify({ error, error_description: description }));
+}
+
+/** The entity-tags of a list header (RFC 9110 §8.8.3, §13.1.1, §13.1.2), or '*'. */
+function entityTags(header: string | undefined): { weak: boolean; opaque: string }[] | '*' | undefined {
+  if (header === undefined) return undefined;
+  if (header.trim() === '*') return '*';
+  return [...header.matchAll(/(W\/)?"([^"]*)"/g)].map((m) => ({ weak: m[1] !== undefined, opaque: m[2]! }));
+}
+
+/** Strong comparison (RFC 9110 §8.8.3.2): neither tag weak, the opaque tags equal. */
+function strongMatch(tag: { weak: boolean; opaque: string }, current: readonly string[]): boolean {
+  return !tag.weak && current.includes(tag.opaque);
+}
+
+/** Weak comparison: the opaque tags equal, weak or not. */
+function weakMatch(tag: { weak: boolean; opaque: string }, current: readonly string[]): boolean {
+  return current.includes(tag.opaque);
+}
+
+/**
+ * If-Range (RFC 9110 §13.1.5): true when the Range may be honoured. An entity-tag must match strongly; a
+ * date never matches, as a resource has no Last-Modified.
+ */
+function ifRangeHolds(header: string | undefined, current: readonly string[]): boolean {
+  if (header === undefined) return true;
+  const tag = /^\s*(W\/)?"([^"]*)"\s*$/.exec(header);
+  return tag !== null && strongMatch({ weak: tag[1] !== undefined, opaque: tag[2]! }, current);
 }
 
 export function resourcesRouter(deps: ResourcesDeps): Router {
@@ -88,32 +133,40 @@ export function resourcesRouter(deps: ResourcesDeps): Router {
       if (resource === undefined || !(await deps.blobs.has(contentId))) {
         return problem(res, 404, 'not_found', 'no such resource in this mailbox');
       }
-      const etag = `"${digest}"`;
+      // The entity tag is the Content-ID (PROTOCOL.md §9); the bracket-less form is the one sent before.
+      const etag = `"${contentId}"`;
+      const current = [contentId, digest];
+      const cacheable = { ETag: etag, 'Cache-Control': CACHE_CONTROL };
+
+      // RFC 9110 §13.2.2: If-Match first (§13.1.1, strong comparison; `*` matches any existing resource).
+      const ifMatch = entityTags(req.get('if-match'));
+      if (ifMatch !== undefined && ifMatch !== '*' && !ifMatch.some((t) => strongMatch(t, current)))
+        return problem(res, 412, 'precondition_failed', `If-Match does not name this resource's entity tag ${etag}`);
+      // Then If-None-Match (§13.1.2, weak comparison): the cached copy is current. A 304 carries what a 200
+      // would among the validators and cache directives (§15.4.5), and no Content-Type or Repr-Digest.
+      const ifNoneMatch = entityTags(req.get('if-none-match'));
+      if (ifNoneMatch === '*' || ifNoneMatch?.some((t) => weakMatch(t, current)))
+        return void res.status(304).set(cacheable).end();
+
+      // Range is defined for GET only (§14.2): a HEAD answers the headers of the whole resource.
+      const rangeHeader =
+        req.method === 'GET' && ifRangeHolds(req.get('if-range'), current) ? req.get('range') : undefined;
+      const range = parseRange(rangeHeader, resource.size);
+      if (range.kind === 'unsatisfiable') {
+        // Not cacheable like the resource: no ETag, no immutable (problem() answers no-store).
+        res.set('Content-Range', `bytes */${resource.size}`);
+        return problem(res, 416, 'range_not_satisfiable', `the resource has ${resource.size} bytes`);
+      }
+      const slice = range.kind === 'range' ? range : undefined;
+      const reader = await deps.blobs.openReader(contentId, slice);
       res.set({
-        ETag: etag,
-        'Cache-Control': 'private, max-age=31536000, immutable',
+        ...cacheable,
         'Accept-Ranges': 'bytes',
         'Content-Type': resource.mediaType,
         'X-Content-Type-Options': 'nosniff',
         // The Content-ID is the SHA-256 of the bytes: the Repr-Digest (RFC 9530) is known without reading them.
         'Repr-Digest': `sha-256=:${Buffer.from(digest, 'base64url').toString('base64')}:`,
       });
-      if (
-        req
-          .get('if-none-match')
-          ?.split(',')
-          .some((t) => t.trim() === etag || t.trim() === '*')
-      )
-        return void res.status(304).end();
-      const range = parseRange(req.get('range'), resource.size);
-      if (range.kind === 'unsatisfiable') {
-        // The error is JSON, not the resource's type set above.
-        res.removeHeader('Content-Type');
-        res.set('Content-Range', `bytes */${resource.size}`);
-        return problem(res, 416, 'range_not_satisfiable', `the resource has ${resource.size} bytes`);
-      }
-      const slice = range.kind === 'range' ? range : undefined;
-      const reader = await deps.blobs.openReader(contentId, slice);
       if (slice) {
         res.status(206).set('Content-Range', `bytes ${slice.start}-${slice.end}/${resource.size}`);
         res.set('Content-Length', String(slice.end - slice.start + 1));
@@ -129,6 +182,8 @@ export function resourcesRouter(deps: ResourcesDeps): Router {
     } catch (e) {
       if (e instanceof BlobStoreError && e.code === 'invalid_content_id')
         return problem(res, 404, 'not_found', 'no such resource');
+      // The service's error handler answers 500; it must not be cacheable either.
+      if (!res.headersSent) res.set('Cache-Control', 'no-store');
       next(e);
     }
   });

@@ -105,6 +105,13 @@ export function syncRouter(deps: SyncDeps): Router {
       if (!res.writableFinished) gone.abort();
     };
     res.on('close', onClose);
+    // A client that went away before this handler ran (while its token was being checked) closed the
+    // response already, and that 'close' does not come again: without this check the poll would be held,
+    // for nobody, for the whole `wait`.
+    if (req.destroyed || res.destroyed || req.socket.destroyed) {
+      res.off('close', onClose);
+      return;
+    }
     try {
       const deadline = Date.now() + wait * 1000;
       let result = await deps.changes.since(address, since, { maxChanges });

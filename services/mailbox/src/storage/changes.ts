@@ -146,32 +146,44 @@ export class ChangeLog {
   /**
    * Removes the changes numbered below `seq` (of one account, or of all), remembering per account how far
    * the log was cut. Answers the number of rows removed.
+   *
+   * Safe with several replicas pruning and writing at once (PostgreSQL): each account is cut in its own
+   * transaction under its account lock, and what is cut is read only once the lock is held. Read before,
+   * it could miss a change a writer holding the lock commits meanwhile (its seq drawn below `seq`, its
+   * commit after the read): the delete would remove that row while the floor stayed below it, and a
+   * client whose state lies between would silently never see that change.
    */
   async pruneBefore(seq: number | string, options: { address?: string } = {}): Promise<number> {
     const limit = typeof seq === 'string' ? parseState(seq) : seq;
     if (!Number.isSafeInteger(limit) || limit < 0) throw new TypeError('seq must be a non-negative integer');
-    const address = options.address === undefined ? undefined : checkAddress(options.address);
+    if (options.address !== undefined) return this.#pruneAccountBefore(checkAddress(options.address), limit);
+    const accounts = (await this.#knex('mail_changes').distinct('address').where('seq', '<', limit)) as {
+      address: string;
+    }[];
+    let removed = 0;
+    for (const { address } of accounts) removed += await this.#pruneAccountBefore(address, limit);
+    return removed;
+  }
+
+  async #pruneAccountBefore(address: string, limit: number): Promise<number> {
+    // Nothing to cut: no lock taken (and no account row created for an address that has none).
+    const any = await this.#knex('mail_changes').first('seq').where({ address }).andWhere('seq', '<', limit);
+    if (any === undefined) return 0;
     return this.#knex.transaction(async (trx): Promise<number> => {
-      const query = trx('mail_changes').select('address').max({ seq: 'seq' }).where('seq', '<', limit);
-      if (address !== undefined) query.andWhere({ address });
-      const highest = (await query.groupBy('address')) as { address: string; seq: unknown }[];
-      if (highest.length === 0) return 0;
-      // The floor moves with the rows it describes, under the account locks writers take.
-      await lockAccounts(
-        trx,
-        highest.map((h) => h.address),
-        this.#now(),
-        this.#known,
-      );
-      for (const h of highest) {
-        await trx('mail_accounts')
-          .where({ address: h.address })
-          .andWhere('changes_pruned_through', '<', dbNumber(h.seq))
-          .update({ changes_pruned_through: dbNumber(h.seq) });
-      }
-      const removed = trx('mail_changes').where('seq', '<', limit);
-      if (address !== undefined) removed.andWhere({ address });
-      return (await removed.delete()) as number;
+      // The floor moves with the rows it describes, under the account lock writers take.
+      await lockAccounts(trx, [address], this.#now(), this.#known);
+      const row = (await trx('mail_changes')
+        .max({ seq: 'seq' })
+        .where({ address })
+        .andWhere('seq', '<', limit)
+        .first()) as { seq: unknown } | undefined;
+      if (row?.seq === null || row?.seq === undefined) return 0;
+      const highest = dbNumber(row.seq);
+      await trx('mail_accounts')
+        .where({ address })
+        .andWhere('changes_pruned_through', '<', highest)
+        .update({ changes_pruned_through: highest });
+      return (await trx('mail_changes').where({ address }).andWhere('seq', '<=', highest).delete()) as number;
     });
   }
 
