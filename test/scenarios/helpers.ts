@@ -499,8 +499,8 @@ export async function render(
     if (res.status !== 200) throw new Error(`${cid}: ${res.status} ${bytes.toString()}`);
     if (contentIdOf(bytes) !== cid) throw new Error(`${cid}: the bytes downloaded hash to ${contentIdOf(bytes)}`);
     if (bytes.length !== size) throw new Error(`${cid}: ${bytes.length} bytes, the part declares ${size}`);
-    // The resource API's validators name the same digest (PROTOCOL §9, RFC 9530).
-    if (res.headers.get('etag') !== `"${cid.slice(1, -1)}"`) throw new Error(`${cid}: ETag ${res.headers.get('etag')}`);
+    // The resource API's validators name the same digest (PROTOCOL §9: the ETag is the Content-ID; RFC 9530).
+    if (res.headers.get('etag') !== `"${cid}"`) throw new Error(`${cid}: ETag ${res.headers.get('etag')}`);
     const repr = `sha-256=:${Buffer.from(cid.slice(1, -1), 'base64url').toString('base64')}:`;
     if (res.headers.get('repr-digest') !== repr)
       throw new Error(`${cid}: Repr-Digest ${res.headers.get('repr-digest')}`);
