@@ -42,7 +42,11 @@ describe('docs/protocol.md §5 and §6 say what the endpoints answer', () => {
     expect(row401).toMatch(/check 1 \(the `Authorization` token is not `envelope\[0\]`\) and checks 2–7/);
     const row503 = answers.split('\n').find((l) => l.startsWith('| `503 Service Unavailable`'))!;
     expect(row503).toMatch(/its database, its DPoP replay store, its user directory during check 9/);
-    expect(answers).toMatch(/`DPoP error="invalid_token"` for the `Authorization` token of check 1/);
+    const prose = answers.replace(/\s+/g, ' ');
+    expect(prose).toMatch(/`DPoP error="invalid_token"` for the `Authorization` token of check 1/);
+    // PROTOCOL §5: "401 invalid_token with WWW-Authenticate: DPoP error=..." (transfer.test.ts, check 6).
+    expect(row401).toMatch(/`\{"error": "invalid_token", …\}` with `WWW-Authenticate: DPoP error="…"`/);
+    expect(prose).toMatch(/Every `401` has the `error` `invalid_token`/);
   });
 
   it('§6.3: the recipients of check 6 are the copy’s, an expired A1 is 410 for any envelope, failures 503', () => {

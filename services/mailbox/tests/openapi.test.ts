@@ -648,7 +648,9 @@ describe('openapi/mailbox.openapi.json', () => {
     expect(transfer(401, signature, {})).toThrow(/WWW-Authenticate is missing/);
     expect(transfer(400, { ...signature, code: 'no_such_code' })).toThrow(/code must be equal to one of/);
     expect(transfer(429, { error: 'rate_limited', error_description: 'x' }, {})).toThrow(/Retry-After is missing/);
-    expect(transfer(401, { ...signature, error: 'invalid_message' })).toThrow(/error must be equal to one of/);
+    // PROTOCOL §5: a 401 is invalid_token, whichever of the token and the proof failed (the challenge says).
+    expect(transfer(401, { ...signature, error: 'invalid_message' })).toThrow(/error must be equal to constant/);
+    expect(transfer(401, { ...signature, error: 'invalid_dpop_proof' })).toThrow(/error must be equal to constant/);
     for (const template of ['/api/v1/session', '/api/v1/messages', '/federation/v1/fetch']) {
       const method = template.endsWith('fetch') ? 'POST' : 'GET';
       const body = { error: 'invalid_token', error_description: 'x' };
@@ -1119,9 +1121,11 @@ describe.each(testDatabases())('the mailbox answers as its OpenAPI description s
     const again = await fetchDocumented(transferUrl, 200, post(headers));
     expect(again.body).toEqual({ accepted: ['bob@example.net'], rejected: [] });
     const replayed = await fetchDocumented(transferUrl, 401, post(headers));
-    expect(replayed.body).toMatchObject({ error: 'invalid_dpop_proof', code: 'dpop_replayed' });
+    // PROTOCOL §5: every 401 is invalid_token; the challenge says it is the proof.
+    expect(replayed.body).toMatchObject({ error: 'invalid_token', code: 'dpop_replayed' });
+    expect(replayed.headers.get('www-authenticate')).toContain('error="invalid_dpop_proof"');
     const { dpop: _dpop, ...noProof } = await transferHeaders();
-    expect((await fetchDocumented(transferUrl, 401, post(noProof))).body.error).toBe('invalid_dpop_proof');
+    expect((await fetchDocumented(transferUrl, 401, post(noProof))).body.error).toBe('invalid_token');
     const { authorization: _authorization, ...noToken } = await transferHeaders();
     expect((await fetchDocumented(transferUrl, 401, post(noToken))).body.error).toBe('invalid_token');
     const malformed = await fetchDocumented(transferUrl, 400, post(await transferHeaders(), '{"message": {}}'));

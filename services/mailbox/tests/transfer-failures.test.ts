@@ -71,7 +71,7 @@ describe.each(testDatabases())('PROTOCOL §5: the transfer endpoint when example
     const res = await h.post(sent, { proofOptions });
     expect(res.status, await res.clone().text()).toBe(202);
     const again = (await (await h.post(sent, { proofOptions })).json()) as ErrorBody;
-    expect(again).toMatchObject({ error: 'invalid_dpop_proof', code: 'dpop_replayed' });
+    expect(again).toMatchObject({ error: 'invalid_token', code: 'dpop_replayed' });
   });
 
   it('PROTOCOL §5.6, docs/protocol.md §10.3: a proof with a jti of 4 000 characters is accepted (202)', async () => {

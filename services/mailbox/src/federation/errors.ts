@@ -8,14 +8,7 @@ import { ALLOWED_ALGS, ProtocolError, type ProtocolErrorCode } from '@federizer/
 
 /** The `error` member of §5.3's answers. */
 export type TransferErrorName =
-  | 'invalid_message'
-  | 'invalid_token'
-  | 'invalid_dpop_proof'
-  | 'forbidden'
-  | 'no_recipient'
-  | 'too_large'
-  | 'rate_limited'
-  | 'unavailable';
+  'invalid_message' | 'invalid_token' | 'forbidden' | 'no_recipient' | 'too_large' | 'rate_limited' | 'unavailable';
 
 /** The `error` parameter of the `WWW-Authenticate: DPoP` challenge (RFC 9449 §7.1, RFC 6750 §3.1). */
 export type ChallengeError = 'invalid_token' | 'invalid_dpop_proof' | 'insufficient_scope';
@@ -79,7 +72,8 @@ export type CheckStage = 'message' | 'token' | 'proof';
  * Maps a ProtocolError to its answer (§5.3, §11): some codes answer the same wherever they occur
  * (`discovery_failed` 503, `invalid_scope` and `forwarder_not_recipient` 403, `message_too_large` 413); the
  * others depend on the check: 400 `invalid_message` for the message and the chain (checks 1 and 8), 401
- * `invalid_token` for the assertion (checks 1–5 and 7), 401 `invalid_dpop_proof` for the proof (check 6).
+ * `invalid_token` for the assertion (checks 1–5 and 7) and for the proof (check 6). PROTOCOL §5 names one
+ * `error` for every 401, `invalid_token`; the challenge (RFC 9449 §7.1) and `code` tell the proof's apart.
  */
 export function fromProtocolError(e: ProtocolError, stage: CheckStage, context?: string): TransferError {
   const description = context === undefined ? e.message : `${context}: ${e.message}`;
@@ -103,7 +97,7 @@ export function fromProtocolError(e: ProtocolError, stage: CheckStage, context?:
     case 'token':
       return new TransferError(401, 'invalid_token', description, { ...options, challenge: 'invalid_token' });
     case 'proof':
-      return new TransferError(401, 'invalid_dpop_proof', description, {
+      return new TransferError(401, 'invalid_token', description, {
         ...options,
         challenge: 'invalid_dpop_proof',
       });

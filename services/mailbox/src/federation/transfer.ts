@@ -512,7 +512,7 @@ async function checkProof(
   if (count !== 1 || proof === undefined) {
     throw new TransferError(
       401,
-      'invalid_dpop_proof',
+      'invalid_token',
       count === 0
         ? 'a DPoP proof is required: the assertion is bound to the sending MTA key (cnf.jkt)'
         : 'exactly one DPoP header is allowed (RFC 9449 §4.3)',
