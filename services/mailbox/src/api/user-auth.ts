@@ -89,10 +89,16 @@ export class IssuerKeys {
     return this.#loading;
   }
 
+  /** A document of the AS; any failure to get it is `discovery_failed` (the AS did not answer: try later). */
   async #json(url: string): Promise<Record<string, unknown>> {
-    const res = await this.httpGet(url, { redirect: 'manual', headers: { accept: 'application/json' } });
-    if (res.status !== 200) throw new ProtocolError('discovery_failed', `${url}: HTTP ${res.status}`);
-    return (await res.json()) as Record<string, unknown>;
+    try {
+      const res = await this.httpGet(url, { redirect: 'manual', headers: { accept: 'application/json' } });
+      if (res.status !== 200) throw new ProtocolError('discovery_failed', `${url}: HTTP ${res.status}`);
+      return (await res.json()) as Record<string, unknown>;
+    } catch (e) {
+      if (e instanceof ProtocolError) throw e;
+      throw new ProtocolError('discovery_failed', `${url}: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+    }
   }
 }
 
@@ -117,6 +123,27 @@ export class UnauthorizedError extends Error {
   }
 }
 
+/**
+ * The token or proof could not be checked at all: this mailbox's AS did not answer for its keys, or the DPoP
+ * replay store failed. Nothing was found wrong with the request, so it is not a 401 (the webmail would take
+ * it for an expired session) but a 503 to retry.
+ */
+export class AuthUnavailableError extends Error {
+  override readonly name = 'AuthUnavailableError';
+}
+
+/** Seconds a client waits after an AuthUnavailableError: a restart of the AS or a database failover. */
+const AUTH_RETRY_AFTER_SECONDS = 5;
+
+/** A refusal when the check found the request wrong; AuthUnavailableError when it could not check at all. */
+function refusal(e: unknown, error: UnauthorizedError['error'], what: string): Error {
+  if (!(e instanceof ProtocolError) || e.code === 'discovery_failed')
+    return new AuthUnavailableError(`${what} could not be checked now: ${(e as Error)?.message ?? String(e)}`, {
+      cause: e,
+    });
+  return new UnauthorizedError(error, `${what}: ${e.message}`);
+}
+
 /** Express middleware: sets `req.user`, or answers 401 with a DPoP challenge (RFC 9449 §7.1). */
 export function requireUser(options: UserAuthOptions) {
   const now = options.now ?? Date.now;
@@ -126,6 +153,12 @@ export function requireUser(options: UserAuthOptions) {
       req.user = await authenticate(req, options, publicUrl, Math.floor(now() / 1000));
       next();
     } catch (e) {
+      if (e instanceof AuthUnavailableError) {
+        return void res
+          .status(503)
+          .set({ 'Retry-After': String(AUTH_RETRY_AFTER_SECONDS), 'Cache-Control': 'no-store' })
+          .json({ error: 'temporarily_unavailable', error_description: e.message });
+      }
       if (!(e instanceof UnauthorizedError)) return next(e);
       const status = e.error === 'insufficient_scope' ? 403 : e.error === 'invalid_request' ? 400 : 401;
       res
@@ -166,7 +199,7 @@ async function authenticate(
       audience: options.resource,
     }));
   } catch (e) {
-    throw new UnauthorizedError('invalid_token', `access token: ${(e as Error).message}`);
+    throw refusal(e, 'invalid_token', 'access token');
   }
   const jkt = (payload.cnf as { jkt?: unknown } | undefined)?.jkt;
   if (typeof jkt !== 'string')
@@ -183,7 +216,7 @@ async function authenticate(
       replay: options.replay,
     });
   } catch (e) {
-    throw new UnauthorizedError('invalid_dpop_proof', `DPoP proof: ${(e as Error).message}`);
+    throw refusal(e, 'invalid_dpop_proof', 'DPoP proof');
   }
   const scopes = new Set(typeof payload.scope === 'string' ? payload.scope.split(' ') : []);
   if (!scopes.has('mailbox'))
