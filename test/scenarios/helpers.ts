@@ -99,6 +99,10 @@ export async function startScenario(options: {
   logLevel?: string;
   /** Mailbox settings of every domain instead of the defaults (a short retry base). */
   mailbox?: MailboxSettings;
+  /** Default 0 (free ports). */
+  portBase?: number;
+  /** The DNS server the federation's DNS server relays other domains' queries to (`federizer up --dns-forward`). */
+  dnsForward?: { host: string; port: number };
 }): Promise<Scenario> {
   const dir = await mkdtemp(join(tmpdir(), 'federizer-scenario-'));
   // A stand-in for the built webmail: the scenarios are about mail between domains, not the web client.
@@ -112,8 +116,9 @@ export async function startScenario(options: {
     fed = await startLocalFederation({
       dataDir: join(dir, 'data'),
       ...(options.domains === undefined ? {} : { domains: options.domains }),
-      portBase: 0,
+      portBase: options.portBase ?? 0,
       processes: options.processes,
+      ...(options.dnsForward === undefined ? {} : { dnsForward: options.dnsForward }),
       logLevel: options.logLevel ?? 'info',
       webmailDist,
       log: (domain, line) => logs.push({ domain, line }),

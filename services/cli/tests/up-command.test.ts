@@ -163,6 +163,7 @@ describe('federizer up', () => {
       [['--port-base', 'abc'], /--port-base is a port number \(or 0 for free ports\), not "abc"/],
       [['--port-base', '80'], /the port base is 0 \(random ports\) or a port from 1024, not 80/],
       [['--domains', 'example_com'], /"example_com" is not a domain name/],
+      [['--dns-forward', 'dns.example:53'], /--dns-forward "dns.example:53": the host must be an IP address/],
       [['--frobnicate'], /^federizer: unknown option --frobnicate\nRun `federizer up --help` for its options\.\n$/],
       [['--verbose=yes'], /^federizer: -v, --verbose takes no value\n/],
     ];

@@ -4,6 +4,10 @@
  * the `*.localhost` hosts, over UDP and TCP on one port, and accepts RFC 2136 UPDATE messages so that code which
  * maintains records through dynamic updates can be tested against it.
  *
+ * With `forwardTo`, a query for a name outside its zones is relayed, as it came, to another DNS server and its
+ * answer relayed back (over the transport the query came by): the local federation then resolves the
+ * `_federizer` records of domains run elsewhere (another implementation, another machine) through one server.
+ *
  * Deliberately left out: TSIG (RFC 8945) — update messages are accepted unauthenticated when `allowUpdates` is
  * set, any TSIG record in them is ignored and responses are not signed; EDNS (RFC 6891) — an OPT record is ignored
  * and UDP answers stay within 512 bytes; wildcards, delegations (NS), zone transfers and DNSSEC.
@@ -54,6 +58,13 @@ export interface DnsServerOptions {
   allowUpdates?: boolean;
   /** RFC 7766 §6.2.3: an idle TCP connection is closed after this long. Default 10 s. */
   tcpIdleTimeoutMs?: number;
+  /**
+   * Where queries for names outside `zones` go instead of being REFUSED: a DNS server (an IP address and
+   * port) that answers them. Its answer is relayed unchanged; no answer within `forwardTimeoutMs` is SERVFAIL.
+   */
+  forwardTo?: { host: string; port: number };
+  /** Default 3 s. */
+  forwardTimeoutMs?: number;
 }
 
 export const DEFAULT_DNS_TTL = 60;
@@ -104,6 +115,61 @@ const STORED_TYPES: readonly DnsRecordType[] = ['SRV', 'A', 'AAAA', 'TXT', 'CNAM
 
 function isStoredType(type: string): type is DnsRecordType {
   return (STORED_TYPES as readonly string[]).includes(type);
+}
+
+function validPort(port: number): boolean {
+  return Number.isInteger(port) && port >= 1 && port <= 65535;
+}
+
+function frameLength(length: number): Buffer {
+  const prefix = Buffer.alloc(2);
+  prefix.writeUInt16BE(length, 0);
+  return prefix;
+}
+
+/** One query to another server over UDP: its first response with the query's ID, or a time-out. */
+function relayUdp(message: Buffer, to: { host: string; port: number }, timeoutMs: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const socket = dgram.createSocket(net.isIPv6(to.host) ? 'udp6' : 'udp4');
+    let finished = false;
+    const done = (error: Error | undefined, reply?: Buffer) => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      socket.close();
+      if (error) reject(error);
+      else resolve(reply!);
+    };
+    const timer = setTimeout(() => done(new Error('no answer in time')), timeoutMs);
+    socket.on('error', (error) => done(error));
+    socket.on('message', (reply) => {
+      if (reply.length >= 2 && reply.readUInt16BE(0) === message.readUInt16BE(0)) done(undefined, reply);
+    });
+    socket.send(message, to.port, to.host);
+  });
+}
+
+/** One query to another server over TCP (RFC 7766 framing): the first framed response, or a time-out. */
+function relayTcp(message: Buffer, to: { host: string; port: number }, timeoutMs: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: to.host, port: to.port });
+    let received = Buffer.alloc(0);
+    const done = (error: Error | undefined, reply?: Buffer) => {
+      clearTimeout(timer);
+      socket.destroy();
+      if (error) reject(error);
+      else resolve(reply!);
+    };
+    const timer = setTimeout(() => done(new Error('no answer in time')), timeoutMs);
+    socket.on('error', (error) => done(error));
+    socket.on('connect', () => socket.write(Buffer.concat([frameLength(message.length), message])));
+    socket.on('data', (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      if (received.length >= 2 && received.length >= 2 + received.readUInt16BE(0))
+        done(undefined, received.subarray(2, 2 + received.readUInt16BE(0)));
+    });
+    socket.on('end', () => done(new Error('the connection closed before an answer')));
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -409,6 +475,8 @@ export class DnsServer {
   readonly #zones: string[];
   readonly #allowUpdates: boolean;
   readonly #tcpIdleTimeoutMs: number;
+  readonly #forwardTo: { host: string; port: number } | undefined;
+  readonly #forwardTimeoutMs: number;
   readonly #nodes = new Map<string, Map<DnsRecordType, StoredRRset>>();
   readonly #connections = new Set<net.Socket>();
   #serial = 1;
@@ -422,6 +490,13 @@ export class DnsServer {
     this.#zones = [...new Set(zones)].sort((a, b) => b.length - a.length);
     this.#allowUpdates = options.allowUpdates ?? false;
     this.#tcpIdleTimeoutMs = options.tcpIdleTimeoutMs ?? 10_000;
+    if (
+      options.forwardTo !== undefined &&
+      (net.isIP(options.forwardTo.host) === 0 || !validPort(options.forwardTo.port))
+    )
+      throw new TypeError(`forwardTo must be an IP address and a port, not ${JSON.stringify(options.forwardTo)}`);
+    this.#forwardTo = options.forwardTo;
+    this.#forwardTimeoutMs = options.forwardTimeoutMs ?? 3000;
   }
 
   static async start(options: DnsServerOptions = {}): Promise<DnsServer> {
@@ -537,10 +612,13 @@ export class DnsServer {
       udp.on('error', () => undefined);
       tcp.on('error', () => undefined);
       udp.on('message', (message, remote) => {
-        const reply = this.#handle(message, 'udp');
-        if (reply !== undefined && this.#closing === undefined) {
-          udp.send(reply, remote.port, remote.address, () => undefined);
-        }
+        const send = (reply: Buffer | undefined) => {
+          if (reply !== undefined && this.#closing === undefined)
+            udp.send(reply, remote.port, remote.address, () => undefined);
+        };
+        const query = this.#forwarded(message);
+        if (query !== undefined) void this.#forward(message, query, 'udp').then(send);
+        else send(this.#handle(message, 'udp'));
       });
       this.#udp = udp;
       this.#tcp = tcp;
@@ -566,14 +644,45 @@ export class DnsServer {
       while (pending.length >= 2 && pending.length >= 2 + pending.readUInt16BE(0)) {
         const message = pending.subarray(2, 2 + pending.readUInt16BE(0));
         pending = pending.subarray(2 + message.length);
-        const reply = this.#handle(message, 'tcp');
-        if (reply === undefined) continue;
-        const frame = Buffer.alloc(2 + reply.length);
-        frame.writeUInt16BE(reply.length, 0);
-        reply.copy(frame, 2);
-        socket.write(frame);
+        const send = (reply: Buffer | undefined) => {
+          if (reply === undefined || socket.destroyed) return;
+          socket.write(Buffer.concat([frameLength(reply.length), reply]));
+        };
+        // RFC 7766 §7: answers on one connection may come out of order; the client matches them by ID.
+        const query = this.#forwarded(message);
+        if (query !== undefined) void this.#forward(Buffer.from(message), query, 'tcp').then(send);
+        else send(this.#handle(message, 'tcp'));
       }
     });
+  }
+
+  /** The query, when it is one that `forwardTo` answers: a standard query for one name outside the zones. */
+  #forwarded(message: Buffer): WireMessage | undefined {
+    if (this.#forwardTo === undefined || message.length < 3 || (message[2]! & 0x80) !== 0) return undefined;
+    let query: WireMessage;
+    try {
+      query = parseMessage(message);
+    } catch {
+      return undefined;
+    }
+    const [question, ...more] = query.questions;
+    if (query.opcode !== OPCODE_QUERY || question === undefined || more.length > 0) return undefined;
+    return this.#zoneOf(wireKey(question.name)) === undefined ? query : undefined;
+  }
+
+  /** Relays the query to `forwardTo` by the same transport; SERVFAIL when no answer comes in time. Never throws. */
+  async #forward(message: Buffer, query: WireMessage, transport: 'udp' | 'tcp'): Promise<Buffer | undefined> {
+    const upstream = this.#forwardTo!;
+    try {
+      const reply = await (transport === 'udp'
+        ? relayUdp(message, upstream, this.#forwardTimeoutMs)
+        : relayTcp(message, upstream, this.#forwardTimeoutMs));
+      // The answer must be to this query: its ID, and the response bit set.
+      if (reply.length >= 12 && reply.readUInt16BE(0) === query.id && (reply[2]! & 0x80) !== 0) return reply;
+    } catch {
+      // No answer, or an unusable one: SERVFAIL below.
+    }
+    return encodeReply(query, { rcode: RCODE.SERVFAIL }, transport);
   }
 
   /** Never throws: whatever arrives gets an answer or is dropped, and the server keeps serving. */

@@ -691,3 +691,68 @@ describe('embedded DNS server and client', () => {
     }
   });
 });
+
+describe('embedded DNS server forwarding names outside its zones (forwardTo)', () => {
+  const FOREIGN = '_federizer._as._tcp.example.test';
+  let upstream: DnsServer;
+  let server: DnsServer;
+
+  beforeEach(async () => {
+    // Another domain's DNS server (another implementation's federation, say), holding its own records.
+    upstream = await DnsServer.start({ zones: ['example.test'] });
+    upstream.addRecord(FOREIGN, 'SRV', { priority: 1, weight: 1, port: 9443, target: 'as.example.test' });
+    upstream.addRecord('as.example.test', 'A', '127.0.0.1');
+    server = await DnsServer.start({ zones: ['example.com', 'localhost'], forwardTo: upstream.address });
+    server.addRecord(SRV_NAME, 'SRV', { priority: 1, weight: 1, port: 8443, target: 'as.example-com.localhost' });
+  });
+  afterEach(async () => {
+    await server.close();
+    await upstream.close();
+  });
+
+  it('answers the other server’s records through UDP and TCP, and its own zones itself', async () => {
+    const client = new DnsClient({ servers: [server.address], timeoutMs: 1000, retries: 1 });
+    expect((await client.resolveSrv(FOREIGN)).records).toEqual([
+      { name: 'as.example.test', port: 9443, priority: 1, weight: 1 },
+    ]);
+    // c-ares, over UDP; the relayed answer is the upstream's (authoritative there), with the query's ID.
+    const resolver = new dns.promises.Resolver({ timeout: 1000, tries: 1 });
+    resolver.setServers([`127.0.0.1:${server.address.port}`]);
+    expect(await resolver.resolve4('as.example.test')).toEqual(['127.0.0.1']);
+    const raw = await udpQuery(server.address.port, encodeQuery(FOREIGN, 'SRV'));
+    expect(raw.packet.flag_aa).toBe(true);
+    // Over TCP (RFC 7766 framing), relayed over TCP.
+    const [tcpReply] = await tcpExchange(server.address.port, [frame(encodeQuery(FOREIGN, 'SRV', 77))], 1);
+    const tcp = decodeReply(tcpReply!);
+    expect(tcp.packet.id).toBe(77);
+    expect(tcp.packet.answers?.map((a) => (a as { data: { port: number } }).data.port)).toEqual([9443]);
+    // Its own zones are still its own, and a name of the upstream's zone that does not exist is its NXDOMAIN.
+    expect((await client.resolveSrv(SRV_NAME)).records.map((r) => r.port)).toEqual([8443]);
+    expect((await udpQuery(server.address.port, encodeQuery('_nope._tcp.example.test', 'SRV'))).rcode).toBe(3);
+  });
+
+  it('RFC 1035 §4.1.1: an upstream that does not answer in time gives SERVFAIL, promptly', async () => {
+    await server.close();
+    const silent = dgram.createSocket('udp4');
+    await new Promise<void>((resolve) => silent.bind(0, '127.0.0.1', resolve));
+    try {
+      server = await DnsServer.start({
+        zones: ['example.com'],
+        forwardTo: { host: '127.0.0.1', port: silent.address().port },
+        forwardTimeoutMs: 300,
+      });
+      const started = Date.now();
+      const raw = await udpQuery(server.address.port, encodeQuery(FOREIGN, 'SRV'));
+      expect(raw.rcode).toBe(2); // SERVFAIL
+      expect(Date.now() - started).toBeLessThan(5000);
+    } finally {
+      silent.close();
+    }
+  });
+
+  it('refuses a forwardTo that is not an IP address and a port', async () => {
+    await expect(DnsServer.start({ forwardTo: { host: 'dns.example.test', port: 53 } })).rejects.toThrow(
+      /forwardTo must be an IP address and a port/,
+    );
+  });
+});

@@ -9,9 +9,11 @@ import { ensureWebmailBuilt } from '../federation/webmail-build.js';
 import { WEBMAIL_ROOT } from '../federation/webmail-server.js';
 import type { CommandIo } from '../io.js';
 import { optionMistake, UsageError } from '../io.js';
+import { parseDnsOption } from '../mail/locate.js';
 import { untilSignal } from '../signals.js';
 
-const HELP = `federizer up [--domains LIST] [--data-dir DIR] [--port-base N] [--verbose] [--no-webmail-build]
+const HELP = `federizer up [--domains LIST] [--data-dir DIR] [--port-base N] [--dns-forward HOST:PORT] [--verbose]
+             [--no-webmail-build]
 
 Runs a local federation: for each domain its Authorization Server, mailbox and webmail in a process of
 its own, and a DNS server answering the domains' _federizer SRV records. Each domain gets a demo user,
@@ -22,6 +24,10 @@ whose password is printed. Everything is kept in the data directory, so a restar
                       the running federation: URLs, the DNS server, the demo users and their passwords
   --port-base N       the DNS server listens on N, domain i (from 0) on N+10(i+1) (AS), +1 (mailbox) and
                       +2 (webmail); default ${DEFAULT_PORT_BASE}. 0 picks free ports (kept across restarts while free)
+  --dns-forward HOST:PORT
+                      a DNS server (IP address and port) that answers for domains outside this federation:
+                      the embedded DNS server relays their queries to it, so these domains can send to and
+                      fetch from mail domains run elsewhere, and their software can use this DNS server too
   --verbose           the services' info logs, not only warnings and errors
   --no-webmail-build  do not build webmail/ first (by default it is built when its build is missing or stale)
 
@@ -60,6 +66,7 @@ export async function upCommand(args: readonly string[], io: CommandIo): Promise
     domains?: string;
     'data-dir'?: string;
     'port-base'?: string;
+    'dns-forward'?: string;
     verbose?: boolean;
     'no-webmail-build'?: boolean;
     help?: boolean;
@@ -71,6 +78,7 @@ export async function upCommand(args: readonly string[], io: CommandIo): Promise
         domains: { type: 'string' },
         'data-dir': { type: 'string' },
         'port-base': { type: 'string' },
+        'dns-forward': { type: 'string' },
         verbose: { type: 'boolean', short: 'v' },
         'no-webmail-build': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
@@ -90,6 +98,8 @@ export async function upCommand(args: readonly string[], io: CommandIo): Promise
     throw new UsageError(`--port-base is a port number (or 0 for free ports), not ${JSON.stringify(portText)}`);
   const domains = values.domains?.split(',').filter((d) => d.trim() !== '');
   if (values['data-dir'] === '') throw new UsageError('--data-dir needs a directory');
+  const dnsForward =
+    values['dns-forward'] === undefined ? undefined : parseDnsOption(values['dns-forward'], '--dns-forward');
 
   // Listening from the start: a Ctrl-C while the domains start stops them all once they are up.
   const signal = untilSignal();
@@ -116,6 +126,7 @@ export async function upCommand(args: readonly string[], io: CommandIo): Promise
       domains,
       dataDir: values['data-dir'] ?? DEFAULT_DATA_DIR,
       portBase: portText === undefined ? undefined : Number(portText),
+      ...(dnsForward === undefined ? {} : { dnsForward }),
       processes: true,
       logLevel: values.verbose ? 'info' : 'warn',
       log: (domain, line) => {

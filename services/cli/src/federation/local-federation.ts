@@ -65,6 +65,11 @@ export interface LocalFederationOptions {
   readonly webmailDist?: string;
   /** Mailbox settings for every domain instead of the defaults (e.g. a short retry base in tests). */
   readonly mailbox?: MailboxSettings;
+  /**
+   * A DNS server that answers the names outside the federation's domains: the embedded server relays those
+   * queries to it, so the domains reach mail domains run elsewhere (another implementation, another machine).
+   */
+  readonly dnsForward?: { readonly host: string; readonly port: number };
 }
 
 export type FederationEvent =
@@ -225,7 +230,12 @@ export async function startLocalFederation(options: LocalFederationOptions): Pro
   const startDns = async (port: number): Promise<DnsServer> => {
     let server: DnsServer;
     try {
-      server = await DnsServer.start({ host: HOST, port, zones: [...domains, 'localhost'] });
+      server = await DnsServer.start({
+        host: HOST,
+        port,
+        zones: [...domains, 'localhost'],
+        ...(options.dnsForward === undefined ? {} : { forwardTo: options.dnsForward }),
+      });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE')
         throw new PortInUseError(`port ${port} (the DNS server) is already in use; choose another --port-base`);

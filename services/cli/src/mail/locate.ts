@@ -26,14 +26,14 @@ export interface LocateOptions {
 }
 
 /** `HOST:PORT` or `[V6]:PORT` with an IP address, since the DNS client asks that server directly. */
-export function parseDnsOption(value: string): { host: string; port: number } {
+export function parseDnsOption(value: string, option = '--dns'): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value.trim());
   const host = m?.[1] ?? m?.[2];
   const port = Number(m?.[3]);
   if (host === undefined || !Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new UsageError(`--dns ${JSON.stringify(value)}: expected HOST:PORT, e.g. 127.0.0.1:5353 or [::1]:53`);
+    throw new UsageError(`${option} ${JSON.stringify(value)}: expected HOST:PORT, e.g. 127.0.0.1:5353 or [::1]:53`);
   }
-  if (isIP(host) === 0) throw new UsageError(`--dns ${JSON.stringify(value)}: the host must be an IP address`);
+  if (isIP(host) === 0) throw new UsageError(`${option} ${JSON.stringify(value)}: the host must be an IP address`);
   return { host, port };
 }
 
