@@ -42,7 +42,11 @@ export interface AuthConfig {
   readonly corsOrigins: readonly string[];
   /** Seconds between checks for a due key rotation and for keys created by other replicas. */
   readonly keyCheckSeconds: number;
-  /** Whether X-Forwarded-Proto/Host/For are trusted (set when a proxy or ingress terminates TLS). */
+  /**
+   * Whether X-Forwarded-For from a loopback or private-network peer is trusted for the client address (the
+   * login throttle's key), as when a proxy or ingress terminates TLS. The scheme and host of every request are
+   * the issuer's whatever a proxy forwards (service.ts, `seenAtIssuer`).
+   */
   readonly trustProxy: boolean;
 }
 

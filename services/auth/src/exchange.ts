@@ -7,7 +7,10 @@
  * | fetch (§6.1)      | jwt (the newest assertion) | access_token | an RFC 9068 `at+jwt` for the origin mailbox |
  *
  * Each check is a small named function that throws an ExchangeError carrying the OAuth error code and a
- * precise description; the order is the protocol's. DPoP is verified here with the protocol library (the
+ * precise description; the order is the protocol's. A subject token that is invalid for any reason, or not
+ * acceptable by policy for this request (another user's From, a JWT-Assertion-Digest of another token, a
+ * Forwarded-From who is no user here), is `invalid_request`, as RFC 8693 §2.2.2 requires of a token
+ * exchange, never RFC 6749's `invalid_grant`. DPoP is verified here with the protocol library (the
  * provider's own DPoP helpers are internal) and its jti recorded in the database, so a proof replayed
  * against another replica or after a restart is still refused.
  */
@@ -247,7 +250,7 @@ export async function verifyUserTokenJwt(req: Request, deps: ExchangeDeps): Prom
     req.userTokens?.add(token, payload);
     return payload;
   } catch (e) {
-    throw new ExchangeError('invalid_grant', `subject_token: ${(e as Error).message}`, { cause: e });
+    throw new ExchangeError('invalid_request', `subject_token: ${(e as Error).message}`, { cause: e });
   }
 }
 
@@ -258,10 +261,10 @@ export async function tokenUser(payload: JWTPayload, deps: ExchangeDeps): Promis
       ? await deps.subject(typeof payload.sub === 'string' ? payload.sub : '', payload.gid)
       : { user: undefined, grantActive: false };
   if (!grantActive) {
-    throw new ExchangeError('invalid_grant', 'subject_token: the grant it was issued under was revoked');
+    throw new ExchangeError('invalid_request', 'subject_token: the grant it was issued under was revoked');
   }
   if (user === undefined || user.disabled)
-    throw new ExchangeError('invalid_grant', `subject_token: the user ${String(payload.sub)} is unknown or disabled`);
+    throw new ExchangeError('invalid_request', `subject_token: the user ${String(payload.sub)} is unknown or disabled`);
   return user;
 }
 
@@ -324,7 +327,7 @@ export function requireFromIsUser(headers: Header[], user: Pick<User, 'address'>
     throw new ExchangeError('invalid_request', `From: ${(e as Error).message}`);
   }
   if (from !== user.address)
-    throw new ExchangeError('invalid_grant', `From ${from} is not the address of the signed-in user ${user.address}`);
+    throw new ExchangeError('invalid_request', `From ${from} is not the address of the signed-in user ${user.address}`);
 }
 
 /** §4.5: the Message-ID is of this AS's domain. */
@@ -382,7 +385,7 @@ export async function verifySubjectAssertion(req: Request, deps: ExchangeDeps, s
         cause: e,
       });
     }
-    throw new ExchangeError('invalid_grant', `subject_token: ${reason}`, { cause: e });
+    throw new ExchangeError('invalid_request', `subject_token: ${reason}`, { cause: e });
   }
 }
 
@@ -498,7 +501,7 @@ async function forward(req: Request, deps: ExchangeDeps, jkt: string) {
   const messageId = requireMsgId(headerText(headers, 'Message-ID'), 'Message-ID');
   requireDigest(headers, 'Recipients-Digest');
   if (headerText(headers, 'JWT-Assertion-Digest') !== assertionDigest(req.params.subject_token!)) {
-    throw new ExchangeError('invalid_grant', 'JWT-Assertion-Digest is not the digest of subject_token');
+    throw new ExchangeError('invalid_request', 'JWT-Assertion-Digest is not the digest of subject_token');
   }
   await verifySubjectAssertion(req, deps, senderDomainOf(req, messageId));
   const user = await forwardingUser(headers, req, deps);
@@ -516,7 +519,7 @@ async function forwardingUser(headers: Header[], req: Request, deps: ExchangeDep
   }
   const user = domainOf(address) === deps.config.domain ? await deps.users.get(address) : undefined;
   if (user === undefined || user.disabled)
-    throw new ExchangeError('invalid_grant', `Forwarded-From ${address} is not a user of ${deps.config.domain}`);
+    throw new ExchangeError('invalid_request', `Forwarded-From ${address} is not a user of ${deps.config.domain}`);
   const type = req.params.forward_type ?? 'auto';
   if (type !== 'auto' && type !== 'manual')
     throw new ExchangeError('invalid_request', 'forward_type must be manual or auto');

@@ -143,9 +143,11 @@ export function interactionRouter(deps: InteractionDeps): Router {
       // address only (there is no account to count it against).
       const plausible = address.length >= 3 && address.length <= 254 && address.includes('@');
       const accountKey = plausible ? [accountThrottleKey(address)] : [];
-      const keys = [...accountKey, ipThrottleKey(req.ip ?? 'unknown')];
-      const now = new Date(deps.now());
-      const gate = await deps.throttle.check(keys, now);
+      // The client address first: an address that must wait touches no account's counter.
+      const keys = [ipThrottleKey(req.ip ?? 'unknown'), ...accountKey];
+      // Reserved (counted as a failure) before the password is checked, in one statement per key, so that
+      // parallel guesses cannot all pass a check made before any of them was counted.
+      const gate = await deps.throttle.reserve(keys, new Date(deps.now()));
       if (!gate.allowed) {
         deps.onLogin?.('throttled');
         res.set('Retry-After', String(gate.retryAfterSeconds));
@@ -154,17 +156,25 @@ export function interactionRouter(deps: InteractionDeps): Router {
           error: `Too many attempts. Try again in ${gate.retryAfterSeconds} seconds.`,
         });
       }
-      const user = plausible && password !== '' ? await deps.users.verifyPassword(address, password) : undefined;
+      let user: Awaited<ReturnType<UserStore['verifyPassword']>>;
+      try {
+        user = plausible && password !== '' ? await deps.users.verifyPassword(address, password) : undefined;
+      } catch (e) {
+        // Nothing was decided about the password: the attempt does not count.
+        await deps.throttle.release(gate).catch(() => undefined);
+        throw e;
+      }
       if (user === undefined) {
-        await deps.throttle.recordFailure(keys, now);
+        // The reservation stays: it is this failure.
         deps.onLogin?.('failure');
         return renderLogin(req, res, 401, uid, clientId, {
           address,
           error: 'The email address or password is not right.',
         });
       }
-      // Only the account's counter: clearing the client address's would let one valid account reset it
-      // between guesses at others.
+      // A success does not count against the client address; the account's counter is cleared. Not the
+      // address's: clearing it would let one valid account reset it between guesses at others.
+      await deps.throttle.release(gate);
       await deps.throttle.recordSuccess(accountKey);
       deps.onLogin?.('success');
       return provider.interactionFinished(

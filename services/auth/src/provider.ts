@@ -180,11 +180,20 @@ export function createProvider(deps: ProviderDeps): Provider {
       return grant;
     },
     renderError: deps.renderError,
+    // RFC 7523 §3: what oidc-provider leaves open about client assertions (private_key_jwt).
+    assertJwtClientAuthClaimsAndHeader: (_ctx, claims) =>
+      assertClientAssertionClaims(claims, {
+        issuer: config.issuer,
+        tokenEndpoint: `${config.issuer}/token`,
+        now: Math.floor(Date.now() / 1000),
+      }),
     clientBasedCORS: (_ctx, origin) => config.corsOrigins.includes(origin),
   });
-  // Behind a TLS-terminating proxy the provider must read X-Forwarded-Proto/Host; only then, since any
-  // caller can send those headers.
-  provider.proxy = config.trustProxy;
+  // The provider reads the scheme, host and client address from X-Forwarded-Proto/Host/For, which the service
+  // sets in front of it to the issuer's scheme and host and to the client address it decided on (service.ts,
+  // `seenAtIssuer`): whatever a caller sends, the URLs the provider builds are the issuer's.
+  provider.proxy = true;
+  provider.use(unauthorizedClientForGrantType);
   recordReplaysIn(provider, deps.exchange.replay);
   // A handler per provider: the users' tokens it has verified are forgotten when the keys change (VerifiedTokens).
   provider.registerGrantType(
@@ -194,6 +203,83 @@ export function createProvider(deps: ProviderDeps): Provider {
     [],
   );
   return provider;
+}
+
+/** The longest a client assertion may be used: its `exp` at most this long after now and after its `iat`. */
+export const CLIENT_ASSERTION_MAX_SECONDS = 300;
+/** How far ahead of this server's clock a client assertion's `iat` may be (oidc-provider's clockTolerance). */
+const CLIENT_ASSERTION_SKEW_SECONDS = 15;
+
+/** `invalid_client` (401) whose `error_description` says what is wrong with the client assertion. */
+export class ClientAssertionRefused extends errors.InvalidClientAuth {
+  constructor(description: string) {
+    super(description);
+    this.error_description = `client assertion: ${description}`;
+  }
+}
+
+/**
+ * The checks of a client assertion (RFC 7523 §3) that oidc-provider does not make, run after it verified
+ * the signature, `iss`, `sub`, `jti`, and that `exp` is present and not past:
+ * - item 3: `aud` is this AS, named by its issuer identifier or its token endpoint URL, as a string or an
+ *   array of that one value. oidc-provider also accepts the URL of the endpoint called, and an array naming
+ *   anything else besides, which would let an assertion made for another server be replayed here;
+ * - item 4 (`exp` limits the time window) and item 6 (`iat`): `iat` is required and not ahead of the clock,
+ *   and `exp` lies after `iat`, at most CLIENT_ASSERTION_MAX_SECONDS after it and after now. A client
+ *   assertion otherwise could be made to serve for a year.
+ */
+export function assertClientAssertionClaims(
+  claims: Readonly<Record<string, unknown>>,
+  expected: { readonly issuer: string; readonly tokenEndpoint: string; readonly now: number },
+): void {
+  const accepted = [expected.issuer, expected.tokenEndpoint];
+  const { aud, iat, exp } = claims;
+  const single = Array.isArray(aud) && aud.length === 1 ? (aud[0] as unknown) : aud;
+  if (typeof single !== 'string' || !accepted.includes(single)) {
+    throw new ClientAssertionRefused(
+      `aud must be ${expected.issuer} or ${expected.tokenEndpoint} (a string, or an array of that one value), not ${JSON.stringify(aud)}`,
+    );
+  }
+  if (typeof iat !== 'number' || !Number.isFinite(iat))
+    throw new ClientAssertionRefused('iat (a NumericDate, the time it was made) is required');
+  if (iat > expected.now + CLIENT_ASSERTION_SKEW_SECONDS)
+    throw new ClientAssertionRefused(`iat ${iat} is in the future (now ${expected.now})`);
+  if (typeof exp !== 'number' || exp <= iat)
+    throw new ClientAssertionRefused(`exp ${String(exp)} is not after iat ${iat}`);
+  if (exp - iat > CLIENT_ASSERTION_MAX_SECONDS || exp - expected.now > CLIENT_ASSERTION_MAX_SECONDS) {
+    throw new ClientAssertionRefused(
+      `exp ${exp} is more than ${CLIENT_ASSERTION_MAX_SECONDS} s after iat ${iat} or after now (${expected.now}); make a new assertion for each request`,
+    );
+  }
+}
+
+/** What oidc-provider says when a client asks for a grant type it is not registered for. */
+const GRANT_TYPE_NOT_ALLOWED = 'requested grant type is not allowed for this client';
+
+/**
+ * RFC 6749 §5.2: a client that is "not authorized to use this authorization grant type" is answered
+ * `unauthorized_client`; oidc-provider 9 says `invalid_request` with GRANT_TYPE_NOT_ALLOWED. Exactly that
+ * answer of the token endpoint is renamed, after the provider rendered it (status 400 either way).
+ */
+async function unauthorizedClientForGrantType(ctx: KoaContextWithOIDC, next: () => Promise<unknown>): Promise<void> {
+  await next();
+  const body = ctx.body as { error?: unknown; error_description?: unknown } | undefined;
+  if (
+    ctx.oidc?.route === 'token' &&
+    body !== null &&
+    typeof body === 'object' &&
+    body.error === 'invalid_request' &&
+    body.error_description === GRANT_TYPE_NOT_ALLOWED
+  ) {
+    body.error = 'unauthorized_client';
+  }
+}
+
+/** The OAuth error code the token endpoint answers for `err` (the name `unauthorizedClientForGrantType` gives). */
+export function tokenErrorCode(err: { error?: string; error_description?: string }): string | undefined {
+  return err.error === 'invalid_request' && err.error_description === GRANT_TYPE_NOT_ALLOWED
+    ? 'unauthorized_client'
+    : err.error;
 }
 
 /**

@@ -28,7 +28,7 @@ import { TOKEN_EXCHANGE, type ExchangeKind } from './exchange.js';
 import { interactionRouter } from './interactions.js';
 import { KeyRing } from './keys.js';
 import { PAGE_CSP, errorPage, logoutPage, signedOutPage } from './pages.js';
-import { createProvider } from './provider.js';
+import { createProvider, tokenErrorCode } from './provider.js';
 import { KnexReplayStore, adapterFactory, pruneExpired } from './storage/adapter.js';
 import { AUTH_MIGRATIONS_TABLE, authMigrations } from './storage/migrations.js';
 import { LoginThrottle } from './storage/throttle.js';
@@ -44,6 +44,25 @@ export interface AuthOverrides {
   readonly resolveSrv?: SrvResolver;
   readonly httpClient?: HttpClient;
   readonly now?: () => number;
+}
+
+/**
+ * Makes the provider see every request at the issuer's scheme and host (it reads them from X-Forwarded-Proto
+ * and X-Forwarded-Host: provider.proxy is on), and from the client address express decided on (`req.ip`,
+ * which honours X-Forwarded-For only from the proxies `trustProxy` trusts). oidc-provider builds from the
+ * request's host the endpoint URLs of its metadata (RFC 8414), the audiences it accepts in client assertions
+ * (RFC 7523 §3) and the htu it requires of the DPoP proofs of its own grants (RFC 9449 §4.3): taken from a
+ * Host or X-Forwarded-Host header, any caller could pick them. Rewriting rather than refusing other hosts
+ * keeps the AS reachable by its listening address (127.0.0.1:<port> in the local federation and the tests)
+ * and behind proxies that pass their own Host on; what it answers is the same whichever name reached it.
+ */
+export function seenAtIssuer(req: Request, issuer: URL): void {
+  const client = req.ip ?? req.socket.remoteAddress ?? '';
+  req.headers.host = issuer.host;
+  req.headers['x-forwarded-host'] = issuer.host;
+  req.headers['x-forwarded-proto'] = issuer.protocol.slice(0, -1);
+  req.headers['x-forwarded-for'] = client;
+  delete req.headers.forwarded;
 }
 
 export class AuthService implements AsyncDisposable {
@@ -155,13 +174,13 @@ export class AuthService implements AsyncDisposable {
         if (grantType !== TOKEN_EXCHANGE) tokensIssued.inc({ grant_type: grantType, exchange: '' });
       });
       provider.on('grant.error', (ctx, err: Error & { error?: string; error_description?: string }) => {
-        if (ctx.oidc.params?.grant_type === TOKEN_EXCHANGE)
-          exchangeFailures.inc({ error: err.error ?? 'server_error' });
+        const error = tokenErrorCode(err);
+        if (ctx.oidc.params?.grant_type === TOKEN_EXCHANGE) exchangeFailures.inc({ error: error ?? 'server_error' });
         logger.info(
           {
             grant_type: ctx.oidc.params?.grant_type,
             client_id: ctx.oidc.client?.clientId,
-            error: err.error,
+            error,
             description: err.error_description,
           },
           'grant refused',
@@ -288,8 +307,10 @@ export class AuthService implements AsyncDisposable {
     app.get(`/.well-known/oauth-authorization-server${basePath}`, toDiscovery);
     if (basePath !== '') app.get(`${basePath}/.well-known/oauth-authorization-server`, toDiscovery);
     app.use(basePath || '/', router);
+    const issuer = new URL(this.config.issuer);
     app.use(basePath || '/', (req, res) => {
       req.routeLabel ??= 'oidc-provider';
+      seenAtIssuer(req, issuer);
       return this.#handle(req, res);
     });
     app.use((err: Error, _req: Request, res: Response, _next: NextFunction) => {

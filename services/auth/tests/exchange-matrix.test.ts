@@ -197,11 +197,11 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
   // The send exchange (§4.5)
 
   describe('send', () => {
-    it('PROTOCOL §4.5: From must be the user (invalid_grant)', async () => {
+    it('PROTOCOL §4.5: From must be the user (RFC 8693 §2.2.2: invalid_request)', async () => {
       const { copy } = await aliceSent();
       const headers = withValue(copy.exchangeHeaders, 'From', 'Mallory <mallory@example.com>');
       await expectRefused(comMta, sendParams((await alice()).accessToken, headers), {
-        error: 'invalid_grant',
+        error: 'invalid_request',
         description: /From mallory@example\.com is not the address of the signed-in user alice@example\.com/,
       });
     });
@@ -300,7 +300,7 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
       });
     });
 
-    it('PROTOCOL §4.5: an expired subject token (invalid_grant)', async () => {
+    it('PROTOCOL §4.5: an expired subject token (RFC 8693 §2.2.2: invalid_request)', async () => {
       const session = await signIn(com, http, 'alice@example.com', PASSWORD);
       const { copy } = await aliceSent();
       const { exp } = decodeJwt(session.accessToken).payload as { exp: number };
@@ -313,7 +313,7 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
             comMta,
             sendParams(session.accessToken, copy.exchangeHeaders),
             {
-              error: 'invalid_grant',
+              error: 'invalid_request',
               description: new RegExp(`subject_token: the token expired at ${exp}, now is ${seconds}`),
             },
             { modifyProof: (_h, payload) => void (payload.iat = Math.floor(now() / 1000)) },
@@ -330,14 +330,14 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
       expect((await comMta.send(session.accessToken, copy.exchangeHeaders)).trace.status).toBe(200);
     });
 
-    it('PROTOCOL §4.5: a revoked grant — the refresh token revoked (sign-out), then its access token as subject (invalid_grant)', async () => {
+    it('PROTOCOL §4.5: a revoked grant — the refresh token revoked (sign-out), then its access token as subject (RFC 8693 §2.2.2: invalid_request)', async () => {
       const dave: UserSession = await signIn(com, http, 'dave@example.com', PASSWORD);
       const copy = copyOf('dave@example.com', 'bob@example.net');
       expect((await comMta.send(dave.accessToken, copy.exchangeHeaders)).trace.status).toBe(200);
       expect(dave.refreshToken).toEqual(expect.any(String));
       await oidc.tokenRevocation(dave.config, dave.refreshToken!, { token_type_hint: 'refresh_token' });
       await expectRefused(comMta, sendParams(dave.accessToken, copy.exchangeHeaders), {
-        error: 'invalid_grant',
+        error: 'invalid_request',
         description: /subject_token: the grant it was issued under was revoked/,
       });
     });
@@ -363,7 +363,7 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
       await expectRefused(
         comMta,
         sendParams(erin.accessToken, withValue(copy.exchangeHeaders, 'From', 'Mallory <mallory@example.com>')),
-        { error: 'invalid_grant', description: /From mallory@example\.com is not the address of the signed-in user/ },
+        { error: 'invalid_request', description: /From mallory@example\.com is not the address of the signed-in user/ },
       );
       await expectRefused(
         comMta,
@@ -378,7 +378,7 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
       });
     });
 
-    it('PROTOCOL §4.5: a user disabled after signing in is refused before the request is looked at (invalid_grant); enabled again, the same token sends', async () => {
+    it('PROTOCOL §4.5: a user disabled after signing in is refused before the request is looked at (RFC 8693 §2.2.2: invalid_request); enabled again, the same token sends', async () => {
       const eve = await signIn(com, http, 'eve@example.com', PASSWORD);
       const copy = copyOf('eve@example.com', 'bob@example.net');
       const disable = async (disabled: boolean) =>
@@ -390,7 +390,7 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
         // The subject is checked first (§4.5 lists it before the headers): a wrong From does not change the answer.
         for (const headers of [copy.exchangeHeaders, withValue(copy.exchangeHeaders, 'From', 'mallory@example.com')]) {
           await expectRefused(comMta, sendParams(eve.accessToken, headers), {
-            error: 'invalid_grant',
+            error: 'invalid_request',
             description: /subject_token: the user eve@example\.com is unknown or disabled/,
           });
         }
@@ -400,13 +400,13 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
       expect((await comMta.send(eve.accessToken, copy.exchangeHeaders)).trace.status).toBe(200);
     });
 
-    it('PROTOCOL §4.5 check 1: a client that is not the MTA — the webmail — gets the provider’s refusal of an unregistered grant type (invalid_request)', async () => {
+    it('PROTOCOL §4.5 check 1, RFC 6749 §5.2: a client that is not the MTA — the webmail — is not authorized for the grant type (unauthorized_client)', async () => {
       const { copy } = await aliceSent();
-      // oidc-provider refuses a grant type the client is not registered for before the exchange runs, with
-      // its own error (invalid_request in oidc-provider 9, where RFC 6749 §5.2 would say unauthorized_client).
+      // oidc-provider refuses a grant type the client is not registered for before the exchange runs; its
+      // invalid_request is answered as the unauthorized_client RFC 6749 §5.2 names for this case.
       const webmail = await MtaClient.connect(com, http, { clientId: 'webmail', clientAuth: () => oidc.None() });
       await expectRefused(webmail, sendParams((await alice()).accessToken, copy.exchangeHeaders), {
-        error: 'invalid_request',
+        error: 'unauthorized_client',
         description: /^requested grant type is not allowed for this client$/,
       });
     });
@@ -546,11 +546,11 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
   // Subject assertions of the fetch and forward exchanges (§6.1, §7)
 
   describe('subject assertions', () => {
-    it('PROTOCOL §6.1/§5.3: an assertion from an issuer that DNS does not name for sender_domain (invalid_grant)', async () => {
+    it('PROTOCOL §6.1/§5.3: an assertion from an issuer that DNS does not name for sender_domain (RFC 8693 §2.2.2: invalid_request)', async () => {
       const { assertion, messageId } = await bobSent();
       expect(decodeJwt(assertion).payload.iss).toBe(net.issuer);
       await expectRefused(orgMta, fetchParams(assertion, net.mailboxResource, messageId, 'example.com'), {
-        error: 'invalid_grant',
+        error: 'invalid_request',
         description: new RegExp(
           `subject_token: iss "${net.issuer}" is not ${com.issuer}, the issuer _federizer\\._as\\._tcp\\.example\\.com leads to \\(issuer_mismatch\\)`,
         ),
@@ -560,7 +560,7 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
       expect(fetched.trace.status).toBe(200);
     });
 
-    it('PROTOCOL §6.1/§8: a sender domain whose AS does not answer is a temporary refusal (503 temporarily_unavailable), not invalid_grant', async () => {
+    it('PROTOCOL §6.1/§8: a sender domain whose AS does not answer is a temporary refusal (503 temporarily_unavailable), not invalid_request', async () => {
       const { assertion, messageId } = await bobSent();
       // The sender domain's SRV record names an AS on a port where nothing listens: discovery cannot finish.
       const down = 'down.example.net';
@@ -575,25 +575,25 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
       expect(refusal.headers.get('retry-after')).toBe('30');
     });
 
-    it('PROTOCOL §5.2 check 2: an `alg: none` assertion (invalid_grant)', async () => {
+    it('PROTOCOL §5.2 check 2: an `alg: none` assertion (RFC 8693 §2.2.2: invalid_request)', async () => {
       const { copy, a1 } = await aliceSent();
       const [, payload] = a1.split('.');
       const header = Buffer.from(JSON.stringify({ alg: 'none', typ: 'eh+jwt' })).toString('base64url');
       const unsigned = `${header}.${payload}.`;
       const messageId = copy.exchangeHeaders[0]!['Message-ID'] as string;
       await expectRefused(orgMta, fetchParams(unsigned, com.mailboxResource, messageId, 'example.com'), {
-        error: 'invalid_grant',
+        error: 'invalid_request',
         description: /subject_token: alg "none" is not one of ES256, EdDSA, RS256 \(alg_not_allowed\)/,
       });
     });
 
-    it('PROTOCOL §5.2 check 2: a user’s access token presented as an assertion (invalid_grant, typ)', async () => {
+    it('PROTOCOL §5.2 check 2: a user’s access token presented as an assertion (RFC 8693 §2.2.2: invalid_request, typ)', async () => {
       const { copy } = await aliceSent();
       const token = (await alice()).accessToken;
       expect(decodeJwt(token).header.typ).toBe('at+jwt');
       const messageId = copy.exchangeHeaders[0]!['Message-ID'] as string;
       await expectRefused(orgMta, fetchParams(token, com.mailboxResource, messageId, 'example.com'), {
-        error: 'invalid_grant',
+        error: 'invalid_request',
         description: /subject_token: an assertion has typ eh\+jwt, not "at\+jwt" \(invalid_typ\)/,
       });
     });
@@ -646,7 +646,20 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
       expect(manual.trace.status).toBe(200);
     });
 
-    it('PROTOCOL §7: a forward whose JWT-Assertion-Digest is not the subject’s digest (invalid_grant)', async () => {
+    it('PROTOCOL §7: a Forwarded-From who is no user of this domain makes the subject unacceptable by policy (RFC 8693 §2.2.2: invalid_request)', async () => {
+      const { copy, a1 } = await aliceSent();
+      const prepared = prepareForward(stored(copy, a1, 'example.net'), {
+        date: new Date(),
+        forwardedFrom: 'nobody-here@example.net',
+        forwardedTo: 'someone@example.org',
+      });
+      await expectRefused(netMta, forwardParams(a1, prepared.exchangeHeaders, 'example.com'), {
+        error: 'invalid_request',
+        description: /Forwarded-From nobody-here@example\.net is not a user of example\.net/,
+      });
+    });
+
+    it('PROTOCOL §7: a forward whose JWT-Assertion-Digest is not the subject’s digest (RFC 8693 §2.2.2: invalid_request)', async () => {
       const { copy, a1 } = await aliceSent();
       // Another valid assertion of alice's: the forward block names a1, but the subject token is this one.
       const other = (await comMta.send((await alice()).accessToken, copy.exchangeHeaders)).token;
@@ -657,7 +670,7 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
         forwardedTo: 'bobby@example.org',
       });
       await expectRefused(netMta, forwardParams(other, prepared.exchangeHeaders, 'example.com'), {
-        error: 'invalid_grant',
+        error: 'invalid_request',
         description: /JWT-Assertion-Digest is not the digest of subject_token/,
       });
       // With its own assertion as the subject, the same forward is issued: the digest was the one reason.

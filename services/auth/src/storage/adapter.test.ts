@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Knex } from 'knex';
 import { exportJWK, generateKeyPair } from 'jose';
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 import { createKnex, migrateLatest } from '@federizer/common';
 // Test helpers are not part of @federizer/common's public entry point.
 import { testDatabases } from '../../../common/src/testing/databases.js';
@@ -97,10 +97,29 @@ describe.each(testDatabases())('storage adapter on $name', (database) => {
         ...payload,
         consumed: Math.floor((T0 + 2_500) / 1000),
       });
-      // consuming something absent is not an error, and touches nothing else
-      await adapter('AuthorizationCode').consume('missing');
-      await adapter('RefreshToken').consume('c1');
+      // something absent is not consumed, and nothing else is touched
+      await expect(adapter('AuthorizationCode').consume('missing')).rejects.toMatchObject({ error: 'invalid_grant' });
+      await expect(adapter('RefreshToken').consume('c1')).rejects.toMatchObject({ error: 'invalid_grant' });
       expect((await adapter('AuthorizationCode').find('c1'))?.consumed).toBe(Math.floor((T0 + 2_500) / 1000));
+    });
+
+    it('RFC 6749 §4.1.2, RFC 9700 §4.14.2: a code or refresh token is consumed once; of concurrent consumptions exactly one wins, the others are refused with invalid_grant and revoke the grant', async () => {
+      const rt = adapter('RefreshToken');
+      await adapter('Grant').upsert('g1', { jti: 'g1', accountId: 'alice@example.com' }, 60);
+      await rt.upsert('r1', { grantId: 'g1' }, 60);
+      await adapter('AccessToken').upsert('a1', { grantId: 'g1' }, 60);
+      await adapter('RefreshToken').upsert('other', { grantId: 'g2' }, 60);
+      const outcomes = await Promise.allSettled(Array.from({ length: 10 }, () => rt.consume('r1')));
+      expect(outcomes.filter((o) => o.status === 'fulfilled')).toHaveLength(1);
+      for (const o of outcomes.filter((o) => o.status === 'rejected'))
+        expect((o as PromiseRejectedResult).reason).toMatchObject({
+          error: 'invalid_grant',
+          error_detail: 'refresh token already used',
+        });
+      expect(await rt.find('r1')).toBeUndefined();
+      expect(await adapter('AccessToken').find('a1')).toBeUndefined();
+      expect(await adapter('Grant').find('g1')).toBeUndefined();
+      expect(await rt.find('other')).toEqual({ grantId: 'g2' });
     });
 
     it('destroys one payload of one model', async () => {
@@ -230,6 +249,19 @@ describe.each(testDatabases())('storage adapter on $name', (database) => {
       await provider.RefreshToken.revokeByGrantId(grantId);
       expect(await provider.RefreshToken.find(value)).toBeUndefined();
       expect(await provider.Grant.find(grantId)).toBeDefined();
+
+      // A second consumption (a request that found the token unused too) is refused, and revokes the grant.
+      const second = new provider.RefreshToken({
+        accountId: 'alice@example.com',
+        client,
+        grantId,
+        gty: 'authorization_code',
+        scope: 'openid',
+      });
+      const token = await provider.RefreshToken.find(await second.save());
+      await token?.consume();
+      await expect(token?.consume()).rejects.toBeInstanceOf(errors.InvalidGrant);
+      expect(await provider.Grant.find(grantId)).toBeUndefined();
     });
   });
 

@@ -4,7 +4,7 @@
  * (lib/adapters/memory_adapter.js), the reference for its contract.
  */
 import type { Knex } from 'knex';
-import type { Adapter, AdapterPayload } from 'oidc-provider';
+import { errors, type Adapter, type AdapterPayload } from 'oidc-provider';
 import { dbOptionalNumber } from '@federizer/common';
 import { THROTTLE_FORGET_AFTER_MS } from './throttle.js';
 
@@ -21,6 +21,11 @@ const GRANTABLE = [
   'BackchannelAuthenticationRequest',
   'PreAuthorizedCode',
 ] as const;
+
+/** `RefreshToken` → `refresh token`, as oidc-provider words its errors. */
+function label(model: string): string {
+  return model.replace(/(?<=[a-z])(?=[A-Z])/g, ' ').toLowerCase();
+}
 
 export interface KnexAdapterOptions {
   /** Epoch milliseconds; tests pass a frozen clock. */
@@ -76,12 +81,30 @@ export class KnexAdapter implements Adapter {
     return this.#first({ uid });
   }
 
+  /**
+   * Marks a code or refresh token used, once: the UPDATE changes the row only while it is unused, so of
+   * several requests that found the same unused token (parallel refreshes of one refresh token, parallel
+   * redemptions of one code) exactly one consumes it. oidc-provider calls this after its own `consumed`
+   * check passed and before it issues anything, and lets what it throws become the answer, so the others
+   * are refused with invalid_grant (RFC 6749 §4.1.2, RFC 9700 §4.14.2), and treated as the reuse they are:
+   * as oidc-provider does for a token found already consumed, the grant is revoked with everything issued
+   * under it, the winner's tokens included.
+   */
   async consume(id: string): Promise<void> {
     // Kept in its own column and merged into the payload on read, so consuming is one UPDATE with no
     // read-modify-write of the JSON (and no JSON functions that differ between the databases).
-    await this.#knex('oidc_payloads')
+    const changed = await this.#knex('oidc_payloads')
       .where({ kind: this.name, id })
+      .whereNull('consumed_at')
       .update({ consumed_at: Math.floor(this.#now() / 1000) });
+    if (changed > 0) return;
+    const row = (await this.#knex('oidc_payloads').select('grant_id').where({ kind: this.name, id }).first()) as
+      { grant_id: string | null } | undefined;
+    if (row?.grant_id) {
+      await this.revokeByGrantId(row.grant_id);
+      await this.#knex('oidc_payloads').where({ kind: 'Grant', id: row.grant_id }).delete();
+    }
+    throw new errors.InvalidGrant(`${label(this.name)} already used`);
   }
 
   async destroy(id: string): Promise<void> {

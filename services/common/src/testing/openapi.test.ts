@@ -638,7 +638,7 @@ describe('openapi/auth.openapi.json', () => {
     // and what oidc-provider answers before the exchange runs
     codes.set('unsupported_grant_type', 400).set('invalid_client', 401).set('server_error', 500);
     expect([...codes.keys()]).toEqual(
-      expect.arrayContaining(['invalid_grant', 'invalid_dpop_proof', 'quota_exceeded']),
+      expect.arrayContaining(['invalid_request', 'invalid_dpop_proof', 'quota_exceeded']),
     );
     for (const [code, status] of codes) {
       const answer = {
