@@ -106,6 +106,12 @@ export interface PartialBlob {
    * fails with `digest_mismatch`. Closes the PartialBlob either way.
    */
   commit(expectedSize?: number): Promise<PutResult>;
+  /**
+   * Cuts the bytes back to the first `size` (at most `this.size`) and keeps the PartialBlob open: what an
+   * answer appended before it proved wrong goes, the bytes held before it stay for a resume. The bytes kept are
+   * hashed again. An `io_error` closes the PartialBlob, leaving the file to be re-hashed on reopening.
+   */
+  truncate(size: number): Promise<void>;
   /** Deletes the bytes and closes. Does nothing when already closed. */
   discard(): Promise<void>;
   /** Closes, keeping the bytes on disk for a later `openPartial`. Does nothing when already closed. */
@@ -509,7 +515,7 @@ class DiskPartialBlob implements PartialBlob {
     private readonly shardDirs: ShardDirs,
     private readonly digest: string,
     private readonly path: string,
-    private readonly hasher: ContentIdHasher,
+    private hasher: ContentIdHasher,
     private readonly unlock: () => void,
   ) {
     this.contentId = `<${digest}>`;
@@ -591,6 +597,31 @@ class DiskPartialBlob implements PartialBlob {
       if (this.durableSize !== size) await io(`cannot fsync ${this.path}`, () => fsyncPath(this.path));
       const created = await publish(this.shardDirs, this.path, digest);
       return { contentId: this.contentId, size, created };
+    } finally {
+      await this.end(outcome, true);
+    }
+  }
+
+  async truncate(size: number): Promise<void> {
+    const keep = byteCount('size', size);
+    this.begin('truncate');
+    let outcome: 'keep' | 'release' = 'keep';
+    try {
+      if (keep > this.size) throw new RangeError(`truncate: ${keep} bytes are more than the ${this.size} held`);
+      if (keep === this.size) return;
+      outcome = 'release'; // until the file and the hasher agree again
+      const file = await io(`cannot open ${this.path}`, () => open(this.path, 'r+'));
+      try {
+        await io(`cannot truncate ${this.path}`, () => file.truncate(keep));
+        await io(`cannot fsync ${this.path}`, () => file.sync());
+        const hasher = new ContentIdHasher();
+        await io(`cannot read ${this.path}`, () => hashFile(file, hasher));
+        this.hasher = hasher;
+        this.durableSize = hasher.size;
+      } finally {
+        await file.close().catch(() => undefined);
+      }
+      outcome = 'keep';
     } finally {
       await this.end(outcome, true);
     }
