@@ -4,11 +4,12 @@
  */
 import { spawnSync } from 'node:child_process';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '@federizer/common';
+import { createLogger, silentLogger } from '@federizer/common';
 import { JobQueue, type ClaimOptions, type Job } from '../storage/jobs.js';
 import {
   clearMailboxTables,
   openMailboxDatabase,
+  testClock,
   testDatabases,
   type MailboxTestDatabase,
 } from '../storage/testing.js';
@@ -65,6 +66,36 @@ class TestWorker extends LeasedWorker<number> {
     if (gate === undefined) throw new Error(`job ${payload} is not running`);
     this.#gates.delete(payload);
     gate();
+  }
+}
+
+/** A worker whose runs the test scripts, logging into `logs`. */
+class ScriptedWorker extends LeasedWorker<number> {
+  readonly logs: { level: number; msg: string; err?: { message?: string } }[];
+
+  constructor(
+    queue: JobQueue,
+    private readonly script: (job: Job<number>, worker: ScriptedWorker) => Promise<void>,
+  ) {
+    const logs: ScriptedWorker['logs'] = [];
+    super({
+      kind: 'test',
+      jobs: queue,
+      logger: createLogger({
+        name: 'worker-test',
+        level: 'debug',
+        destination: { write: (line: string) => void logs.push(JSON.parse(line) as (typeof logs)[number]) },
+      }),
+      concurrency: 2,
+      perDestination: 2,
+      leaseMs: HOUR,
+      pollMs: HOUR,
+    });
+    this.logs = logs;
+  }
+
+  protected run(job: Job<number>): Promise<void> {
+    return this.script(job, this);
   }
 }
 
@@ -195,5 +226,76 @@ describe.each(testDatabases())('LeasedWorker on $name', (database) => {
     expect(await queue.find('test', `k${payloadOf('sibling')}`)).toMatchObject({ leaseOwner: sibling.owner });
     sibling.finish(payloadOf('sibling'));
     await siblingPoll;
+  });
+
+  describe('the rule: a misbehaving peer loses nothing, and never takes the process down', () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => void unhandled.push(reason);
+    beforeEach(() => {
+      unhandled.length = 0;
+      process.on('unhandledRejection', onUnhandled);
+    });
+    afterEach(() => {
+      process.off('unhandledRejection', onUnhandled);
+    });
+
+    it('logs a run that rejects all the same (`<kind>: a job run failed`), never an unhandled rejection, and goes on', async () => {
+      const ran: number[] = [];
+      const w = new ScriptedWorker(queue, async (job, self) => {
+        ran.push(job.payload);
+        if (job.payload === 1) throw new Error('the settle step failed');
+        await queue.complete(job.id, self.owner);
+      });
+      w.start();
+      try {
+        await queue.enqueue('test', 'a', 'x.example', 1);
+        w.wake();
+        for (let i = 0; i < 200 && !w.logs.some((l) => l.msg === 'test: a job run failed'); i++)
+          await new Promise((r) => setTimeout(r, 10));
+        await new Promise((r) => setTimeout(r, 20));
+        expect(unhandled).toEqual([]);
+        expect(w.logs.filter((l) => l.msg === 'test: a job run failed')).toMatchObject([
+          { level: 50, err: { message: 'the settle step failed' } },
+        ]);
+        // The job stays leased, for its lease to expire; the slot is free for the next job.
+        expect(await queue.find('test', 'a')).toMatchObject({ status: 'pending', leaseOwner: w.owner });
+        await queue.enqueue('test', 'b', 'x.example', 2);
+        w.wake();
+        for (let i = 0; i < 200 && (await queue.find('test', 'b'))?.status !== 'done'; i++)
+          await new Promise((r) => setTimeout(r, 10));
+        expect(ran).toEqual([1, 2]);
+        expect(await queue.find('test', 'b')).toMatchObject({ status: 'done' });
+      } finally {
+        await w.stop();
+      }
+    });
+
+    it('does not start a second run of a job claimed again while its run is in flight (its lease ran out meanwhile)', async () => {
+      const clock = testClock(Date.now());
+      const clocked = new JobQueue(db.knex, { now: clock.now });
+      const gates: (() => void)[] = [];
+      const ran: number[] = [];
+      const w = new ScriptedWorker(clocked, async (job, self) => {
+        ran.push(job.payload);
+        await new Promise<void>((resolve) => gates.push(resolve));
+        await clocked.complete(job.id, self.owner);
+      });
+      await clocked.enqueue('test', 'a', 'x.example', 1);
+      const first = w.poll();
+      while (ran.length === 0) await new Promise((r) => setTimeout(r, 5));
+      clock.advance(HOUR + 1);
+      // Claimed again by this very worker (the same owner): the run in flight goes on and settles it.
+      const second = w.poll();
+      while ((await clocked.find('test', 'a'))?.attempts !== 2) await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, 50));
+      expect(ran).toEqual([1]);
+      expect(await clocked.find('test', 'a')).toMatchObject({ leaseOwner: w.owner });
+      expect(w.logs.map((l) => l.msg)).toContain('test: claimed a job already running here again');
+      for (const gate of gates) gate();
+      await Promise.all([first, second]);
+      expect(await clocked.find('test', 'a')).toMatchObject({ status: 'done', attempts: 2 });
+      expect(unhandled).toEqual([]);
+      await w.stop();
+    });
   });
 });

@@ -56,6 +56,8 @@ export abstract class LeasedWorker<P> {
   readonly owner: string;
   #timer: NodeJS.Timeout | undefined;
   #running = new Set<Promise<void>>();
+  /** The ids of the jobs whose runs are in flight. */
+  #inFlight = new Set<string>();
   #started = false;
   #stopped = false;
   #paused = false;
@@ -71,7 +73,11 @@ export abstract class LeasedWorker<P> {
     ownersOfThisProcess.add(this.owner);
   }
 
-  /** Runs one claimed job to its end: completes, retries or fails it in the queue. Never throws. */
+  /**
+   * Runs one claimed job to its end: completes, retries or fails it in the queue. Never throws: a failure
+   * to record the end is logged and leaves the job to be claimed again when its lease expires. (A run that
+   * throws all the same is logged as `<kind>: a job run failed`.)
+   */
   protected abstract run(job: Job<P>): Promise<void>;
 
   start(): void {
@@ -161,14 +167,30 @@ export abstract class LeasedWorker<P> {
       leaseMs: this.options.leaseMs,
       perDestinationLimit: this.options.perDestination,
     });
-    const runs = jobs.map((job) => {
-      const run = this.run(job).finally(() => {
-        this.#running.delete(run);
-        if (this.#backlog) this.wake();
-      });
+    const runs: Promise<void>[] = [];
+    for (const job of jobs) {
+      // Claimed again while its run is still in flight here: its lease ran out meanwhile (an event loop
+      // stalled past the renewals, a clock that jumped). The run in flight holds the lease again (the owner
+      // is the same) and settles the job; a second run would do the same work twice at once.
+      if (this.#inFlight.has(job.id)) {
+        this.options.logger.warn({ job: job.id }, `${this.options.kind}: claimed a job already running here again`);
+        continue;
+      }
+      this.#inFlight.add(job.id);
+      // `run` never throws; should one reject anyway, it is logged here, never an unhandled rejection (which
+      // would end the process and every other job in flight).
+      const run: Promise<void> = this.run(job)
+        .catch((err: unknown) =>
+          this.options.logger.error({ err, job: job.id }, `${this.options.kind}: a job run failed`),
+        )
+        .finally(() => {
+          this.#inFlight.delete(job.id);
+          this.#running.delete(run);
+          if (this.#backlog) this.wake();
+        });
       this.#running.add(run);
-      return run;
-    });
+      runs.push(run);
+    }
     this.#backlog = more;
     return { runs };
   }
