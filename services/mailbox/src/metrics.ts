@@ -1,7 +1,7 @@
 /**
  * The mailbox's Prometheus series (on the service's own registry): deliveries by outcome, bytes fetched,
  * transfer and fetch durations, the work queues' depth and oldest age, open long polls, what the blob
- * collector deleted, and the change log rows pruned.
+ * collector deleted, the change log rows pruned, and what the retention of shares and jobs removed.
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { JobQueue } from './storage/index.js';
@@ -20,6 +20,11 @@ export interface MailboxMetrics {
   readonly blobCollections: Counter<'outcome'>;
   readonly changesPruned: Counter;
   readonly changePrunes: Counter<'outcome'>;
+  readonly deliveriesExpired: Counter;
+  readonly sharesDeleted: Counter;
+  readonly shareCleanups: Counter<'outcome'>;
+  readonly jobsPurged: Counter;
+  readonly jobPurges: Counter<'outcome'>;
 }
 
 export function mailboxMetrics(
@@ -108,6 +113,33 @@ export function mailboxMetrics(
     changePrunes: new Counter({
       name: 'federizer_mailbox_change_prunes_total',
       help: 'Runs of the change log retention by this replica, by outcome (completed, failed).',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    deliveriesExpired: new Counter({
+      name: 'federizer_mailbox_deliveries_expired_total',
+      help: 'Deliveries never fetched (queued or transferred) whose share window ended, marked failed (expired).',
+      registers: [registry],
+    }),
+    sharesDeleted: new Counter({
+      name: 'federizer_mailbox_shares_deleted_total',
+      help: 'Shared copies deleted with their deliveries and private DPoP keys, 30 days after their share window ended.',
+      registers: [registry],
+    }),
+    shareCleanups: new Counter({
+      name: 'federizer_mailbox_share_cleanups_total',
+      help: 'Runs of the share retention (expiry, then deletion) by this replica, by outcome (completed, failed).',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    jobsPurged: new Counter({
+      name: 'federizer_mailbox_jobs_purged_total',
+      help: 'Finished jobs (done, failed, cancelled) removed from the queue 7 days after they finished.',
+      registers: [registry],
+    }),
+    jobPurges: new Counter({
+      name: 'federizer_mailbox_job_purges_total',
+      help: 'Runs of the job queue retention by this replica, by outcome (completed, failed).',
       labelNames: ['outcome'],
       registers: [registry],
     }),

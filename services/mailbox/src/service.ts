@@ -75,12 +75,41 @@ export interface MailboxOverrides {
    * 30 days, or the newest 100,000 changes of each account).
    */
   readonly changeRetention?: { readonly intervalMs?: number; readonly keepMs?: number; readonly keepCount?: number };
+  /**
+   * The retention of shares and jobs, which runs with the workers as the change log's does (hourly, the first
+   * run a minute after start or sooner with a shorter interval): deliveries whose share window ended unfetched
+   * are marked failed (`expired`); shares are deleted, with their deliveries and private DPoP keys,
+   * `shareGraceMs` after their window ended (default 30 days); finished jobs are forgotten `jobKeepMs` after
+   * they finished (default 7 days).
+   */
+  readonly housekeeping?: { readonly intervalMs?: number; readonly shareGraceMs?: number; readonly jobKeepMs?: number };
+  /** How long an HTTP connection may stay silent mid-request before it is closed (default `IDLE_TIMEOUT_MS`, 120 s). */
+  readonly httpIdleTimeoutMs?: number;
 }
 
 /** The change log is pruned hourly: what ages out in an hour is a small part of 30 days. */
 const CHANGE_PRUNE_INTERVAL_MS = 60 * 60_000;
 /** The first run comes soon after start, so a replica restarted more often than hourly still prunes. */
 const FIRST_CHANGE_PRUNE_DELAY_MS = 60_000;
+/** Shares and jobs are cleaned up hourly too: a delivery is marked expired within an hour of its window's end. */
+const HOUSEKEEPING_INTERVAL_MS = 60 * 60_000;
+/**
+ * A share stays this long after its window ended, so that its sender still sees how each delivery ended
+ * (fetched, failed, expired) and a late fetch is answered `410 share_expired`; then it goes, with its
+ * deliveries and its private DPoP key, which nothing can use any more (no transfer or fetch of it is
+ * accepted once its assertion has expired).
+ */
+const SHARE_DELETE_GRACE_MS = 30 * 24 * 3600_000;
+/**
+ * A finished job (done, failed, cancelled) is forgotten this long after it finished: longer than the five
+ * days a job may keep retrying (`GIVE_UP_AFTER_MS`), so a relay waiting for its transfers always finds them
+ * finished rather than missing (a missing transfer is not known to be done: the relayed message would be
+ * given back to the inbox instead of deleted). A fetch forgotten is simply queued again if needed.
+ */
+const FINISHED_JOB_KEEP_MS = 7 * 24 * 3600_000;
+/** Shares examined per `ShareStore.expire` batch, and batches per run (the rest waits for the next run). */
+const EXPIRE_BATCH = 1000;
+const EXPIRE_BATCHES_PER_RUN = 100;
 
 /** PROTOCOL.md §8: what a domain's mailbox publishes at /.well-known/federizer. */
 export function wellKnown(config: MailboxConfig) {
@@ -120,8 +149,10 @@ export class MailboxService implements AsyncDisposable {
   #metrics: MailboxMetrics | undefined;
   #workers = false;
   readonly #retention: NonNullable<MailboxOverrides['changeRetention']>;
-  #pruneTimer: NodeJS.Timeout | undefined;
-  #pruning: Promise<void> | undefined;
+  readonly #housekeeping: NonNullable<MailboxOverrides['housekeeping']>;
+  /** The timers of the recurring maintenance runs, and the runs in progress (close stops and awaits them). */
+  readonly #maintenanceTimers = new Set<NodeJS.Timeout>();
+  readonly #maintenanceRuns = new Set<Promise<void>>();
 
   private constructor(
     readonly config: MailboxConfig,
@@ -140,6 +171,15 @@ export class MailboxService implements AsyncDisposable {
     const pruneInterval = this.#retention.intervalMs;
     if (pruneInterval !== undefined && (!Number.isSafeInteger(pruneInterval) || pruneInterval < 1))
       throw new TypeError('changeRetention.intervalMs must be a whole number of ms >= 1');
+    this.#housekeeping = overrides.housekeeping ?? {};
+    for (const [name, value, min] of [
+      ['intervalMs', this.#housekeeping.intervalMs, 1],
+      ['shareGraceMs', this.#housekeeping.shareGraceMs, 0],
+      ['jobKeepMs', this.#housekeeping.jobKeepMs, 0],
+    ] as const) {
+      if (value !== undefined && (!Number.isSafeInteger(value) || value < min))
+        throw new TypeError(`housekeeping.${name} must be a whole number of ms >= ${min}`);
+    }
     this.messages = new MessageStore(knex, clock);
     this.shares = new ShareStore(knex, clock);
     this.jobs = new JobQueue(knex, { ...clock, retryBaseMs: config.retryBaseSeconds * 1000 });
@@ -280,7 +320,11 @@ export class MailboxService implements AsyncDisposable {
       now,
       overrides,
     );
-    service.#server = await listen(service.#app(), { host: config.host, port: config.port });
+    service.#server = await listen(service.#app(), {
+      host: config.host,
+      port: config.port,
+      idleTimeoutMs: overrides.httpIdleTimeoutMs,
+    });
     if (overrides.startWorkers ?? true) {
       service.#workers = true;
       service.outbox.start();
@@ -290,6 +334,7 @@ export class MailboxService implements AsyncDisposable {
       await service.collector.schedule();
       service.collector.start();
       service.#startPruning();
+      service.#startHousekeeping();
     }
     logger.info({ url: service.#server.url, publicUrl: config.publicUrl }, 'mailbox listening');
     return service;
@@ -306,20 +351,85 @@ export class MailboxService implements AsyncDisposable {
    * so concurrent runs only find less to do. The next run is planned when one ends, so runs never overlap.
    */
   #startPruning(): void {
-    const intervalMs = this.#retention.intervalMs ?? CHANGE_PRUNE_INTERVAL_MS;
+    this.#every(this.#retention.intervalMs ?? CHANGE_PRUNE_INTERVAL_MS, () => this.#pruneChanges());
+  }
+
+  /**
+   * The retention of shares and jobs (nothing of them grows without bound), on the same kind of timer: every
+   * replica runs it, and concurrent runs only find less to do (`ShareStore.expire` changes each share under
+   * its sender's account lock, and the deletions are single statements).
+   */
+  #startHousekeeping(): void {
+    this.#every(this.#housekeeping.intervalMs ?? HOUSEKEEPING_INTERVAL_MS, async () => {
+      await this.#cleanUpShares();
+      await this.#purgeJobs();
+    });
+  }
+
+  /**
+   * Runs `run` every `intervalMs`, the first time a minute after start (sooner with a shorter interval), on a
+   * timer that does not keep the process alive. The next run is planned when one ends, so runs never overlap;
+   * `close` stops the timer and waits for a run in progress. `run` reports its own failures.
+   */
+  #every(intervalMs: number, run: () => Promise<void>): void {
     const plan = (delayMs: number) => {
       if (this.#closed) return;
-      this.#pruneTimer = setTimeout(() => {
-        this.#pruneTimer = undefined;
+      const timer = setTimeout(() => {
+        this.#maintenanceTimers.delete(timer);
         if (this.#closed) return;
-        this.#pruning = this.#pruneChanges().finally(() => {
-          this.#pruning = undefined;
+        const running: Promise<void> = run().finally(() => {
+          this.#maintenanceRuns.delete(running);
           plan(intervalMs);
         });
+        this.#maintenanceRuns.add(running);
       }, delayMs);
-      this.#pruneTimer.unref();
+      timer.unref();
+      this.#maintenanceTimers.add(timer);
     };
     plan(Math.min(intervalMs, FIRST_CHANGE_PRUNE_DELAY_MS));
+  }
+
+  /**
+   * Deliveries whose share window ended before they were fetched are marked failed (`expired`), in batches;
+   * then the shares whose window ended more than the grace ago are deleted with their deliveries and DPoP
+   * keys. Counted and logged; a failure is reported, never thrown (the next run tries again).
+   */
+  async #cleanUpShares(): Promise<void> {
+    const started = performance.now();
+    try {
+      let expired = 0;
+      for (let batch = 0; batch < EXPIRE_BATCHES_PER_RUN; batch++) {
+        const n = await this.shares.expire({ limit: EXPIRE_BATCH });
+        this.#metrics?.deliveriesExpired.inc(n);
+        expired += n;
+        if (n === 0) break;
+      }
+      const deleted = await this.shares.deleteExpired(this.#housekeeping.shareGraceMs ?? SHARE_DELETE_GRACE_MS);
+      this.#metrics?.sharesDeleted.inc(deleted);
+      this.#metrics?.shareCleanups.inc({ outcome: 'completed' });
+      if (expired > 0 || deleted > 0)
+        this.logger.info(
+          { expired, deleted, ms: Math.round(performance.now() - started) },
+          'expired shares cleaned up',
+        );
+    } catch (err) {
+      this.#metrics?.shareCleanups.inc({ outcome: 'failed' });
+      this.logger.error({ err }, 'cleaning up expired shares failed');
+    }
+  }
+
+  /** Forgets the jobs finished longer ago than the retention; counted and logged, never thrown. */
+  async #purgeJobs(): Promise<void> {
+    const started = performance.now();
+    try {
+      const purged = await this.jobs.purge(this.#housekeeping.jobKeepMs ?? FINISHED_JOB_KEEP_MS);
+      this.#metrics?.jobsPurged.inc(purged);
+      this.#metrics?.jobPurges.inc({ outcome: 'completed' });
+      if (purged > 0) this.logger.info({ purged, ms: Math.round(performance.now() - started) }, 'finished jobs purged');
+    } catch (err) {
+      this.#metrics?.jobPurges.inc({ outcome: 'failed' });
+      this.logger.error({ err }, 'purging finished jobs failed');
+    }
   }
 
   /** One retention run: counted and logged; a failure is reported, never thrown (the next run tries again). */
@@ -537,6 +647,7 @@ export class MailboxService implements AsyncDisposable {
         maxResourceSize: config.maxResourceSize,
         quotaBytes: config.quotaBytes,
         onUploaded: (n) => metrics.uploadedBytes.inc(n),
+        onStorageFull: (err) => this.logger.error({ err }, 'an upload was refused: the storage is full (507)'),
       }),
     );
     app.use('/api/v1', api);
@@ -560,8 +671,9 @@ export class MailboxService implements AsyncDisposable {
     await this.fetcher.stop();
     await this.forwarder.relays.stop();
     await this.collector.stop();
-    clearTimeout(this.#pruneTimer);
-    await this.#pruning;
+    for (const timer of this.#maintenanceTimers) clearTimeout(timer);
+    this.#maintenanceTimers.clear();
+    await Promise.all([...this.#maintenanceRuns]);
     await this.httpClient.close();
     await notifierClosed;
     if (this.ownsKnex) await this.knex.destroy();

@@ -28,6 +28,26 @@ export interface ResourcesDeps {
   readonly maxResourceSize: number;
   readonly quotaBytes: number;
   readonly onUploaded?: (bytes: number) => void;
+  /** An upload refused because the storage is full (507 `insufficient_storage`): for the operators' log. */
+  readonly onStorageFull?: (err: unknown) => void;
+}
+
+/**
+ * The codes of storage that is full, anywhere in an error's chain of causes (the blob store wraps the file
+ * system's error): the file system (`ENOSPC`) or the user's disk quota (`EDQUOT`) for the resource files,
+ * and the database for the row that records the upload (SQLite `SQLITE_FULL`, PostgreSQL `53100 disk_full`).
+ */
+const STORAGE_FULL = new Set(['ENOSPC', 'EDQUOT', 'SQLITE_FULL', '53100']);
+
+/** Whether `e` says the storage is full (see STORAGE_FULL), rather than that something is broken. */
+export function isStorageFull(e: unknown): boolean {
+  let cause = e;
+  for (let depth = 0; depth < 8 && typeof cause === 'object' && cause !== null; depth++) {
+    const code = (cause as { code?: unknown }).code;
+    if (typeof code === 'string' && STORAGE_FULL.has(code)) return true;
+    cause = (cause as { cause?: unknown }).cause;
+  }
+  return false;
 }
 
 const MEDIA_TYPE =
@@ -118,6 +138,19 @@ export function resourcesRouter(deps: ResourcesDeps): Router {
         return problem(res, 400, 'aborted', 'the upload was interrupted; nothing was stored');
       if ((e as { code?: string }).code === 'quota_exceeded')
         return problem(res, 507, 'quota_exceeded', (e as Error).message);
+      if (isStorageFull(e)) {
+        // The blob store removed its temporary file (a file published before the database refused its row is
+        // one no row knows, which the blob collector deletes); no row was written, so no quota was charged.
+        // Closed like a 413: the client stops sending what cannot be stored.
+        deps.onStorageFull?.(e);
+        res.set('Connection', 'close');
+        return problem(
+          res,
+          507,
+          'insufficient_storage',
+          'this mailbox has no storage left for the upload: nothing of it was stored, and nothing counts against your quota; try again later',
+        );
+      }
       next(e);
     }
   });

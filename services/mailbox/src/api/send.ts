@@ -5,7 +5,7 @@
  * list of later fetches), and queues one transfer per destination domain. Recipients of this very domain
  * get their copy at once, with no transfer: their mailbox already holds the resources.
  */
-import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import express, { type NextFunction, type Request, type RequestHandler, type Response, type Router } from 'express';
 import {
   ProtocolError,
   assertionDigest,
@@ -64,6 +64,117 @@ export class SendError extends Error {
   ) {
     super(message);
   }
+}
+
+/**
+ * A request body that could not be read, with the answer it gets: always a 4xx naming what was wrong
+ * (`jsonBody` turns each failure of Express's JSON parser into one; the parser's own 5xx, a bug of ours,
+ * stay internal errors).
+ */
+export class BodyError extends Error {
+  constructor(
+    readonly status: number,
+    readonly error: string,
+    message: string,
+    readonly headers: Readonly<Record<string, string>> = {},
+  ) {
+    super(message);
+  }
+}
+
+/** The content codings a JSON body may arrive in (RFC 9110 §8.4.1): the parser decodes these, and no others. */
+const BODY_CODINGS = ['gzip', 'deflate'];
+
+export interface JsonBodyOptions {
+  /** The largest body, in bytes, once decoded. */
+  readonly limit: number;
+  /** What a body over the limit is told (413 `too_large`). */
+  readonly tooLarge: string;
+  /** The error code of a body that is not JSON (400); `invalid_request` by default. */
+  readonly notJson?: string;
+}
+
+/**
+ * `express.json` whose every failure is a `BodyError` with a specific answer: not JSON (400), larger than
+ * the limit (413, counted after decoding), a charset other than UTF-8 (415), a content coding other than
+ * gzip and deflate (415, with `Accept-Encoding` naming those), a body that does not decode or is cut short
+ * (400). A body of another media type is left unread (`req.body` stays undefined), as `express.json` does.
+ */
+export function jsonBody(options: JsonBodyOptions): RequestHandler {
+  const parse = express.json({ limit: options.limit });
+  return (req, res, next) => {
+    const coding = (req.get('content-encoding') ?? 'identity').trim().toLowerCase();
+    if (coding !== 'identity' && !BODY_CODINGS.includes(coding)) return next(unsupportedCoding(coding));
+    parse(req, res, (err?: unknown) => next(err === undefined ? undefined : bodyError(err, coding, options)));
+  };
+}
+
+/** RFC 9110 §15.5.16: 415 for a content coding not decoded here, and `Accept-Encoding` (§12.5.3) names those that are. */
+function unsupportedCoding(coding: string): BodyError {
+  return new BodyError(
+    415,
+    'unsupported_media_type',
+    `Content-Encoding ${JSON.stringify(coding)} is not supported: send the body as it is, or with ${BODY_CODINGS.join(' or ')}`,
+    { 'Accept-Encoding': BODY_CODINGS.join(', ') },
+  );
+}
+
+/** The `BodyError` of a failure of Express's JSON parser, by its `type` and `status`; other errors as they are. */
+function bodyError(err: unknown, coding: string, options: JsonBodyOptions): unknown {
+  const { type, status, charset } = err as { type?: unknown; status?: unknown; charset?: unknown };
+  const message = err instanceof Error ? err.message : String(err);
+  switch (type) {
+    case 'entity.parse.failed':
+      return new BodyError(400, options.notJson ?? 'invalid_request', `the body is not JSON: ${message}`);
+    case 'entity.too.large':
+      return new BodyError(413, 'too_large', options.tooLarge);
+    case 'charset.unsupported':
+      return new BodyError(
+        415,
+        'unsupported_media_type',
+        `the body must be JSON in UTF-8: charset ${JSON.stringify(String(charset ?? '').toLowerCase())} is not supported`,
+      );
+    case 'encoding.unsupported':
+      return unsupportedCoding(coding);
+    case 'request.aborted':
+      return new BodyError(400, 'invalid_request', 'the request was interrupted before its body arrived whole');
+    case 'request.size.invalid':
+      return new BodyError(400, 'invalid_request', 'the body is not as long as its Content-Length says');
+  }
+  if (typeof status === 'number' && status >= 400 && status < 500) {
+    // A body that does not decode has no type: the decompressor's own error, marked 400 by the parser.
+    const what = type === undefined && coding !== 'identity' ? `the body does not decode as ${coding}: ` : '';
+    return new BodyError(status, 'invalid_request', `${what}${message}`);
+  }
+  return err;
+}
+
+/**
+ * The size of a message as the outbox transfers it, in bytes of UTF-8: the `message` member of the
+ * transfer's body (docs/protocol.md §5), which is what a receiving mailbox measures against its limit.
+ */
+export function transferredSize(message: Message): number {
+  return Buffer.byteLength(JSON.stringify({ envelope: message.envelope, body: message.body }), 'utf8');
+}
+
+/** What the assertion block adds to a copy, at the very least: `{"jwt-assertion":""},` around the token. */
+const ASSERTION_BLOCK_MIN_BYTES = Buffer.byteLength(JSON.stringify({ 'jwt-assertion': '' })) + 1;
+
+/**
+ * PROTOCOL.md §2.7, §5.1: a copy transferred larger than `maxMessageBytes` (the limit receiving mailboxes
+ * apply, this setting for this domain's) is refused by every receiver, after the send was accepted. So the
+ * copy is measured here, as it will be transferred, its assertion block included (`extraBytes` stands for
+ * the block before the copy is signed), and refused 413 before anything is stored or queued.
+ */
+function checkTransferable(message: Message, extraBytes: number, maxMessageBytes: number): void {
+  const size = transferredSize(message) + extraBytes;
+  if (size <= maxMessageBytes) return;
+  throw new SendError(
+    413,
+    'too_large',
+    `the message would be ${size} bytes as transferred, with the envelope and the signed assertion this mailbox adds; ` +
+      `a message is at most ${maxMessageBytes} bytes: make it at least ${size - maxMessageBytes} bytes smaller`,
+  );
 }
 
 /** Each leaf part's Content-ID and declared size (the resources the copy shares). */
@@ -161,11 +272,17 @@ export async function sendDraft(
   const { messageId, resources } = await checkDraft(draft, user, deps);
   const now = deps.now();
   const copies = prepareSend(draft, { date: new Date(now) });
-  // Every copy is signed before anything is stored: a refusal (quota, policy) leaves no half-sent message.
+  // Only copies to other domains are transferred, and limited by their receivers. Those already too large
+  // before their assertion are refused before the AS is asked to sign anything.
+  const transferred = (copy: (typeof copies)[number]) => copy.recipients.some((r) => domainOf(r) !== deps.domain);
+  for (const copy of copies.filter(transferred))
+    checkTransferable(copy.message, ASSERTION_BLOCK_MIN_BYTES, deps.maxMessageBytes);
+  // Every copy is signed before anything is stored: a refusal (quota, policy, size) leaves no half-sent message.
   const signed = [];
   for (const copy of copies) {
     const key = await generateDpopKey();
     const assertion = await deps.as.send(accessToken, copy.exchangeHeaders, key);
+    if (transferred(copy)) checkTransferable(withAssertion(copy.message, assertion.token), 0, deps.maxMessageBytes);
     signed.push({ copy, key, assertion: assertion.token });
   }
   const headers = draftHeaders(draft);
@@ -236,6 +353,11 @@ function shareExpiry(assertion: string, now: number, shareWindowSeconds: number)
  * when `e` is none of those (an internal error, for the error handler).
  */
 export function answerSendError(res: Response, e: unknown, maxMessageBytes: number): boolean {
+  if (e instanceof BodyError) {
+    // Already answered when the body was cut by the server itself (408 after the connection fell silent).
+    if (!res.headersSent) res.status(e.status).set(e.headers).json({ error: e.error, error_description: e.message });
+    return true;
+  }
   if (e instanceof SendError) {
     res.status(e.status).json({ error: e.error, error_description: e.message });
     return true;
@@ -264,7 +386,11 @@ export function sendRouter(deps: SendDeps): Router {
   const router = express.Router();
   router.post(
     '/messages/send',
-    express.json({ limit: deps.maxMessageBytes }),
+    jsonBody({
+      limit: deps.maxMessageBytes,
+      tooLarge: `a message is at most ${deps.maxMessageBytes} bytes`,
+      notJson: 'invalid_message',
+    }),
     async (req: Request, res: Response, next: NextFunction) => {
       try {
         let draft: Message;
@@ -279,12 +405,9 @@ export function sendRouter(deps: SendDeps): Router {
       }
     },
   );
-  // The JSON parser's own failures (malformed, too large) skip the handler above: answer them here.
+  // The JSON parser's failures (each a BodyError) skip the handler above: answer them here.
   router.use((err: unknown, _req: Request, res: Response, next: NextFunction) => {
     if (answerSendError(res, err, deps.maxMessageBytes)) return;
-    if ((err as { type?: string }).type === 'entity.parse.failed') {
-      return void res.status(400).json({ error: 'invalid_message', error_description: 'the body is not JSON' });
-    }
     next(err);
   });
   return router;

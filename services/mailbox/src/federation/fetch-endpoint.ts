@@ -38,7 +38,7 @@ import {
 } from '@federizer/protocol';
 import { parseRange, type DiskBlobStore } from '../blobs/index.js';
 import { DISCOVERY_RETRY_AFTER_SECONDS, INTERNAL_RETRY_AFTER_SECONDS } from './errors.js';
-import { leaves } from '../api/send.js';
+import { BodyError, jsonBody, leaves } from '../api/send.js';
 import type { MessageStore, Share, ShareStore } from '../storage/index.js';
 
 export interface FetchEndpointDeps {
@@ -88,6 +88,9 @@ function isDiscoveryOutage(e: unknown): e is ProtocolError {
  * (passed to it explicitly, so that the origin assertion's expiry is judged alike for every envelope).
  */
 const CLOCK_TOLERANCE_SECONDS = 30;
+
+/** The largest fetch request body: an envelope of a few hops is far smaller. */
+const FETCH_BODY_LIMIT = 4 * 1024 * 1024;
 
 /** RFC 1123 host name syntax, lower-cased: what discovery can ask DNS about. */
 const DOMAIN = /^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$/;
@@ -350,7 +353,8 @@ async function markFetched(deps: FetchEndpointDeps, share: Share, domain: string
 
 export function fetchRouter(deps: FetchEndpointDeps): Router {
   const router = express.Router();
-  router.post('/', express.json({ limit: '4mb' }), async (req: Request, res: Response) => {
+  const json = jsonBody({ limit: FETCH_BODY_LIMIT, tooLarge: 'a fetch request is at most 4 MiB' });
+  router.post('/', json, async (req: Request, res: Response) => {
     try {
       const fetch = readRequest(req.body);
       const payload = await checkAccessToken(req, fetch, deps);
@@ -404,12 +408,14 @@ export function fetchRouter(deps: FetchEndpointDeps): Router {
       res.status(failure.status).json({ error: failure.error, error_description: failure.message });
     }
   });
-  // The JSON parser's own failures skip the handler above: answer them with the protocol's errors.
-  router.use((err: { type?: string }, _req: Request, res: Response, next: NextFunction) => {
-    if (err?.type === 'entity.parse.failed')
-      return void res.status(400).json({ error: 'invalid_request', error_description: 'the body is not JSON' });
-    if (err?.type === 'entity.too.large')
-      return void res.status(413).json({ error: 'too_large', error_description: 'a fetch request is at most 4 MiB' });
+  // The JSON parser's failures (each a BodyError: not JSON, too large, another charset or content coding)
+  // skip the handler above: each is answered with its own 4xx, never the 500 of an internal error.
+  router.use((err: unknown, _req: Request, res: Response, next: NextFunction) => {
+    if (err instanceof BodyError) {
+      // Already answered when the body was cut by the server itself (408 after the connection fell silent).
+      if (res.headersSent) return;
+      return void res.status(err.status).set(err.headers).json({ error: err.error, error_description: err.message });
+    }
     next(err);
   });
   return router;
