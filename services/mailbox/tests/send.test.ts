@@ -234,6 +234,23 @@ describe.each(testDatabases())('sending ($name)', (database) => {
     });
   });
 
+  it('RFC 5322 §2.2.3: a Subject longer than a line (folded) is sent whole; the list shows its first 998 characters', async () => {
+    const text = await upload('long subject');
+    const subject = `${'Very long subject '.repeat(90)}😀 end`;
+    const message = draft('bob@example.com', text, [{ Subject: subject }]);
+    (message.envelope[0] as { headers: Record<string, string>[] }).headers.splice(2, 1); // the default Subject
+    const res = await api('/messages/send', { method: 'POST', body: { message } });
+    expect(res.status, await res.clone().text()).toBe(202);
+    const { id } = (await res.json()) as { id: string };
+    const stored = (await (await api(`/messages/${id}`)).json()) as {
+      subject: string;
+      envelope: { headers?: Record<string, string>[] }[];
+    };
+    expect(stored.subject).toBe(subject.slice(0, 998));
+    const h0 = stored.envelope.at(-1)!.headers!;
+    expect(h0.find((h) => 'Subject' in h)).toEqual({ Subject: subject });
+  });
+
   it('PROTOCOL §4.1: a draft holding a header only mailboxes write is refused (400 invalid_message)', async () => {
     const text = await upload('stamped already');
     const message = draft('bob@example.com', text, [{ 'Body-Digest': `<${'B'.repeat(43)}>` }]);

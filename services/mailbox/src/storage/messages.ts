@@ -210,6 +210,18 @@ function checkText(value: unknown, what: string, max: number, allowEmpty = false
   return value;
 }
 
+/**
+ * A summary column's copy of a header (Subject, From): at most `max` characters, cut at a character boundary.
+ * The header itself stays whole in the stored envelope; RFC 5322 folds a long one over several lines, so
+ * its length has no limit a sender must keep to.
+ */
+function summary(value: unknown, what: string, max: number): string {
+  if (typeof value !== 'string') throw new TypeError(`${what} must be a string`);
+  if (value.length <= max) return value;
+  const cut = value.slice(0, max);
+  return /[\uD800-\uDBFF]$/.test(cut) ? cut.slice(0, -1) : cut;
+}
+
 function checkResources(resources: readonly MessageResourceInput[] | undefined): MessageResourceInput[] {
   const byId = new Map<string, MessageResourceInput>();
   for (const r of resources ?? []) {
@@ -234,8 +246,8 @@ function prepareMessage(message: NewMessage | NewReceivedMessage, mailbox: Mailb
     transfer_eht: eht,
     envelope: JSON.stringify(message.envelope),
     body: JSON.stringify(message.body),
-    subject: checkText(message.subject ?? '', 'subject', 998, true),
-    from_text: checkText(message.from ?? '', 'from', 998, true),
+    subject: summary(message.subject ?? '', 'subject', 998),
+    from_text: summary(message.from ?? '', 'from', 998),
     date: message.date,
     seen: message.seen ?? false,
     flagged: message.flagged ?? false,
