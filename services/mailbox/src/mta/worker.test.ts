@@ -297,5 +297,38 @@ describe.each(testDatabases())('LeasedWorker on $name', (database) => {
       expect(unhandled).toEqual([]);
       await w.stop();
     });
+
+    it('hands back, due, a job claimed again after its run in flight recorded a retry, so it does not wait out a lease', async () => {
+      const clock = testClock(Date.now());
+      const clocked = new JobQueue(db.knex, { now: clock.now });
+      const gates: (() => void)[] = [];
+      const ran: number[] = [];
+      const w = new ScriptedWorker(clocked, async (job, self) => {
+        ran.push(job.payload);
+        if (ran.length === 1) {
+          // Records a retry due at once, then takes a while to end (its run is still in flight).
+          await clocked.reschedule(job.id, self.owner, clock.now());
+          await new Promise<void>((resolve) => gates.push(resolve));
+          return;
+        }
+        await clocked.complete(job.id, self.owner);
+      });
+      await clocked.enqueue('test', 'a', 'x.example', 1);
+      const first = w.poll();
+      while (gates.length === 0) await new Promise((r) => setTimeout(r, 5));
+      await w.poll(); // claims it again while the first run is in flight: not run twice at once
+      expect(ran).toEqual([1]);
+      expect(await clocked.find('test', 'a')).toMatchObject({ status: 'pending', leaseOwner: w.owner });
+      for (const gate of gates) gate();
+      await first;
+      // Handed back due once the first run ended: the next claim runs it, well within a lease.
+      for (let i = 0; i < 200 && (await clocked.find('test', 'a'))?.leaseOwner !== undefined; i++)
+        await new Promise((r) => setTimeout(r, 5));
+      await w.poll();
+      expect(ran).toEqual([1, 1]);
+      expect(await clocked.find('test', 'a')).toMatchObject({ status: 'done' });
+      expect(unhandled).toEqual([]);
+      await w.stop();
+    });
   });
 });

@@ -57,7 +57,8 @@ export abstract class LeasedWorker<P> {
   #timer: NodeJS.Timeout | undefined;
   #running = new Set<Promise<void>>();
   /** The ids of the jobs whose runs are in flight. */
-  #inFlight = new Set<string>();
+  /** The runs in flight here, by job id. */
+  #inFlight = new Map<string, Promise<void>>();
   #started = false;
   #stopped = false;
   #paused = false;
@@ -170,13 +171,22 @@ export abstract class LeasedWorker<P> {
     const runs: Promise<void>[] = [];
     for (const job of jobs) {
       // Claimed again while its run is still in flight here: its lease ran out meanwhile (an event loop
-      // stalled past the renewals, a clock that jumped). The run in flight holds the lease again (the owner
-      // is the same) and settles the job; a second run would do the same work twice at once.
-      if (this.#inFlight.has(job.id)) {
+      // stalled past the renewals, a clock that jumped), or the run has just recorded a retry due at once and
+      // not yet ended. A second run now would do the same work twice at once. Once the run in flight ends,
+      // a job this claim still holds (the run recorded a retry before the claim) is handed back due, so the
+      // next claim takes it rather than waiting out the lease; one the run settled after the claim is left
+      // as the run left it (the hand-back finds it no longer leased to this claim).
+      const prior = this.#inFlight.get(job.id);
+      if (prior !== undefined) {
         this.options.logger.warn({ job: job.id }, `${this.options.kind}: claimed a job already running here again`);
+        void prior
+          .then(() => this.options.jobs.reschedule(job.id, this.owner, job.nextAttemptAt, { error: job.lastError }))
+          .then(
+            () => this.wake(),
+            () => undefined,
+          );
         continue;
       }
-      this.#inFlight.add(job.id);
       // `run` never throws; should one reject anyway, it is logged here, never an unhandled rejection (which
       // would end the process and every other job in flight).
       const run: Promise<void> = this.run(job)
@@ -184,10 +194,11 @@ export abstract class LeasedWorker<P> {
           this.options.logger.error({ err, job: job.id }, `${this.options.kind}: a job run failed`),
         )
         .finally(() => {
-          this.#inFlight.delete(job.id);
+          if (this.#inFlight.get(job.id) === run) this.#inFlight.delete(job.id);
           this.#running.delete(run);
           if (this.#backlog) this.wake();
         });
+      this.#inFlight.set(job.id, run);
       this.#running.add(run);
       runs.push(run);
     }
