@@ -146,7 +146,14 @@ export class LoginThrottle {
     const ms = now.getTime();
     const reserved: Reserved[] = [];
     for (const key of validKeys(keys)) {
-      const one = await this.#reserveOne(key, ms);
+      let one: Reserved | undefined;
+      try {
+        one = await this.#reserveOne(key, ms);
+      } catch (error) {
+        // The caller gets no reservation to release: the keys counted so far are taken back here.
+        await this.release({ allowed: true, reserved }).catch(() => undefined);
+        throw error;
+      }
       if (one === undefined) {
         await this.release({ allowed: true, reserved });
         const wait = await this.check(keys, now);
