@@ -395,57 +395,70 @@ export class MailboxService implements AsyncDisposable {
    * keys. Counted and logged; a failure is reported, never thrown (the next run tries again).
    */
   async #cleanUpShares(): Promise<void> {
-    const started = performance.now();
-    try {
-      let expired = 0;
-      for (let batch = 0; batch < EXPIRE_BATCHES_PER_RUN; batch++) {
-        const n = await this.shares.expire({ limit: EXPIRE_BATCH });
-        this.#metrics?.deliveriesExpired.inc(n);
-        expired += n;
-        if (n === 0) break;
-      }
-      const deleted = await this.shares.deleteExpired(this.#housekeeping.shareGraceMs ?? SHARE_DELETE_GRACE_MS);
-      this.#metrics?.sharesDeleted.inc(deleted);
-      this.#metrics?.shareCleanups.inc({ outcome: 'completed' });
-      if (expired > 0 || deleted > 0)
-        this.logger.info(
-          { expired, deleted, ms: Math.round(performance.now() - started) },
-          'expired shares cleaned up',
-        );
-    } catch (err) {
-      this.#metrics?.shareCleanups.inc({ outcome: 'failed' });
-      this.logger.error({ err }, 'cleaning up expired shares failed');
-    }
+    await this.#maintain(
+      this.#metrics?.shareCleanups,
+      'expired shares cleaned up',
+      'cleaning up expired shares failed',
+      async () => {
+        let expired = 0;
+        for (let batch = 0; batch < EXPIRE_BATCHES_PER_RUN; batch++) {
+          const n = await this.shares.expire({ limit: EXPIRE_BATCH });
+          this.#metrics?.deliveriesExpired.inc(n);
+          expired += n;
+          if (n === 0) break;
+        }
+        const deleted = await this.shares.deleteExpired(this.#housekeeping.shareGraceMs ?? SHARE_DELETE_GRACE_MS);
+        this.#metrics?.sharesDeleted.inc(deleted);
+        return { expired, deleted };
+      },
+    );
   }
 
   /** Forgets the jobs finished longer ago than the retention; counted and logged, never thrown. */
   async #purgeJobs(): Promise<void> {
-    const started = performance.now();
-    try {
+    await this.#maintain(this.#metrics?.jobPurges, 'finished jobs purged', 'purging finished jobs failed', async () => {
       const purged = await this.jobs.purge(this.#housekeeping.jobKeepMs ?? FINISHED_JOB_KEEP_MS);
       this.#metrics?.jobsPurged.inc(purged);
-      this.#metrics?.jobPurges.inc({ outcome: 'completed' });
-      if (purged > 0) this.logger.info({ purged, ms: Math.round(performance.now() - started) }, 'finished jobs purged');
-    } catch (err) {
-      this.#metrics?.jobPurges.inc({ outcome: 'failed' });
-      this.logger.error({ err }, 'purging finished jobs failed');
-    }
+      return { purged };
+    });
   }
 
   /** One retention run: counted and logged; a failure is reported, never thrown (the next run tries again). */
   async #pruneChanges(): Promise<void> {
+    await this.#maintain(
+      this.#metrics?.changePrunes,
+      'change log pruned',
+      'pruning the change log failed',
+      async () => {
+        const removed = await this.changes.prune({
+          keepMs: this.#retention.keepMs,
+          keepCount: this.#retention.keepCount,
+        });
+        this.#metrics?.changesPruned.inc(removed);
+        return { removed };
+      },
+    );
+  }
+
+  /**
+   * One maintenance run: `work` answers what it did, logged (with the time taken) when it did anything; the
+   * run is counted by outcome, and a failure is logged, never thrown (the next run tries again).
+   */
+  async #maintain(
+    runs: MailboxMetrics['changePrunes'] | undefined,
+    done: string,
+    failed: string,
+    work: () => Promise<Record<string, number>>,
+  ): Promise<void> {
     const started = performance.now();
     try {
-      const removed = await this.changes.prune({
-        keepMs: this.#retention.keepMs,
-        keepCount: this.#retention.keepCount,
-      });
-      this.#metrics?.changesPruned.inc(removed);
-      this.#metrics?.changePrunes.inc({ outcome: 'completed' });
-      if (removed > 0) this.logger.info({ removed, ms: Math.round(performance.now() - started) }, 'change log pruned');
+      const counts = await work();
+      runs?.inc({ outcome: 'completed' });
+      if (Object.values(counts).some((n) => n > 0))
+        this.logger.info({ ...counts, ms: Math.round(performance.now() - started) }, done);
     } catch (err) {
-      this.#metrics?.changePrunes.inc({ outcome: 'failed' });
-      this.logger.error({ err }, 'pruning the change log failed');
+      runs?.inc({ outcome: 'failed' });
+      this.logger.error({ err }, failed);
     }
   }
 
