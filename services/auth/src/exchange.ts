@@ -254,17 +254,19 @@ export async function verifyUserTokenJwt(req: Request, deps: ExchangeDeps): Prom
   }
 }
 
-/** §4.5: the user the verified access token names, known and enabled, and the grant it was issued under not revoked. */
+/**
+ * §4.5: the user the verified access token names, known and enabled, and the grant it was issued under not
+ * revoked. The user is told first: disabling or deleting a user also ends their grants (endSignIns), and
+ * "disabled" says more than "revoked" to whoever reads the refusal.
+ */
 export async function tokenUser(payload: JWTPayload, deps: ExchangeDeps): Promise<User> {
-  const { user, grantActive } =
-    typeof payload.gid === 'string'
-      ? await deps.subject(typeof payload.sub === 'string' ? payload.sub : '', payload.gid)
-      : { user: undefined, grantActive: false };
-  if (!grantActive) {
-    throw new ExchangeError('invalid_request', 'subject_token: the grant it was issued under was revoked');
-  }
+  const revoked = () =>
+    new ExchangeError('invalid_request', 'subject_token: the grant it was issued under was revoked');
+  if (typeof payload.gid !== 'string') throw revoked();
+  const { user, grantActive } = await deps.subject(typeof payload.sub === 'string' ? payload.sub : '', payload.gid);
   if (user === undefined || user.disabled)
     throw new ExchangeError('invalid_request', `subject_token: the user ${String(payload.sub)} is unknown or disabled`);
+  if (!grantActive) throw revoked();
   return user;
 }
 

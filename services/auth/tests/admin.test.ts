@@ -345,6 +345,55 @@ describe.each(testDatabases())('the admin API on $name', (database) => {
     expect(missing.status).toBe(404);
   });
 
+  it('password change ends every sign-in of the user (session, refresh); the same password again ends none', async () => {
+    const address = unique('reset');
+    const oldPassword = password();
+    await admin('POST', '/users', { address, password: oldPassword });
+    const browser = agent();
+    const signedIn = await signInWithCode(webmail, d.webmailRedirectUri, { address, password: oldPassword }, browser);
+    const other = await signInWithCode(webmail, d.webmailRedirectUri, { address, password: oldPassword }, agent());
+    // The operator sends the password it holds again after a restart: that is no change, and signs no one out.
+    expect((await admin('PUT', `${userPath(address)}/password`, { password: oldPassword })).status).toBe(204);
+    expect(await withSession(browser)).toBe('code');
+    const refreshed = await client.refreshTokenGrant(webmail, signedIn.tokens.refresh_token!, undefined, {
+      DPoP: signedIn.DPoP,
+    });
+    expect(refreshed.access_token).toEqual(expect.any(String));
+
+    expect((await admin('PUT', `${userPath(address)}/password`, { password: password() })).status).toBe(204);
+    expect(await withSession(browser)).toBe('login form');
+    for (const [name, { tokens, DPoP }] of [
+      ['the rotated refresh token', { tokens: refreshed, DPoP: signedIn.DPoP }],
+      ['the other device', other],
+    ] as const) {
+      await expect(
+        client.refreshTokenGrant(webmail, tokens.refresh_token!, undefined, { DPoP }),
+        name,
+      ).rejects.toMatchObject({
+        error: 'invalid_grant',
+      });
+    }
+  });
+
+  it('disabling ends the sign-ins for good: enabling the user again does not bring the session back', async () => {
+    const address = unique('reenable');
+    const pass = password();
+    await admin('POST', '/users', { address, password: pass });
+    const browser = agent();
+    const { tokens, DPoP } = await signInWithCode(webmail, d.webmailRedirectUri, { address, password: pass }, browser);
+    await admin('PATCH', userPath(address), { disabled: true });
+    await admin('PATCH', userPath(address), { disabled: false });
+    expect(await withSession(browser)).toBe('login form');
+    await expect(client.refreshTokenGrant(webmail, tokens.refresh_token!, undefined, { DPoP })).rejects.toMatchObject({
+      error: 'invalid_grant',
+    });
+    // Other changes leave the sign-in alone.
+    const again = await signInWithCode(webmail, d.webmailRedirectUri, { address, password: pass }, browser);
+    await admin('PATCH', userPath(address), { displayName: 'Still Here', sendQuotaPerDay: 5 });
+    expect(await withSession(browser)).toBe('code');
+    await client.refreshTokenGrant(webmail, again.tokens.refresh_token!, undefined, { DPoP: again.DPoP });
+  });
+
   it('delete: 204, then 404 for get and delete; the user can no longer sign in, nor keep a session', async () => {
     const address = unique('delete');
     const pass = password();

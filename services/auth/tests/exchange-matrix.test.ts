@@ -342,6 +342,22 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
       });
     });
 
+    it('PROTOCOL §4.5: a grant ended by a password reset (admin API) — the access token issued before it is refused as subject', async () => {
+      await com.createUser('heidi@example.com', PASSWORD);
+      const heidi = await signIn(com, http, 'heidi@example.com', PASSWORD);
+      const copy = copyOf('heidi@example.com', 'bob@example.net');
+      expect((await comMta.send(heidi.accessToken, copy.exchangeHeaders)).trace.status).toBe(200);
+      const reset = await com.admin(`/users/${encodeURIComponent('heidi@example.com')}/password`, {
+        method: 'PUT',
+        body: JSON.stringify({ password: `${PASSWORD} again` }),
+      });
+      expect(reset.status).toBe(204);
+      await expectRefused(comMta, sendParams(heidi.accessToken, copy.exchangeHeaders), {
+        error: 'invalid_request',
+        description: /subject_token: the grant it was issued under was revoked/,
+      });
+    });
+
     it('PROTOCOL §4.5: the send quota exceeded (429 quota_exceeded with Retry-After)', async () => {
       const carol = await signIn(com, http, 'carol@example.com', PASSWORD);
       const copy = copyOf('carol@example.com', 'bob@example.net');
@@ -378,7 +394,7 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
       });
     });
 
-    it('PROTOCOL §4.5: a user disabled after signing in is refused before the request is looked at (RFC 8693 §2.2.2: invalid_request); enabled again, the same token sends', async () => {
+    it('PROTOCOL §4.5: a user disabled after signing in is refused before the request is looked at (RFC 8693 §2.2.2: invalid_request); enabled again, only a new sign-in sends', async () => {
       const eve = await signIn(com, http, 'eve@example.com', PASSWORD);
       const copy = copyOf('eve@example.com', 'bob@example.net');
       const disable = async (disabled: boolean) =>
@@ -397,7 +413,14 @@ describe.each(testDatabases())('the token exchange refuses, each time for exactl
       } finally {
         await disable(false);
       }
-      expect((await comMta.send(eve.accessToken, copy.exchangeHeaders)).trace.status).toBe(200);
+      // Disabling ended eve's grants (admin API): enabled again, the token of before still cannot send, and
+      // the description now names the grant; a new sign-in sends.
+      await expectRefused(comMta, sendParams(eve.accessToken, copy.exchangeHeaders), {
+        error: 'invalid_request',
+        description: /subject_token: the grant it was issued under was revoked/,
+      });
+      const again = await signIn(com, http, 'eve@example.com', PASSWORD);
+      expect((await comMta.send(again.accessToken, copy.exchangeHeaders)).trace.status).toBe(200);
     });
 
     it('PROTOCOL §4.5 check 1, RFC 6749 §5.2: a client that is not the MTA — the webmail — is not authorized for the grant type (unauthorized_client)', async () => {

@@ -22,6 +22,37 @@ const GRANTABLE = [
   'PreAuthorizedCode',
 ] as const;
 
+/**
+ * The account a provider row belongs to: `accountId` of a Session, Grant, token or code; for an Interaction,
+ * the account of the session it started in or of the login it finished with. Null for rows of no account.
+ */
+export function accountIdOf(payload: Record<string, unknown>): string | null {
+  const nested = (value: unknown, key: string): unknown =>
+    typeof value === 'object' && value !== null ? (value as Record<string, unknown>)[key] : undefined;
+  for (const candidate of [
+    payload.accountId,
+    nested(nested(payload.result, 'login'), 'accountId'),
+    nested(payload.session, 'accountId'),
+  ]) {
+    if (typeof candidate === 'string' && candidate !== '') return candidate;
+  }
+  return null;
+}
+
+/**
+ * Ends every sign-in of an account: its sessions (the next authorization request shows the login form),
+ * its grants with every refresh token, code and stored token issued under them (a refresh is
+ * `invalid_grant`; the send exchange refuses its JWT access tokens, whose `gid` names a grant that is
+ * gone), and its unfinished interactions. JWT access tokens are not stored: the mailbox accepts one until
+ * it expires (`userAccessTokenSeconds`). Run it in the transaction that changes the user. Answers how many
+ * rows went.
+ */
+export async function endSignIns(knex: Knex, accountId: string): Promise<number> {
+  const grants = knex('oidc_payloads').select('id').where({ kind: 'Grant', account_id: accountId });
+  const underGrants = await knex('oidc_payloads').whereIn('grant_id', grants).whereIn('kind', GRANTABLE).delete();
+  return underGrants + (await knex('oidc_payloads').where({ account_id: accountId }).delete());
+}
+
 /** `RefreshToken` → `refresh token`, as oidc-provider words its errors. */
 function label(model: string): string {
   return model.replace(/(?<=[a-z])(?=[A-Z])/g, ' ').toLowerCase();
@@ -63,6 +94,7 @@ export class KnexAdapter implements Adapter {
       grant_id: typeof payload.grantId === 'string' ? payload.grantId : null,
       user_code: typeof payload.userCode === 'string' ? payload.userCode : null,
       uid: typeof payload.uid === 'string' ? payload.uid : null,
+      account_id: accountIdOf(payload),
       expires_at: typeof expiresIn === 'number' ? Math.floor(now + expiresIn * 1000 + this.#toleranceMs) : null,
       consumed_at: typeof payload.consumed === 'number' ? Math.floor(payload.consumed) : null,
     };

@@ -8,6 +8,7 @@
  */
 import type { Knex } from 'knex';
 import type { Migration } from '@federizer/common';
+import { accountIdOf } from './adapter.js';
 
 /** The knex bookkeeping table of the AS; the mailbox service keeps its own, so both may share a database. */
 export const AUTH_MIGRATIONS_TABLE = 'auth_migrations';
@@ -125,6 +126,37 @@ export const authMigrations: readonly Migration[] = [
       await knex.raw('insert into replay_next (key, expires_at) select key, expires_at from replay');
       await knex.schema.dropTable('replay');
       await knex.raw('alter table replay_next rename to replay');
+    },
+  },
+  {
+    // The account a provider row belongs to (Session, Grant, tokens, codes), in a column of its own, so that
+    // changing a user's password, disabling or deleting the user ends all of that user's sign-ins in two
+    // statements (accountIdOf and endSignIns in adapter.ts). Rows written before carry it in their JSON
+    // only: it is copied from there, in JavaScript, as the two databases' JSON functions differ.
+    name: '0004_payload_account_id',
+    async up(knex: Knex) {
+      await knex.schema.alterTable('oidc_payloads', (t) => {
+        t.string('account_id', 254).nullable();
+        t.index(['account_id'], 'oidc_payloads_account_id_idx');
+      });
+      let after = { kind: '', id: '' };
+      for (;;) {
+        const rows = (await knex('oidc_payloads')
+          .select('kind', 'id', 'payload')
+          .where((q) =>
+            q.where('kind', '>', after.kind).orWhere((r) => r.where('kind', after.kind).where('id', '>', after.id)),
+          )
+          .orderBy([{ column: 'kind' }, { column: 'id' }])
+          .limit(500)) as { kind: string; id: string; payload: string }[];
+        if (rows.length === 0) break;
+        for (const row of rows) {
+          const accountId = accountIdOf(JSON.parse(row.payload) as Record<string, unknown>);
+          if (accountId !== null) {
+            await knex('oidc_payloads').where({ kind: row.kind, id: row.id }).update({ account_id: accountId });
+          }
+        }
+        after = rows[rows.length - 1]!;
+      }
     },
   },
 ];

@@ -7,6 +7,7 @@ import { randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
 import type { Knex } from 'knex';
 import { dbBoolean, dbNumber } from '@federizer/common';
 import { domainOf, normalizeAddress, parseSingleMailbox } from '@federizer/protocol';
+import { endSignIns } from './adapter.js';
 
 /**
  * `any`: the user's mail may be forwarded manually and automatically; `manual`: only forwards the user
@@ -229,26 +230,26 @@ export class UserStore {
   /**
    * The token exchange's read of its subject, in one query: the user (undefined when unknown), and whether
    * the oidc-provider Grant that the user's access token carries (`gid`) still stands, that is, is in
-   * oidc_payloads and unexpired at `nowMs` (the adapter's clock); sign-out and refresh-token reuse delete it.
+   * oidc_payloads and unexpired at `nowMs` (the adapter's clock); sign-out, refresh-token reuse, a new
+   * password and disabling the user delete it.
    */
   async getWithGrant(
     address: string,
     grantId: string,
     nowMs: number,
   ): Promise<{ user: User | undefined; grantActive: boolean }> {
-    const grants = () =>
-      this.#knex('oidc_payloads')
-        .count('*')
-        .where({ kind: 'Grant', id: grantId })
-        .andWhere((q) => q.whereNull('expires_at').orWhere('expires_at', '>', nowMs));
+    const grants = this.#knex('oidc_payloads')
+      .count('*')
+      .where({ kind: 'Grant', id: grantId })
+      .andWhere((q) => q.whereNull('expires_at').orWhere('expires_at', '>', nowMs));
     const row = (await this.#knex('users')
-      .select([...USER_COLUMNS, grants().as('grants')])
+      .select([...USER_COLUMNS, grants.as('grants')])
       .where({ address: normalizeAddress(address) })
       .first()) as (UserRow & { grants: unknown }) | undefined;
-    if (row !== undefined) return { user: toUser(row), grantActive: dbNumber(row.grants) > 0 };
-    // Only an unknown user gets here: a second read, so the answer can still say which check failed first.
-    const found = (await grants().first()) as Record<string, unknown> | undefined;
-    return { user: undefined, grantActive: dbNumber(Object.values(found ?? {})[0] ?? 0) > 0 };
+    // An unknown user is refused as such before the grant is asked about (tokenUser in exchange.ts).
+    return row === undefined
+      ? { user: undefined, grantActive: false }
+      : { user: toUser(row), grantActive: dbNumber(row.grants) > 0 };
   }
 
   /** Ordered by address; pass the last address of a page as `after` for the next one. */
@@ -261,6 +262,7 @@ export class UserStore {
     return ((await query) as UserRow[]).map(toUser);
   }
 
+  /** Disabling a user also ends their sign-ins (endSignIns): enabling them again does not bring those back. */
   async update(address: string, changes: UpdateUserInput): Promise<User> {
     const patch: Record<string, unknown> = { updated_at: this.#now().getTime() };
     if (changes.displayName !== undefined) patch.display_name = validDisplayName(changes.displayName);
@@ -270,30 +272,50 @@ export class UserStore {
       if (typeof changes.disabled !== 'boolean') throw new TypeError('disabled must be a boolean');
       patch.disabled = changes.disabled;
     }
-    const rows = (await this.#knex('users')
-      .where({ address: normalizeAddress(address) })
-      .update(patch)
-      .returning(USER_COLUMNS)) as UserRow[];
-    const row = rows[0];
-    if (row === undefined) throw new UserStoreError('user_not_found', `no user ${address}`);
-    return toUser(row);
+    const normalized = normalizeAddress(address);
+    return this.#knex.transaction(async (trx) => {
+      const rows = (await trx('users')
+        .where({ address: normalized })
+        .update(patch)
+        .returning(USER_COLUMNS)) as UserRow[];
+      const row = rows[0];
+      if (row === undefined) throw new UserStoreError('user_not_found', `no user ${address}`);
+      if (changes.disabled === true) await endSignIns(trx, normalized);
+      return toUser(row);
+    });
   }
 
-  async setPassword(address: string, password: string): Promise<void> {
+  /**
+   * Sets a new password and ends every sign-in of the user (endSignIns), as a reset after a leak must. The
+   * same password again changes nothing and ends nothing, so a caller that sends the password it holds
+   * (the operator, after a restart) does not sign the user out. Answers whether the password changed.
+   */
+  async setPassword(address: string, password: string): Promise<boolean> {
     validPassword(password);
+    const normalized = normalizeAddress(address);
+    const current = (await this.#knex('users').select('password_hash').where({ address: normalized }).first()) as
+      { password_hash: string } | undefined;
+    if (current === undefined) throw new UserStoreError('user_not_found', `no user ${address}`);
+    if (await verifyPasswordHash(password, current.password_hash)) return false;
     const passwordHash = await hashPassword(password);
-    const count = await this.#knex('users')
-      .where({ address: normalizeAddress(address) })
-      .update({ password_hash: passwordHash, updated_at: this.#now().getTime() });
-    if (count === 0) throw new UserStoreError('user_not_found', `no user ${address}`);
+    return this.#knex.transaction(async (trx) => {
+      const count = await trx('users')
+        .where({ address: normalized })
+        .update({ password_hash: passwordHash, updated_at: this.#now().getTime() });
+      if (count === 0) throw new UserStoreError('user_not_found', `no user ${address}`);
+      await endSignIns(trx, normalized);
+      return true;
+    });
   }
 
-  /** Also deletes the user's send counters (ON DELETE CASCADE). */
+  /** Also deletes the user's send counters (ON DELETE CASCADE) and ends their sign-ins (endSignIns). */
   async delete(address: string): Promise<void> {
-    const count = await this.#knex('users')
-      .where({ address: normalizeAddress(address) })
-      .delete();
-    if (count === 0) throw new UserStoreError('user_not_found', `no user ${address}`);
+    const normalized = normalizeAddress(address);
+    await this.#knex.transaction(async (trx) => {
+      const count = await trx('users').where({ address: normalized }).delete();
+      if (count === 0) throw new UserStoreError('user_not_found', `no user ${address}`);
+      await endSignIns(trx, normalized);
+    });
   }
 
   /**
