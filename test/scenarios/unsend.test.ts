@@ -86,7 +86,15 @@ describe('scenario 7: unsend before the fetch', () => {
       },
       120_000,
     );
-    expect(failed.resources).toEqual([{ contentId: note.contentId, size: note.size, status: 'failed' }]);
+    // Bob's client is told why: the origin's answer to the fetch.
+    expect(failed.resources).toEqual([
+      {
+        contentId: note.contentId,
+        size: note.size,
+        status: 'failed',
+        failure: expect.stringMatching(/answered 410 Gone: .*the sender withdrew this message/),
+      },
+    ]);
     // example.com answered that fetch 410 (the sender withdrew it), and nothing else for the note.
     const origin = await s.metrics('example.com');
     expect(requests(origin, 'POST', FETCH_ROUTE, 410)).toBe(1);

@@ -187,10 +187,13 @@ describe.each(testDatabases())('delivery between two domains ($name)', (database
     net.fetcher.resume();
     await net.fetcher.poll();
     const m = await until('the fetch refused', async () => {
-      const r = (await (await bob.api(`/messages/${entry.id}`)).json()) as { resources: { status: string }[] };
+      const r = (await (await bob.api(`/messages/${entry.id}`)).json()) as {
+        resources: { status: string; failure?: string }[];
+      };
       return r.resources[0]!.status === 'failed' ? r : undefined;
     });
     expect(m.resources[0]!.status).toBe('failed');
+    expect(m.resources[0]!.failure).toMatch(/\/federation\/v1\/fetch answered 410 Gone: .*"error":"withdrawn"/);
     expect((await bob.api(`/resources/${up.contentId.slice(1, -1)}`)).status).toBe(404);
   });
 });

@@ -23,8 +23,10 @@ export interface ResourceRef {
   readonly size: number;
   readonly disposition: 'inline' | 'attachment';
   readonly filename: string | undefined;
-  /** `held` can be downloaded; `pending` is still being fetched from the sender's mailbox. */
+  /** `held` can be downloaded; `pending` is still being fetched from the sender's mailbox; `failed` never will. */
   readonly status: ResourceStatus;
+  /** With `failed`, when the mailbox knows: why, in its words (`failureSummary` makes it short). */
+  readonly failure?: string;
 }
 
 export type ContentBlock =
@@ -64,7 +66,7 @@ function partHeader(headers: readonly Header[], name: string): Header[string] | 
 
 function leafOf(
   part: Part,
-  statuses: ReadonlyMap<string, { size: number; status: ResourceStatus }>,
+  statuses: ReadonlyMap<string, { size: number; status: ResourceStatus; failure?: string }>,
 ): ResourceRef | undefined {
   const contentId = partHeader(part.headers, 'Content-ID');
   const contentType = partHeader(part.headers, 'Content-Type');
@@ -99,7 +101,25 @@ function leafOf(
     disposition,
     filename,
     status: known?.status ?? 'pending',
+    failure: known?.status === 'failed' ? known.failure : undefined,
   };
+}
+
+/**
+ * A failure as a reader wants it: the `error_description` the origin answered (`the sender withdrew this
+ * message`) rather than the whole record of the attempt, which stays available in full beside it.
+ */
+export function failureSummary(failure: string | undefined): string {
+  if (failure === undefined || failure === '') return 'the reason was not recorded';
+  const described = /"error_description"\s*:\s*"((?:[^"\\]|\\.)*)"/.exec(failure);
+  if (described) {
+    try {
+      return JSON.parse(`"${described[1]}"`) as string;
+    } catch {
+      return described[1]!;
+    }
+  }
+  return failure;
 }
 
 const isText = (r: ResourceRef) => r.baseType === 'text/plain';

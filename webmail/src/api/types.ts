@@ -32,6 +32,8 @@ export interface MessageResource {
   readonly contentId: string;
   readonly size: number;
   readonly status: ResourceStatus;
+  /** With `failed`: why, as the mailbox recorded it (the origin's answer to the last fetch, or the quota). */
+  readonly failure?: string;
 }
 
 export interface Message extends MessageSummary {

@@ -1,6 +1,6 @@
 /** One resource of a message: a preview for images, audio and video (streamed), and a download link. */
 import styled from 'styled-components';
-import type { ResourceRef } from '../api/message-view.js';
+import { failureSummary, type ResourceRef } from '../api/message-view.js';
 import { formatBytes } from '../stores/compose-store.js';
 import { Icon } from './Icon.js';
 import { useResourceUrl } from './use-resource-url.js';
@@ -32,6 +32,7 @@ const Preview = styled.div`
 
 const Caption = styled.figcaption`
   display: flex;
+  flex-wrap: wrap;
   align-items: center;
   gap: 0.5rem;
   padding: 0.5rem 0.75rem;
@@ -80,7 +81,11 @@ export function AttachmentView({ item }: { item: ResourceRef }) {
         <span title={name}>{name}</span>
         <Muted>{formatBytes(item.size)}</Muted>
         {item.status === 'pending' && <Muted role="status">fetching from the sender…</Muted>}
-        {item.status === 'failed' && <Muted role="status">could not be fetched</Muted>}
+        {item.status === 'failed' && (
+          <Muted role="status" title={item.failure}>
+            could not be fetched: {failureSummary(item.failure)}
+          </Muted>
+        )}
         {held && href && (
           // A blob URL needs `download` to be saved under its name. A /r/ URL must not have it: Chromium
           // does not pass a download-attribute request through the service worker (crbug.com/40410035), so

@@ -124,6 +124,37 @@ describe('MessageCard', () => {
     expect(screen.queryByRole('button', { name: 'Forward as new message' })).toBeNull();
   });
 
+  it('says why a text or an attachment could not be fetched, in short, with the whole record as its title', () => {
+    const withdrawn =
+      'https://mail.example.com/federation/v1/fetch answered 410 Gone: ' +
+      '{"error":"withdrawn","error_description":"the sender withdrew this message"}';
+    renderCard({
+      entry: entryOf({
+        ...received,
+        resources: received.resources.map((r) =>
+          r.contentId === PHOTO_ID
+            ? { ...r, status: 'failed' as const, failure: 'it does not fit the mailbox: bob holds 9 bytes' }
+            : { ...r, status: 'failed' as const, failure: withdrawn },
+        ),
+      }),
+    });
+    const alert = screen.getByRole('alert');
+    expect(alert.textContent).toBe('The text could not be fetched from the sender: the sender withdrew this message');
+    expect(alert.getAttribute('title')).toBe(withdrawn);
+    const photo = within(screen.getByTestId('attachment')).getByRole('status');
+    expect(photo.textContent).toBe('could not be fetched: it does not fit the mailbox: bob holds 9 bytes');
+    expect(within(screen.getByTestId('attachment')).queryByRole('link')).toBeNull();
+  });
+
+  it('a failed resource whose reason the mailbox did not keep says so', () => {
+    renderCard({
+      entry: entryOf({ ...received, resources: received.resources.map((r) => ({ ...r, status: 'failed' as const })) }),
+    });
+    expect(screen.getByRole('alert').textContent).toBe(
+      'The text could not be fetched from the sender: the reason was not recorded',
+    );
+  });
+
   it('shows a sender without a display name by the address, once', () => {
     renderCard({ entry: entryOf({ ...received, from: 'alice@example.com' }) });
     const article = screen.getByRole('article', { name: /Message from alice@example\.com/ });

@@ -1,7 +1,7 @@
 /** One message of a conversation: who and when, the chain of forwards, the text, the media, the files. */
 import styled from 'styled-components';
 import type { ContentBlock, MessageView } from '../api/message-view.js';
-import { addressesIn, displayName } from '../api/message-view.js';
+import { addressesIn, displayName, failureSummary } from '../api/message-view.js';
 import type { BodyState, ReaderEntry } from '../stores/reader-store.js';
 import { AttachmentView } from './AttachmentView.js';
 import { Button } from './Button.js';
@@ -66,6 +66,13 @@ function Body({
 }) {
   const state = bodies[block.part.contentId];
   if (block.part.status === 'pending') return <Meta role="status">The text is being fetched from the sender…</Meta>;
+  if (block.part.status === 'failed') {
+    return (
+      <Meta role="alert" title={block.part.failure}>
+        The text could not be fetched from the sender: {failureSummary(block.part.failure)}
+      </Meta>
+    );
+  }
   if (!state || state.status === 'loading') return <Meta>Loading…</Meta>;
   if (state.status === 'error') return <Meta role="alert">The text could not be read: {state.message}</Meta>;
   if (block.kind === 'html') return <HtmlBody html={state.text} streams={streams} />;

@@ -43,7 +43,13 @@ export interface MessageSummary {
 export interface FullMessage extends MessageSummary {
   readonly envelope: readonly Block[];
   readonly body: Body;
-  readonly resources: readonly { contentId: string; size: number; status: 'held' | 'pending' | 'failed' }[];
+  readonly resources: readonly {
+    contentId: string;
+    size: number;
+    status: 'held' | 'pending' | 'failed';
+    /** With `failed`: why (the origin's answer to the last fetch, or the quota). */
+    failure?: string;
+  }[];
 }
 
 export interface UploadedResource {

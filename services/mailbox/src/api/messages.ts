@@ -172,7 +172,12 @@ function messageJson(m: StoredMessage, resources: readonly MessageResource[]) {
     ...summaryJson(m),
     envelope: m.envelope,
     body: m.body,
-    resources: resources.map((r) => ({ contentId: r.contentId, size: r.size, status: r.status })),
+    resources: resources.map((r) => ({
+      contentId: r.contentId,
+      size: r.size,
+      status: r.status,
+      ...(r.failure === undefined ? {} : { failure: r.failure }),
+    })),
   };
 }
 

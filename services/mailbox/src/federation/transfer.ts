@@ -53,9 +53,8 @@ import {
   type TrustResolver,
 } from '@federizer/protocol';
 import type { AccountStore } from '../storage/accounts.js';
-import { isMailStoreError } from '../storage/errors.js';
 import type { JobQueue } from '../storage/jobs.js';
-import type { MessageStore, ResourceStatus } from '../storage/messages.js';
+import type { MessageStore } from '../storage/messages.js';
 import type { TransferLog } from '../storage/transfers.js';
 import { TransferError, during, duringSync, fromProtocolError, internalFailure, sendTransferError } from './errors.js';
 import { DomainRateLimiter } from './rate-limit.js';
@@ -135,7 +134,7 @@ export interface TransferDeps {
    * Gives a recipient a Content-ID this domain already holds (`shareHeld`, §6.5), in one step with the
    * check that it is held. Without it nothing counts as held and every Content-ID is fetched.
    */
-  readonly accounts?: Pick<AccountStore, 'shareHeld'>;
+  readonly accounts?: Pick<AccountStore, 'shareHeldOrPending'>;
   /** Whether a (lower-cased) address of this domain is a user of this mailbox. */
   recipientExists(address: string): Promise<boolean>;
   /**
@@ -658,15 +657,19 @@ async function accept(ctx: Context, t: Accepting): Promise<Answer> {
   const stored: { address: string; id: string; created: boolean; keep: boolean }[] = [];
   const unheld = new Set<string>();
   for (const address of t.recipients.accepted) {
-    const statuses = await giveHeldResources(deps, address, resources);
-    for (const [contentId, status] of statuses) if (status === 'pending') unheld.add(contentId);
+    // §6.5: the resources this domain holds are given at once; the others are fetched.
+    const statuses =
+      deps.accounts === undefined
+        ? new Map(resources.map((r) => [r.contentId, { status: 'pending' as const }]))
+        : await deps.accounts.shareHeldOrPending(address, resources, { quota: deps.config.quotaBytes });
+    for (const [contentId, { status }] of statuses) if (status === 'pending') unheld.add(contentId);
     const { id, created } = await deps.messages.createReceived({
       address,
       messageId: t.messageId,
       ...listing,
       envelope,
       body: t.message.body,
-      resources: resources.map((r) => ({ contentId: r.contentId, size: r.size, status: statuses.get(r.contentId)! })),
+      resources: resources.map((r) => ({ contentId: r.contentId, size: r.size, ...statuses.get(r.contentId)! })),
       transferEht: t.eht,
     });
     const keep =
@@ -697,36 +700,6 @@ async function accept(ctx: Context, t: Accepting): Promise<Answer> {
     fetches,
   });
   return { status: 202, body: result };
-}
-
-/**
- * §6.5: the recipient is given the resources this domain already holds; one that does not fit its quota is
- * `failed`, as a fetch refused for the quota would be. The others are `pending` until fetched.
- */
-async function giveHeldResources(
-  deps: TransferDeps,
-  address: string,
-  resources: readonly LeafResource[],
-): Promise<Map<string, ResourceStatus>> {
-  const statuses = new Map<string, ResourceStatus>();
-  for (const r of resources) {
-    if (deps.accounts === undefined) {
-      statuses.set(r.contentId, 'pending');
-      continue;
-    }
-    try {
-      const given = await deps.accounts.shareHeld(
-        address,
-        { contentId: r.contentId, size: r.size, mediaType: r.mediaType },
-        { quota: deps.config.quotaBytes },
-      );
-      statuses.set(r.contentId, given === undefined ? 'pending' : 'held');
-    } catch (e) {
-      if (!isMailStoreError(e, 'quota_exceeded')) throw e;
-      statuses.set(r.contentId, 'failed');
-    }
-  }
-  return statuses;
 }
 
 /** What the mailbox lists: the origin block's Subject, From, Date and X-Thread-ID (or the Message-ID). */

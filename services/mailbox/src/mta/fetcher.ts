@@ -181,7 +181,7 @@ export class Fetcher extends LeasedWorker<FetchJob> {
     this.deps.logger.warn({ contentId: job.payload.contentId, reason, err }, 'fetch failed');
     // Given up for good: bytes kept for a resume (or the empty file of a refused first attempt) serve nothing.
     await this.#discardPartial(job.payload.contentId);
-    const changed = await this.deps.messages.markResources(job.payload.contentId, 'failed');
+    const changed = await this.deps.messages.markResources(job.payload.contentId, 'failed', { failure: reason });
     this.deps.onChanged?.([...new Set(changed.map((c) => c.address))]);
   }
 

@@ -45,13 +45,11 @@ import { leaves, type TransferJob } from '../api/send.js';
 import type { DiskBlobStore } from '../blobs/index.js';
 import { FETCH_JOB, type FetchJobPayload, type TransferTrust } from '../federation/transfer.js';
 import {
-  isMailStoreError,
   type AccountStore,
   type Delivery,
   type ForwardingStore,
   type JobQueue,
   type MessageStore,
-  type ResourceStatus,
   type ShareStore,
   type StoredMessage,
 } from '../storage/index.js';
@@ -292,20 +290,11 @@ export class Forwarder {
     const newest = newestSignedBlock(copy.envelope);
     const origin = copy.envelope.at(-1) as { headers: readonly Header[] };
     const resources = [...new Map(leaves(copy.body).map((r) => [r.contentId, r])).values()];
-    const statuses = new Map<string, ResourceStatus>();
-    for (const r of resources) {
-      try {
-        const given = await deps.accounts.shareHeld(
-          recipient,
-          { contentId: r.contentId, size: r.size, mediaType: mediaTypeOf(copy.body, r.contentId) },
-          { quota: deps.quotaBytes },
-        );
-        statuses.set(r.contentId, given === undefined ? 'pending' : 'held');
-      } catch (e) {
-        if (!isMailStoreError(e, 'quota_exceeded')) throw e;
-        statuses.set(r.contentId, 'failed');
-      }
-    }
+    const statuses = await deps.accounts.shareHeldOrPending(
+      recipient,
+      resources.map((r) => ({ contentId: r.contentId, size: r.size, mediaType: mediaTypeOf(copy.body, r.contentId) })),
+      { quota: deps.quotaBytes },
+    );
     const envelope: Block[] = [
       receiveBlock({
         messageId: copy.messageId,
@@ -327,10 +316,10 @@ export class Forwarder {
       subject: headerValue(origin.headers, 'Subject') ?? '',
       from: headerValue(origin.headers, 'From') ?? '',
       date: dateOf(origin.headers, copy.now),
-      resources: resources.map((r) => ({ contentId: r.contentId, size: r.size, status: statuses.get(r.contentId)! })),
+      resources: resources.map((r) => ({ contentId: r.contentId, size: r.size, ...statuses.get(r.contentId)! })),
     });
     const { keep } = await this.onReceived(recipient, copy.messageId, envelope, stored);
-    const pending = resources.filter((r) => statuses.get(r.contentId) === 'pending');
+    const pending = resources.filter((r) => statuses.get(r.contentId)?.status === 'pending');
     if (!keep || pending.length === 0) return { delivered: true, fetches: false };
     for (const r of pending) await this.#queueFetch(copy.messageId, copy.envelope, r.contentId, r.size);
     return { delivered: true, fetches: true };

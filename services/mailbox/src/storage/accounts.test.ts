@@ -290,6 +290,31 @@ describe.each(testDatabases())('AccountStore on $name', (database) => {
     );
   });
 
+  it('starts a received message: held when some account holds it, pending when none does, failed (with why) over quota', async () => {
+    const [held, unheld, big] = [cid('start-held'), cid('start-unheld'), cid('start-big')];
+    await accounts.addResource(ALICE, { contentId: held, size: 5, mediaType: 'text/plain' });
+    await accounts.addResource(ALICE, { contentId: big, size: 50, mediaType: 'text/plain' });
+    const statuses = await accounts.shareHeldOrPending(
+      CAROL,
+      [
+        { contentId: held, size: 5 },
+        { contentId: unheld, size: 5 },
+        { contentId: big, size: 50 },
+      ],
+      { quota: 20 },
+    );
+    expect(Object.fromEntries(statuses)).toEqual({
+      [held]: { status: 'held' },
+      [unheld]: { status: 'pending' },
+      [big]: {
+        status: 'failed',
+        failure: `it does not fit the mailbox: ${CAROL} holds 5 bytes; 50 more would exceed the quota of 20`,
+      },
+    });
+    expect(await accounts.holders(held)).toContain(CAROL);
+    expect(await accounts.holders(big)).not.toContain(CAROL);
+  });
+
   it('says whether anything refers to a resource: a holder, or a message waiting for it', async () => {
     const a = cid('referenced?');
     expect(await accounts.isReferenced(a)).toBe(false);

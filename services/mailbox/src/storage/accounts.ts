@@ -12,7 +12,7 @@
  */
 import type { Knex } from 'knex';
 import { dbNumber, dbOptionalNumber } from '@federizer/common';
-import { MailStoreError } from './errors.js';
+import { MailStoreError, isMailStoreError } from './errors.js';
 import {
   checkAddress,
   checkContentId,
@@ -284,6 +284,28 @@ export class AccountStore {
       if (holder === undefined) return undefined;
       return this.#add(trx, input);
     });
+  }
+
+  /**
+   * What a message just received starts with, resource by resource (§6.5): `held` when `shareHeld` gave it
+   * to the account, `pending` (to fetch) when no account holds it, `failed` with the reason for the
+   * recipient when it does not fit the account's quota, as a fetch refused for the quota would be.
+   */
+  async shareHeldOrPending(
+    address: string,
+    resources: readonly ResourceInput[],
+    options: { quota?: number } = {},
+  ): Promise<Map<string, { status: 'held' | 'pending' | 'failed'; failure?: string }>> {
+    const statuses = new Map<string, { status: 'held' | 'pending' | 'failed'; failure?: string }>();
+    for (const r of resources) {
+      try {
+        statuses.set(r.contentId, { status: (await this.shareHeld(address, r, options)) ? 'held' : 'pending' });
+      } catch (e) {
+        if (!isMailStoreError(e, 'quota_exceeded')) throw e;
+        statuses.set(r.contentId, { status: 'failed', failure: `it does not fit the mailbox: ${e.message}` });
+      }
+    }
+    return statuses;
   }
 
   async #add(trx: Knex.Transaction, input: CheckedResource): Promise<AddResourceResult> {

@@ -5,7 +5,7 @@ import { ChangeLog } from './changes.js';
 import { isMailStoreError } from './errors.js';
 import { ID_LENGTH, ID_PATTERN, createIdGenerator, idTime } from './ids.js';
 import { JobQueue, completeLeasedJob } from './jobs.js';
-import { MessageStore, type MailboxName, type NewMessage, type NewReceivedMessage } from './messages.js';
+import { MAX_FAILURE, MessageStore, type MailboxName, type NewMessage, type NewReceivedMessage } from './messages.js';
 import {
   T0,
   cid,
@@ -332,6 +332,33 @@ describe.each(testDatabases())('MessageStore on $name', (database) => {
     expect(await accounts.addResource(BOB, { contentId: r, size: 4000 })).toEqual({ added: false, storageUsed: 4000 });
     await messages.delete(BOB, m1);
     expect(await accounts.resource(BOB, r)).toMatchObject({ refs: 1 });
+  });
+
+  it('keeps why a resource failed, for the recipient: clipped, and gone once the bytes are held after all', async () => {
+    const [r, full] = [cid('refused'), cid('too big')];
+    const id = await messages.create(
+      draft(BOB, {
+        resources: [
+          { contentId: r, size: 10, status: 'pending' },
+          { contentId: full, size: 20, status: 'failed', failure: 'it does not fit the mailbox' },
+        ],
+      }),
+    );
+    const failureOf = async (contentId: string) =>
+      (await messages.resourcesOf(id)).find((x) => x.contentId === contentId)?.failure;
+    expect(await failureOf(full)).toBe('it does not fit the mailbox');
+    expect(await failureOf(r)).toBeUndefined();
+    await messages.markResources(r, 'failed', { failure: `the origin answered 403 ${'x'.repeat(2000)}` });
+    const refused = (await messages.resourcesOf(id)).find((x) => x.contentId === r)!;
+    expect(refused.status).toBe('failed');
+    expect(refused.failure).toHaveLength(MAX_FAILURE);
+    expect(refused.failure).toMatch(/^the origin answered 403 x+$/);
+    // Read in a batch as the client API does, the reason is there too.
+    const batch = (await messages.getMany(BOB, [id])).get(id)!;
+    expect(batch.resources.find((x) => x.contentId === r)!.failure).toBe(refused.failure);
+    await messages.markResources(r, 'held');
+    expect((await messages.resourcesOf(id)).find((x) => x.contentId === r)).toMatchObject({ status: 'held' });
+    expect(await failureOf(r)).toBeUndefined();
   });
 
   it('reads the media type from the body for a reference stored before it was kept (migration 0003)', async () => {

@@ -39,6 +39,8 @@ export interface MessageResourceInput {
   contentId: string;
   size: number;
   status: ResourceStatus;
+  /** Why it is `failed` (see `MessageResource.failure`). */
+  failure?: string;
 }
 
 export interface NewMessage {
@@ -91,6 +93,8 @@ export interface MessageResource {
   readonly contentId: string;
   readonly size: number;
   readonly status: ResourceStatus;
+  /** Why the fetch gave up, for the recipient to read, when `failed` (and known: not on rows older than it). */
+  readonly failure?: string;
   readonly updatedAt: number;
 }
 
@@ -174,14 +178,21 @@ interface ResourceRow {
   content_id: string;
   size: unknown;
   status: string;
+  failure: string | null;
   updated_at: unknown;
 }
+
+const RESOURCE_COLUMNS = ['content_id', 'size', 'status', 'failure', 'updated_at'] as const;
+
+/** The most of a failure kept: the reason of a fetch that gave up, which quotes what the origin answered. */
+export const MAX_FAILURE = 1000;
 
 function toMessageResource(r: ResourceRow): MessageResource {
   return {
     contentId: r.content_id,
     size: dbNumber(r.size),
     status: r.status as ResourceStatus,
+    ...(r.status === 'failed' && r.failure !== null ? { failure: r.failure } : {}),
     updatedAt: dbNumber(r.updated_at),
   };
 }
@@ -337,6 +348,7 @@ export class MessageStore {
           size: r.size,
           media_type: r.mediaType,
           status: r.status,
+          failure: r.status === 'failed' && r.failure !== undefined ? r.failure.slice(0, MAX_FAILURE) : null,
           updated_at: now,
         })),
       );
@@ -376,7 +388,7 @@ export class MessageStore {
         .whereIn('id', padded)) as MessageRow[];
       if (rows.length === 0) continue;
       const resources = (await this.#knex('mail_message_resources')
-        .select('message', 'content_id', 'size', 'status', 'updated_at')
+        .select('message', ...RESOURCE_COLUMNS)
         .whereIn('message', padIds(rows.map((r) => r.id)))
         .orderBy([{ column: 'message' }, { column: 'content_id' }])) as (ResourceRow & { message: string })[];
       const byMessage = new Map<string, MessageResource[]>();
@@ -488,7 +500,7 @@ export class MessageStore {
   /** The External Resources a message references (any account: the fetch endpoint checks a share's). */
   async resourcesOf(id: string): Promise<MessageResource[]> {
     const rows = (await this.#knex('mail_message_resources')
-      .select('content_id', 'size', 'status', 'updated_at')
+      .select(...RESOURCE_COLUMNS)
       .where({ message: id })
       .orderBy('content_id')) as ResourceRow[];
     return rows.map(toMessageResource);
@@ -521,7 +533,8 @@ export class MessageStore {
    * `held` says the account has the bytes, so the accounts of those messages start holding the resource in
    * the same transaction (its size counted, as `AccountStore.addResource` does, without a quota: the
    * message was accepted): a client never sees a resource `held` that it cannot download yet. `failed` (a
-   * fetch gave up) changes only references still `pending`: bytes held stay held.
+   * fetch gave up) changes only references still `pending`: bytes held stay held; `failure` says why, for
+   * the recipient (clipped to MAX_FAILURE characters).
    *
    * `completing` is the leased fetch job whose outcome this is: it is completed first, in the same
    * transaction (`not_lease_owner`, changing nothing, when the lease was lost). A message stored after
@@ -531,7 +544,7 @@ export class MessageStore {
   async markResources(
     contentId: string,
     status: ResourceStatus,
-    options: { completing?: { readonly id: string; readonly owner: string } } = {},
+    options: { completing?: { readonly id: string; readonly owner: string }; failure?: string } = {},
   ): Promise<{ address: string; id: string }[]> {
     checkContentId(contentId);
     if (!RESOURCE_STATUSES.includes(status)) throw new TypeError(`not a resource status: ${String(status)}`);
@@ -569,7 +582,11 @@ export class MessageStore {
         await trx('mail_message_resources')
           .whereIn('message', part)
           .andWhere({ content_id: contentId })
-          .update({ status, updated_at: now });
+          .update({
+            status,
+            failure: status === 'failed' ? (options.failure?.slice(0, MAX_FAILURE) ?? null) : null,
+            updated_at: now,
+          });
       }
       for (const [address, rows] of byAccount) {
         if (status === 'held') {

@@ -185,4 +185,14 @@ export const mailboxMigrations: readonly Migration[] = [
       });
     },
   },
+  {
+    name: '0004_message_resource_failure',
+    async up(knex: Knex) {
+      // Why a resource is `failed` (the fetch's last error, or the quota it did not fit), shown to the
+      // recipient beside it. Null for every other status, and on rows that failed before.
+      await knex.schema.alterTable('mail_message_resources', (t) => {
+        t.string('failure', 1000).nullable();
+      });
+    },
+  },
 ];
