@@ -256,6 +256,7 @@ export class MailboxService implements AsyncDisposable {
       domain: config.domain,
       shareWindowSeconds: config.shareWindowSeconds,
       maxResourceSize: config.maxResourceSize,
+      maxMessageBytes: config.maxMessageBytes,
       quotaBytes: config.quotaBytes,
       as: this.as,
       accounts,

@@ -5,7 +5,8 @@
  * the assertion block its AS signed (about a kilobyte), and the receiver counts that against the same
  * limit: a message within a kilobyte of the limit was accepted (202), then refused by every receiver with
  * 413. It is now measured as it will be transferred and refused with 413 `too_large` before anything is
- * stored or queued; one exactly at the limit is sent, and the receiver accepts it.
+ * stored or queued; one exactly at the limit is sent, and the receiver accepts it. A forward adds its hop's
+ * blocks (PROTOCOL.md §7) to a message that arrived within the limit: it is measured the same way.
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -28,6 +29,7 @@ async function until<T>(what: string, probe: () => Promise<T | undefined>, timeo
 describe.each(testDatabases())('the size of a message as transferred, checked at send ($name)', (database) => {
   let fed: MailFederation;
   let alice: UserClient;
+  let bob: UserClient;
   let resource: { contentId: string; size: number };
 
   beforeAll(async () => {
@@ -36,8 +38,9 @@ describe.each(testDatabases())('the size of a message as transferred, checked at
       config: { maxMessageBytes: LIMIT },
     });
     await fed.auth.domains['example.com']!.createUser('alice@example.com', 'alice password');
-    await fed.auth.domains['example.net']!.createUser('bob@example.net', 'bob password');
+    await fed.auth.domains['example.net']!.createUser('bob@example.net', 'bob password', { forwardingPolicy: 'any' });
     alice = await fed.user('alice@example.com', 'alice password');
+    bob = await fed.user('bob@example.net', 'bob password');
     const up = await alice.api('/resources', {
       method: 'POST',
       raw: 'Hello Bob\n',
@@ -165,5 +168,89 @@ describe.each(testDatabases())('the size of a message as transferred, checked at
     // The count does count signatures: a message that fits is signed once.
     expect((await alice.api('/messages/send', { method: 'POST', json: { message: draft(10) } })).status).toBe(202);
     expect(await signed()).toBe(signedBefore + 1);
+  });
+  /** Sends `message` and waits until it is in Bob's inbox; answers its id there. */
+  async function received(message: Message): Promise<string> {
+    const sent = await alice.api('/messages/send', { method: 'POST', json: { message } });
+    expect(sent.status, await sent.clone().text()).toBe(202);
+    const messageId = (message.envelope[0] as { headers: Record<string, string>[] }).headers.find(
+      (h) => 'Message-ID' in h,
+    )!['Message-ID'];
+    return until("the message in Bob's inbox", async () => {
+      const list = (await (await bob.api('/messages?mailbox=inbox')).json()) as {
+        messages: { id: string; messageId: string }[];
+      };
+      return list.messages.find((m) => m.messageId === messageId)?.id;
+    });
+  }
+
+  async function netCounts() {
+    const knex = fed.domains['example.net']!.mailbox.knex;
+    return {
+      shares: (await knex('mail_shares')).length,
+      transfers: (await knex('mail_jobs').where({ kind: 'transfer' })).length,
+    };
+  }
+
+  it('the rule, for a forward: a message that arrived at the limit is 413 too_large to forward, nothing queued; a smaller one forwards', async () => {
+    const probe = draft(1_000);
+    const probeSent = await alice.api('/messages/send', { method: 'POST', json: { message: probe } });
+    const overhead = (await transferredSize(((await probeSent.json()) as { id: string }).id, probe)) - 1_000;
+    const atLimit = await received(draft(LIMIT - overhead));
+    const before = await netCounts();
+    const refused = await bob.api(`/messages/${atLimit}/forward`, {
+      method: 'POST',
+      json: { to: 'alice@example.com' },
+    });
+    expect(refused.status).toBe(413);
+    const problem = (await refused.json()) as { error: string; error_description: string };
+    expect(problem.error).toBe('too_large');
+    expect(problem.error_description).toMatch(
+      /as transferred.*at most 16384 bytes: with this hop's blocks it cannot be forwarded/,
+    );
+    expect(await netCounts()).toEqual(before);
+    // A message with room for the hop's blocks is forwarded.
+    const small = await received(draft(1_000));
+    const forwarded = await bob.api(`/messages/${small}/forward`, {
+      method: 'POST',
+      json: { to: 'alice@example.com' },
+    });
+    expect(forwarded.status, await forwarded.clone().text()).toBe(202);
+  });
+
+  it('the rule, for an automatic forward: the message too large to forward stays in the inbox and a notice says why', async () => {
+    const rule = await bob.api('/forwarding', {
+      method: 'PUT',
+      json: { targets: ['alice@example.com'], keepCopy: false, enabled: true },
+    });
+    expect(rule.status, await rule.clone().text()).toBe(200);
+    try {
+      const start = await netCounts();
+      const probe = draft(1_000);
+      const probeSent = await alice.api('/messages/send', { method: 'POST', json: { message: probe } });
+      const overhead = (await transferredSize(((await probeSent.json()) as { id: string }).id, probe)) - 1_000;
+      // The probe fits: it is forwarded, a share of its own.
+      await until('the probe forwarded', async () =>
+        (await netCounts()).shares === start.shares + 1 ? true : undefined,
+      );
+      const before = await netCounts();
+      await received(draft(LIMIT - overhead));
+      const notice = await until('the notice', async () => {
+        const list = (await (await bob.api('/messages?mailbox=inbox')).json()) as {
+          messages: { id: string; subject: string }[];
+        };
+        return list.messages.find((m) => m.subject === 'Auto-forwarding failed');
+      });
+      const full = (await (await bob.api(`/messages/${notice.id}`)).json()) as {
+        resources: { contentId: string }[];
+      };
+      const text = await (await bob.api(`/resources/${full.resources[0]!.contentId.slice(1, -1)}`)).text();
+      expect(text).toMatch(/Reason: the message would be \d+ bytes as transferred/);
+      expect(text).toContain('The message is kept in your inbox.');
+      // The message at the limit added nothing to forward.
+      expect(await netCounts()).toEqual(before);
+    } finally {
+      await bob.api('/forwarding', { method: 'PUT', json: { targets: [], keepCopy: true, enabled: false } });
+    }
   });
 });

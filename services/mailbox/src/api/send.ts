@@ -158,23 +158,29 @@ export function transferredSize(message: Message): number {
 }
 
 /** What the assertion block adds to a copy, at the very least: `{"jwt-assertion":""},` around the token. */
-const ASSERTION_BLOCK_MIN_BYTES = Buffer.byteLength(JSON.stringify({ 'jwt-assertion': '' })) + 1;
+export const ASSERTION_BLOCK_MIN_BYTES = Buffer.byteLength(JSON.stringify({ 'jwt-assertion': '' })) + 1;
 
 /**
  * PROTOCOL.md §2.7, §5.1: a copy transferred larger than `maxMessageBytes` (the limit receiving mailboxes
- * apply, this setting for this domain's) is refused by every receiver, after the send was accepted. So the
- * copy is measured here, as it will be transferred, its assertion block included (`extraBytes` stands for
- * the block before the copy is signed), and refused 413 before anything is stored or queued.
+ * apply, this setting for this domain's) is refused by every receiver, after the send (or the forward) was
+ * accepted. So the copy is measured before, as it will be transferred, its assertion block included
+ * (`extraBytes` stands for the block before the copy is signed): answers what is wrong when it is too
+ * large, for a 413 before anything is stored or queued.
  */
-function checkTransferable(message: Message, extraBytes: number, maxMessageBytes: number): void {
+export function untransferable(message: Message, extraBytes: number, maxMessageBytes: number): string | undefined {
   const size = transferredSize(message) + extraBytes;
-  if (size <= maxMessageBytes) return;
-  throw new SendError(
-    413,
-    'too_large',
+  if (size <= maxMessageBytes) return undefined;
+  return (
     `the message would be ${size} bytes as transferred, with the envelope and the signed assertion this mailbox adds; ` +
-      `a message is at most ${maxMessageBytes} bytes: make it at least ${size - maxMessageBytes} bytes smaller`,
+    `a message is at most ${maxMessageBytes} bytes`
   );
+}
+
+function checkTransferable(message: Message, extraBytes: number, maxMessageBytes: number): void {
+  const problem = untransferable(message, extraBytes, maxMessageBytes);
+  if (problem === undefined) return;
+  const over = transferredSize(message) + extraBytes - maxMessageBytes;
+  throw new SendError(413, 'too_large', `${problem}: make it at least ${over} bytes smaller`);
 }
 
 /** Each leaf part's Content-ID and declared size (the resources the copy shares). */

@@ -40,8 +40,9 @@ import {
   type Block,
   type Body,
   type Header,
+  type Message,
 } from '@federizer/protocol';
-import { leaves, type TransferJob } from '../api/send.js';
+import { ASSERTION_BLOCK_MIN_BYTES, leaves, untransferable, type TransferJob } from '../api/send.js';
 import type { DiskBlobStore } from '../blobs/index.js';
 import { FETCH_JOB, type FetchJobPayload, type TransferTrust } from '../federation/transfer.js';
 import {
@@ -66,6 +67,8 @@ export interface ForwardingDeps {
   /** The share window when the AS does not say how long the new assertion lives. */
   readonly shareWindowSeconds: number;
   readonly maxResourceSize: number;
+  /** The largest message receivers take (PROTOCOL.md §5.1; this domain's own limit): a longer chain is refused. */
+  readonly maxMessageBytes?: number;
   /** The account quota applied when a local target is given a resource this domain holds. */
   readonly quotaBytes?: number;
   readonly as: Pick<AsClient, 'forward'>;
@@ -92,7 +95,7 @@ export interface ForwardingDeps {
   readonly relayPollMs?: number;
 }
 
-/** A forward this mailbox refuses before asking the AS (the message, its chain, the targets). */
+/** A forward this mailbox refuses: the message, its chain, the targets (before asking the AS), its size. */
 export class ForwardError extends Error {
   constructor(
     readonly status: number,
@@ -155,6 +158,16 @@ export class Forwarder {
       { envelope: message.envelope, body: message.body },
       { date: new Date(now), forwardedFrom: forwarderMailbox(user, newest), forwardedTo: to },
     );
+    // §5.1: each hop adds its blocks; a message that would no longer fit a receiver is refused now, with
+    // the reason, rather than queued for transfers that every receiver refuses (413).
+    const tooLarge = (message: Message, extra: number) => {
+      const problem = untransferable(message, extra, deps.maxMessageBytes ?? Number.POSITIVE_INFINITY);
+      if (problem !== undefined) {
+        throw new ForwardError(413, 'too_large', `${problem}: with this hop's blocks it cannot be forwarded`);
+      }
+    };
+    const transferred = prepared.recipients.some((r) => domainOf(r) !== deps.domain);
+    if (transferred) tooLarge(prepared.message, ASSERTION_BLOCK_MIN_BYTES);
     const key = await generateDpopKey();
     const issued = await deps.as.forward(
       prepared.subjectAssertion,
@@ -163,7 +176,9 @@ export class Forwarder {
       type,
       key,
     );
-    const envelope = withAssertion(prepared.message, issued.token).envelope;
+    const signed = withAssertion(prepared.message, issued.token);
+    if (transferred) tooLarge(signed, 0);
+    const envelope = signed.envelope;
     const lifetime = issued.expiresIn > 0 ? issued.expiresIn : deps.shareWindowSeconds;
     const share = await deps.shares.create({
       message: message.id,
