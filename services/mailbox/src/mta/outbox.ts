@@ -374,8 +374,9 @@ export class Outbox extends LeasedWorker<TransferJob> {
 
   /**
    * POSTs the copy and reads the answer, within deadlines well inside the lease: the whole exchange within
-   * half of it, and no pause of more than a quarter of it (waiting for the answer's headers, or between its
-   * bytes). A peer that is down, stalls or trickles its answer is a temporary failure, said plainly.
+   * half of it, and no silence of more than a quarter of it: from the start of the request (sending the copy
+   * and the receiver's checks included) to the answer's headers, then between the answer's bytes. A peer
+   * that is down, stalls or trickles its answer is a temporary failure, said plainly.
    */
   async #post(
     endpoint: string,
