@@ -98,6 +98,7 @@ describe.each(testDatabases())('AS migrations on $name', (database) => {
           ).rows;
     expect(indexes.map((i) => i.name)).not.toContain('replay_expires_at_idx');
   });
+
   it('0004 copies the account of the rows written before into account_id, so their sign-ins can be ended', async () => {
     await migrateLatest(knex, upTo('0003_replay_table_single_btree'), AUTH_MIGRATIONS_TABLE);
     const rows: [kind: string, id: string, payload: object, grantId?: string][] = [
@@ -126,6 +127,14 @@ describe.each(testDatabases())('AS migrations on $name', (database) => {
       );
     }
 
+    // Expired: nothing reads it any more, and the migration leaves it to the pruning.
+    await knex('oidc_payloads').insert({
+      kind: 'Session',
+      id: 's-ann-expired',
+      payload: JSON.stringify({ accountId: 'ann@example.com' }),
+      expires_at: Date.now() - 1000,
+    });
+
     expect(await migrateLatest(knex, authMigrations, AUTH_MIGRATIONS_TABLE)).toEqual(['0004_payload_account_id']);
     const accounts = new Map(
       ((await knex('oidc_payloads').select('kind', 'id', 'account_id')) as Record<string, unknown>[]).map((r) => [
@@ -138,6 +147,7 @@ describe.each(testDatabases())('AS migrations on $name', (database) => {
     expect(accounts.get('Interaction i-ann')).toBe('ann@example.com');
     expect(accounts.get('Interaction i-ann-2')).toBe('ann@example.com');
     expect(accounts.get('Interaction i-anon')).toBeNull();
+    expect(accounts.get('Session s-ann-expired')).toBeNull();
     expect(accounts.get('Session s-1099')).toBe('cid@example.com');
     expect([...accounts.values()].filter((a) => a === 'cid@example.com')).toHaveLength(1100);
 
@@ -150,6 +160,6 @@ describe.each(testDatabases())('AS migrations on $name', (database) => {
         id: string;
       }[]
     ).map((r) => r.id);
-    expect(left.sort()).toEqual(['g-ben', 'i-anon', 'rt-ben', 's-ben']);
+    expect(left.sort()).toEqual(['g-ben', 'i-anon', 'rt-ben', 's-ann-expired', 's-ben']);
   });
 });

@@ -132,9 +132,11 @@ export const authMigrations: readonly Migration[] = [
     // The account a provider row belongs to (Session, Grant, tokens, codes), in a column of its own, so that
     // changing a user's password, disabling or deleting the user ends all of that user's sign-ins in two
     // statements (accountIdOf and endSignIns in adapter.ts). Rows written before carry it in their JSON
-    // only: it is copied from there, in JavaScript, as the two databases' JSON functions differ.
+    // only: it is copied from there, in JavaScript, as the two databases' JSON functions differ. Expired rows
+    // are left as they are: nothing reads them, and the next pruning deletes them.
     name: '0004_payload_account_id',
     async up(knex: Knex) {
+      const now = Date.now();
       await knex.schema.alterTable('oidc_payloads', (t) => {
         t.string('account_id', 254).nullable();
         t.index(['account_id'], 'oidc_payloads_account_id_idx');
@@ -146,6 +148,7 @@ export const authMigrations: readonly Migration[] = [
           .where((q) =>
             q.where('kind', '>', after.kind).orWhere((r) => r.where('kind', after.kind).where('id', '>', after.id)),
           )
+          .andWhere((q) => q.whereNull('expires_at').orWhere('expires_at', '>', now))
           .orderBy([{ column: 'kind' }, { column: 'id' }])
           .limit(500)) as { kind: string; id: string; payload: string }[];
         if (rows.length === 0) break;
