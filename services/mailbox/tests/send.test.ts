@@ -34,13 +34,20 @@ describe.each(testDatabases())('sending ($name)', (database) => {
 
   async function api(
     path: string,
-    init: { method?: string; body?: unknown; raw?: Uint8Array | string; headers?: Record<string, string> } = {},
+    init: {
+      method?: string;
+      body?: unknown;
+      raw?: Uint8Array | string;
+      headers?: Record<string, string>;
+      as?: { token: string; key: DpopKey };
+    } = {},
   ) {
     const method = init.method ?? 'GET';
     const url = `${publicUrl}/api/v1${path}`;
+    const caller = init.as ?? { token, key };
     const headers: Record<string, string> = {
-      authorization: `DPoP ${token}`,
-      dpop: await createDpopProof(key, { htm: method, htu: url, accessToken: token }),
+      authorization: `DPoP ${caller.token}`,
+      dpop: await createDpopProof(caller.key, { htm: method, htu: url, accessToken: caller.token }),
       ...init.headers,
     };
     let body = init.raw;
@@ -285,6 +292,44 @@ describe.each(testDatabases())('sending ($name)', (database) => {
     expect(job!.nextAttemptAt).toBeGreaterThan(Date.now());
     expect(job!.lastError).toMatch(/did not answer/);
     expect((await mailbox.shares.deliveries({ share: share.id }))[0]!.status).toBe('queued');
+  });
+
+  it('PROTOCOL §4.5, RFC 6750 §3.1: a sign-in ended by a new password makes its still-unexpired token 401 invalid_token at send', async () => {
+    const com = fed.domains['example.com']!;
+    await com.createUser('dana@example.com', 'dana password');
+    const session = await signIn(com, http, 'dana@example.com', 'dana password');
+    const publicJwk = await exportJWK(session.dpopKey.publicKey);
+    const dana = {
+      token: session.accessToken,
+      key: { alg: 'ES256', privateKey: session.dpopKey.privateKey, publicJwk, jkt: await jwkThumbprint(publicJwk) },
+    } as const;
+    const up = await api('/resources', {
+      method: 'POST',
+      raw: 'from Dana',
+      headers: { 'content-type': 'text/plain; charset=utf-8' },
+      as: dana,
+    });
+    const text = (await up.json()) as { contentId: string; size: number };
+    const message = (): Message => {
+      const m = draft('bob@example.com', text);
+      const headers = (m.envelope[0] as { headers: Record<string, string>[] }).headers;
+      headers[0] = { From: 'dana@example.com' };
+      return m;
+    };
+    expect((await api('/messages/send', { method: 'POST', body: { message: message() }, as: dana })).status).toBe(202);
+    const reset = await com.admin(`/users/${encodeURIComponent('dana@example.com')}/password`, {
+      method: 'PUT',
+      body: JSON.stringify({ password: 'a new dana password' }),
+    });
+    expect(reset.status).toBe(204);
+    // The token itself still verifies here (reading works until it expires); the AS no longer signs for it.
+    expect((await api('/messages?mailbox=sent', { as: dana })).status).toBe(200);
+    const refused = await api('/messages/send', { method: 'POST', body: { message: message() }, as: dana });
+    expect(refused.status).toBe(401);
+    expect(refused.headers.get('www-authenticate')).toMatch(/^DPoP .*error="invalid_token"/);
+    const body = (await refused.json()) as { error: string; error_description: string };
+    expect(body.error).toBe('invalid_token');
+    expect(body.error_description).toMatch(/no longer valid.*the grant it was issued under was revoked/);
   });
 
   it('PROTOCOL §4.5: beyond the send quota the AS refuses to sign, and the user gets 429 with Retry-After', async () => {

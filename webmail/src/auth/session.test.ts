@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalDb } from '../stores/local-db.js';
 import { startWebmailFederation, localFetch, type WebmailFederation } from '../testing/federation.js';
 import { RESOURCE_CACHE } from '../sw/resource-route.js';
+import { buildDraft, newMessageId } from '../api/draft.js';
 import { AuthSession, SignInError, SignedOutError, defaultLocks, type AuthRecord } from './session.js';
 
 let fed: WebmailFederation;
@@ -132,6 +133,32 @@ describe('AuthSession', () => {
     await expect(refreshing).resolves.toMatchObject({ accessToken: expect.any(String) });
     expect(await u.db.kv('auth')).toBeUndefined();
     await expect(tab1.token()).rejects.toThrow(SignedOutError);
+  });
+
+  it('a new password set by the admin signs the webmail out at its next send: 401 invalid_token, the refresh refused', async () => {
+    const u = await fed.signIn('olivia@example.com');
+    const text = await u.api.upload(new Blob(['before the reset']), { mediaType: 'text/plain; charset=UTF-8' });
+    const draft = () =>
+      buildDraft({
+        from: u.address,
+        to: 'alice@example.com',
+        cc: '',
+        bcc: '',
+        subject: 'Hello',
+        messageId: newMessageId('example.com'),
+        text,
+        attachments: [],
+      });
+    await u.api.send(draft());
+    const reset = await fed.fed.auth.domains['example.com']!.admin(
+      `/users/${encodeURIComponent('olivia@example.com')}/password`,
+      { method: 'PUT', body: JSON.stringify({ password: 'the password after a leak' }) },
+    );
+    expect(reset.status).toBe(204);
+    // The mailbox answers the send 401 invalid_token; the client refreshes once, the AS refuses the refresh
+    // (the grant is gone): the session ends, and what was kept of it is forgotten.
+    await expect(u.api.send(draft())).rejects.toThrow(SignedOutError);
+    expect(await u.db.kv('auth')).toBeUndefined();
   });
 
   it('a session the AS ends also empties the service worker’s kept resources, not only a sign-out', async () => {

@@ -33,6 +33,7 @@ import type { AsClient } from '../mta/as-client.js';
 import { ExchangeFailure } from '../mta/as-client.js';
 import type { AccountStore, Delivery, JobQueue, MessageStore, ShareStore } from '../storage/index.js';
 import { deliveryJson } from './deliveries.js';
+import { UnauthorizedError, answerUnauthorized } from './user-auth.js';
 
 export interface SendDeps {
   readonly domain: string;
@@ -370,6 +371,19 @@ export function answerSendError(res: Response, e: unknown, maxMessageBytes: numb
   }
   if (e instanceof ProtocolError) {
     res.status(400).json({ error: 'invalid_message', error_description: e.message });
+    return true;
+  }
+  if (e instanceof ExchangeFailure && e.error === 'invalid_request' && e.description.startsWith('subject_token:')) {
+    // The AS no longer takes the user's access token (RFC 8693 §2.2.2): its grant was ended (sign-out
+    // elsewhere, a new password) or the user was disabled. That is the token refused, as RFC 6750 §3.1
+    // answers it: a client refreshes on 401 invalid_token, and a refresh refused signs the user out.
+    answerUnauthorized(
+      res,
+      new UnauthorizedError(
+        'invalid_token',
+        `the sign-in is no longer valid: the Authorization Server says ${e.description}`,
+      ),
+    );
     return true;
   }
   if (e instanceof ExchangeFailure) {

@@ -160,16 +160,21 @@ export function requireUser(options: UserAuthOptions) {
           .json({ error: 'temporarily_unavailable', error_description: e.message });
       }
       if (!(e instanceof UnauthorizedError)) return next(e);
-      const status = e.error === 'insufficient_scope' ? 403 : e.error === 'invalid_request' ? 400 : 401;
-      res
-        .status(status)
-        .set(
-          'WWW-Authenticate',
-          `DPoP algs="ES256 EdDSA RS256", error="${e.error}", error_description="${e.message.replace(/["\\]/g, "'")}"`,
-        )
-        .json({ error: e.error, error_description: e.message });
+      answerUnauthorized(res, e);
     }
   };
+}
+
+/** The answer to a refused token or proof: 401 (400, 403) with its DPoP challenge (RFC 9449 §7.1). */
+export function answerUnauthorized(res: Response, e: UnauthorizedError): void {
+  const status = e.error === 'insufficient_scope' ? 403 : e.error === 'invalid_request' ? 400 : 401;
+  res
+    .status(status)
+    .set(
+      'WWW-Authenticate',
+      `DPoP algs="ES256 EdDSA RS256", error="${e.error}", error_description="${e.message.replace(/["\\]/g, "'")}"`,
+    )
+    .json({ error: e.error, error_description: e.message });
 }
 
 async function authenticate(
