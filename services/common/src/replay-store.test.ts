@@ -45,6 +45,29 @@ describe.each(testDatabases())('KnexReplayStore on $name', (database) => {
     });
   });
 
+  it('prunes the expired records in batches, keeping the live ones, which are still refused', async () => {
+    await knex('replay').delete();
+    for (let i = 0; i < 7; i++) expect(await store().checkAndRecord(`old-${i}`, NOW - i)).toBe(true);
+    for (let i = 0; i < 3; i++) expect(await store().checkAndRecord(`live-${i}`, NOW + 1 + i)).toBe(true);
+    const statements: string[] = [];
+    const listen = (q: { sql: string }) => statements.push(q.sql);
+    knex.on('query', listen);
+    let pruned: number;
+    try {
+      pruned = await store().prune({ batch: 3 });
+    } finally {
+      knex.off('query', listen);
+    }
+    // expires_at <= now is expired (old-0 expires at NOW itself): 7 rows, in batches of 3, 3 and 1.
+    expect(pruned).toBe(7);
+    expect(statements).toHaveLength(3);
+    const left = ((await knex('replay').select('key').orderBy('key')) as { key: string }[]).map((r) => r.key);
+    expect(left).toEqual(['live-0', 'live-1', 'live-2']);
+    for (const key of left) expect(await store().checkAndRecord(key, NOW + 60)).toBe(false);
+    expect(await store().prune()).toBe(0);
+    await expect(store().prune({ batch: 0 })).rejects.toThrow(TypeError);
+  });
+
   // Skipped on SQLite, which has no synchronous_commit: its replay insert is an ordinary statement.
   it.runIf(database.name === 'postgres')(
     'on PostgreSQL, commits asynchronously without changing the setting of the session',

@@ -75,6 +75,26 @@ export class KnexReplayStore implements ReplayStore {
     )) as { rows: unknown[] };
     return rows.length === 1;
   }
+
+  /**
+   * Deletes the expired records (expires_at <= now), `batch` rows per statement, so that no statement holds
+   * SQLite's single writer (and the event loop of its synchronous driver) long, nor builds a huge
+   * transaction on PostgreSQL. Answers how many went. A record is worth keeping only while its proof could
+   * still be accepted; afterwards it is dead weight in every insert's B-tree.
+   */
+  async prune(options: { batch?: number } = {}): Promise<number> {
+    const batch = options.batch ?? 5000;
+    if (!Number.isSafeInteger(batch) || batch < 1) throw new TypeError('batch must be a positive integer');
+    let deleted = 0;
+    for (;;) {
+      const expired = this.#knex(this.#table).select('key').where('expires_at', '<=', this.#now()).limit(batch);
+      const n = await this.#knex(this.#table).whereIn('key', expired).delete();
+      deleted += n;
+      if (n < batch) return deleted;
+      // Let the requests waiting meanwhile run before the next batch.
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
 }
 
 function isPostgres(knex: Knex): boolean {

@@ -25,6 +25,8 @@ export interface MailboxMetrics {
   readonly shareCleanups: Counter<'outcome'>;
   readonly jobsPurged: Counter;
   readonly jobPurges: Counter<'outcome'>;
+  readonly replayRecordsPruned: Counter;
+  readonly replayPrunes: Counter<'outcome'>;
 }
 
 export function mailboxMetrics(
@@ -140,6 +142,17 @@ export function mailboxMetrics(
     jobPurges: new Counter({
       name: 'federizer_mailbox_job_purges_total',
       help: 'Runs of the job queue retention by this replica, by outcome (completed, failed).',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    replayRecordsPruned: new Counter({
+      name: 'federizer_mailbox_replay_records_pruned_total',
+      help: 'DPoP proof records (jti seen) deleted once their proofs could no longer be accepted anyway.',
+      registers: [registry],
+    }),
+    replayPrunes: new Counter({
+      name: 'federizer_mailbox_replay_prunes_total',
+      help: 'Runs of the DPoP replay record pruning by this replica, by outcome (completed, failed).',
       labelNames: ['outcome'],
       registers: [registry],
     }),

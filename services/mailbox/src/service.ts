@@ -94,6 +94,11 @@ const FIRST_CHANGE_PRUNE_DELAY_MS = 60_000;
 /** Shares and jobs are cleaned up hourly too: a delivery is marked expired within an hour of its window's end. */
 const HOUSEKEEPING_INTERVAL_MS = 60 * 60_000;
 /**
+ * Every authorized request records its DPoP proof (`mail_replay`), and a record is useless a minute or two
+ * later: the expired ones are deleted this often, so the table stays a few minutes of traffic.
+ */
+const REPLAY_PRUNE_INTERVAL_MS = 5 * 60_000;
+/**
  * A share stays this long after its window ended, so that its sender still sees how each delivery ended
  * (fetched, failed, expired) and a late fetch is answered `410 share_expired`; then it goes, with its
  * deliveries and its private DPoP key, which nothing can use any more (no transfer or fetch of it is
@@ -336,6 +341,7 @@ export class MailboxService implements AsyncDisposable {
       service.collector.start();
       service.#startPruning();
       service.#startHousekeeping();
+      service.#startReplayPruning();
     }
     logger.info({ url: service.#server.url, publicUrl: config.publicUrl }, 'mailbox listening');
     return service;
@@ -412,6 +418,27 @@ export class MailboxService implements AsyncDisposable {
         this.#metrics?.sharesDeleted.inc(deleted);
         return { expired, deleted };
       },
+    );
+  }
+
+  /**
+   * Deletes the DPoP proof records that can no longer refuse anything (their proofs would be stale anyway),
+   * every few minutes (`housekeeping.intervalMs` when set, as for the other clean-ups). Every replica runs
+   * it; concurrent runs only find less to do.
+   */
+  #startReplayPruning(): void {
+    const replay = new KnexReplayStore(this.knex, { table: 'mail_replay', now: () => Math.floor(this.now() / 1000) });
+    this.#every(this.#housekeeping.intervalMs ?? REPLAY_PRUNE_INTERVAL_MS, () =>
+      this.#maintain(
+        this.#metrics?.replayPrunes,
+        'DPoP replay records pruned',
+        'pruning DPoP replay records failed',
+        async () => {
+          const pruned = await replay.prune();
+          this.#metrics?.replayRecordsPruned.inc(pruned);
+          return { pruned };
+        },
+      ),
     );
   }
 

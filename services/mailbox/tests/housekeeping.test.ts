@@ -6,10 +6,11 @@
  * marks it failed (`expired`) as send.ts promises. Thirty days later the share goes, with its deliveries and
  * its private DPoP key. Finished jobs are forgotten seven days after they finished; pending ones never.
  * The mailbox is restarted with a clock moved forward to get there (its `now`, which every store follows).
+ * The DPoP proof records every request leaves are deleted once they can no longer refuse anything.
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { createLogger } from '@federizer/common';
+import { KnexReplayStore, createLogger } from '@federizer/common';
 import { externalContentType, type Message } from '@federizer/protocol';
 import { testDatabases } from '../../common/src/testing/databases.js';
 import { JobQueue, ShareStore } from '../src/storage/index.js';
@@ -197,6 +198,26 @@ describe.each(testDatabases())('the retention of shares and jobs in a running ma
       },
     );
     expect(await new ShareStore(mailbox.knex).sharesOf(sentId)).toEqual([]);
+  });
+
+  it('the rule: DPoP proof records are deleted once stale (every run, in batches); live ones stay and still refuse', async () => {
+    const mailbox = await restartAhead(0);
+    const knex = mailbox.knex;
+    const seconds = Math.floor(Date.now() / 1000);
+    const stale = Array.from({ length: 6000 }, (_, i) => ({ key: `stale-${i}`, expires_at: seconds - 10 }));
+    for (let i = 0; i < stale.length; i += 500) await knex('mail_replay').insert(stale.slice(i, i + 500));
+    await knex('mail_replay').insert({ key: 'live', expires_at: seconds + 400 * 24 * 3600 });
+    await vi.waitFor(
+      async () => expect(await mailbox.knex('mail_replay').where('key', 'like', 'stale-%')).toHaveLength(0),
+      { timeout: 10_000, interval: 50 },
+    );
+    expect(await mailbox.knex('mail_replay').where({ key: 'live' })).toHaveLength(1);
+    // The live record still refuses its proof (RFC 9449 §11.1).
+    const replay = new KnexReplayStore(mailbox.knex, { table: 'mail_replay' });
+    expect(await replay.checkAndRecord('live', seconds + 60)).toBe(false);
+    const m = await metrics(mailbox);
+    expect(metric(m, 'federizer_mailbox_replay_records_pruned_total')).toBeGreaterThanOrEqual(stale.length);
+    expect(metric(m, 'federizer_mailbox_replay_prunes_total', { outcome: 'completed' })).toBeGreaterThan(0);
   });
 
   it('refuses retention settings that are not whole numbers of ms', async () => {
