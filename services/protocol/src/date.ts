@@ -18,8 +18,11 @@ export function formatDate(date: Date, offsetMinutes = 0): string {
   );
 }
 
+// The day and month names are case-insensitive, as every quoted string of RFC 5234's ABNF (§2.3).
 const DATE_TIME =
-  /^\s*(?:(Mon|Tue|Wed|Thu|Fri|Sat|Sun)\s*,\s*)?(\d{1,2})\s+(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\s+(\d{4})\s+(\d{2}):(\d{2})(?::(\d{2}))?\s+([+-])(\d{2})(\d{2})\s*$/;
+  /^\s*(?:(Mon|Tue|Wed|Thu|Fri|Sat|Sun)\s*,\s*)?(\d{1,2})\s+(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\s+(\d{4})\s+(\d{2}):(\d{2})(?::(\d{2}))?\s+([+-])(\d{2})(\d{2})\s*$/i;
+const nameIndex = (names: readonly string[], name: string) =>
+  names.findIndex((n) => n.toLowerCase() === name.toLowerCase());
 
 /** Parses the RFC 5322 date-time form (no obsolete zones). Throws ProtocolError('invalid_header'). */
 export function parseDate(value: string): Date {
@@ -27,7 +30,7 @@ export function parseDate(value: string): Date {
   const m = DATE_TIME.exec(value.replace(/\s*\([^()]*\)\s*$/, ''));
   if (!m) throw new ProtocolError('invalid_header', `Date: ${JSON.stringify(value)} is not an RFC 5322 date-time`);
   const [, day, dd, mon, yyyy, hh, mi, ss, sign, zh, zm] = m;
-  const month = MONTHS.indexOf(mon as (typeof MONTHS)[number]);
+  const month = nameIndex(MONTHS, mon!);
   const utc = Date.UTC(Number(yyyy), month, Number(dd), Number(hh), Number(mi), Number(ss ?? 0));
   const offset = (sign === '-' ? -1 : 1) * (Number(zh) * 60 + Number(zm));
   const parsed = new Date(utc - offset * 60_000);
@@ -35,7 +38,7 @@ export function parseDate(value: string): Date {
   const valid =
     check.getUTCDate() === Number(dd) && Number(hh) < 24 && Number(mi) < 60 && Number(ss ?? 0) < 61 && Number(zm) < 60;
   if (!valid) throw new ProtocolError('invalid_header', `Date: ${JSON.stringify(value)} names no real moment`);
-  if (day !== undefined && DAYS[check.getUTCDay()] !== day) {
+  if (day !== undefined && check.getUTCDay() !== nameIndex(DAYS, day)) {
     throw new ProtocolError('invalid_header', `Date: ${JSON.stringify(value)} has the wrong day of the week`);
   }
   return parsed;

@@ -778,13 +778,46 @@ describe('parseMessage: envelope header rules (PROTOCOL §3)', () => {
 
   it.each(SINGLETON_HEADERS.map((name) => [name]))('PROTOCOL §3: %s appears at most once in a block', (name) => {
     const [first, second] = singletonValue[name];
-    const headers: H[] = [{ Subject: 'Hi' }, { [name]: first }, { Received: 'x' }, { [name]: second }];
+    const headers: H[] = [
+      { Subject: 'Hi' },
+      { [name]: first },
+      { Received: 'from example.com by example.net; Sun, 22 Dec 2024 20:49:35 +0000' },
+      { [name]: second },
+    ];
     expectRule(
       withEnvelopeHeaders(headers),
       'duplicate_header',
       'envelope[0].headers[3]',
       new RegExp(`^envelope\\[0\\]\\.headers\\[3\\]: ${name} appears more than once in a block`),
     );
+  });
+
+  it.each([
+    ['Date', 'garbage', /Date: "garbage" is not an RFC 5322 date-time/],
+    ['Date', 'Sun, 22 Dec 2024 20:49:35 GMT', /is not an RFC 5322 date-time/],
+    ['Date', 'Mon, 22 Dec 2024 20:49:35 +0100', /the wrong day of the week/],
+    ['Date', 'Sun, 31 Feb 2024 20:49:35 +0100', /names no real moment/],
+    ['Received', 'from example.com by example.net', /Received ends with "; " and the date/],
+    [
+      'Received',
+      'from example.com by example.net; yesterday',
+      /Received: the date "yesterday" is not an RFC 5322 date-time/,
+    ],
+  ] as const)('docs/protocol.md §1: a %s of %j is refused (invalid_header)', (name, value, message) => {
+    expectRule(withEnvelopeHeaders([...BASE, { [name]: value }]), 'invalid_header', 'envelope[0].headers[3]', message);
+  });
+
+  it('docs/protocol.md §1: dates in the RFC 5322 form without obsolete syntax are read, names in any case', () => {
+    for (const value of [
+      'Sun, 22 Dec 2024 20:49:35 +0100',
+      'sun, 22 DEC 2024 20:49:35 +0100',
+      '22 Dec 2024 20:49 -0000',
+      'Sun, 22 Dec 2024 20:49:35 +0100 (CET)',
+    ]) {
+      expectValid(
+        withEnvelopeHeaders([...BASE, { Date: value }, { Received: `from a.example by b.example; ${value}` }]),
+      );
+    }
   });
 
   it('PROTOCOL §3: a singleton header may appear once in each of several blocks', () => {

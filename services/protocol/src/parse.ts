@@ -6,6 +6,7 @@
  */
 import { CST, Lexer, isScalar, parseDocument, visit, type Document } from 'yaml';
 import { parseAddressList, parseSingleMailbox } from './address.js';
+import { parseDate } from './date.js';
 import { isB64uSha256 } from './encoding.js';
 import { ProtocolError, type ProtocolErrorCode } from './errors.js';
 import { SINGLETON_HEADERS, type Header, type Message } from './message.js';
@@ -441,6 +442,18 @@ class Validator {
       }
       if (name === 'Message-ID' && !MSG_ID.test(value)) {
         this.fail('invalid_header', at, 'Message-ID must be an RFC 5322 msg-id such as <id@example.com>');
+      }
+      // §1: a date value is an RFC 5322 date-time: the whole `Date`, and what follows the last ";" of `Received`.
+      if (name === 'Date' || name === 'Received') {
+        const semicolon = value.lastIndexOf(';');
+        if (name === 'Received' && semicolon < 0)
+          this.fail('invalid_header', at, 'Received ends with "; " and the date it was received');
+        try {
+          parseDate(name === 'Date' ? value : value.slice(semicolon + 1).trim());
+        } catch (e) {
+          const why = (e as Error).message;
+          this.fail('invalid_header', at, name === 'Date' ? why : why.replace(/^Date: /, 'Received: the date '));
+        }
       }
     });
   }
