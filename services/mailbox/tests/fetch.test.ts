@@ -204,6 +204,8 @@ describe.each(testDatabases())('fetch between two real domains ($name)', (databa
       expect(second.status).toBe(200);
       expect(Buffer.from(await second.arrayBuffer()).equals(text.bytes)).toBe(true);
       expect(second.headers.get('repr-digest')).toBe(reprDigest(text.bytes));
+      // §6.4: the media type as the message declares it: no charset added to a text type that has none.
+      expect(second.headers.get('content-type')).toBe('text/plain');
     });
 
     it("PROTOCOL §6.4: a complete fetch shows in Alice's deliveries as fetched by example.net", async () => {

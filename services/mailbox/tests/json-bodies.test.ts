@@ -127,6 +127,28 @@ describe.each(testDatabases())('JSON bodies that cannot be read ($name)', (datab
     });
   }
 
+  it('docs/protocol.md §2.7 rule 3: a fetch body naming a member twice, at any level, is 400 invalid_request, naming it', async () => {
+    const envelope = '[{"headers":[{"From":"alice@example.com"}]}]';
+    for (const [body, member] of [
+      [`{"envelope":${envelope},"content_id":"<x>","domain":"example.net","domain":"example.org"}`, 'domain'],
+      [
+        `{"envelope":[{"headers":[{"From":"a@example.com","From":"b@example.com"}]}],"content_id":"<x>","domain":"example.net"}`,
+        'From',
+      ],
+    ] as const) {
+      const answer = await fetchEndpoint(body, { 'content-type': json });
+      expect(answer, member).toMatchObject({ status: 400, error: 'invalid_request' });
+      expect(answer.error_description, member).toMatch(
+        new RegExp(`^the body is not strict JSON: member "${member}" appears twice in one object`),
+      );
+    }
+    // The same body without the repetition gets past reading (to the token check).
+    const once = await fetchEndpoint(`{"envelope":${envelope},"content_id":"<x>","domain":"example.net"}`, {
+      'content-type': json,
+    });
+    expect(once.status).not.toBe(400);
+  });
+
   it('the rule, loses nothing: a gzip body is still decoded and sent, and the refused ones left nothing behind', async () => {
     const mailbox = fed.domains['example.com']!.mailbox;
     const before = (await mailbox.knex('mail_messages').where({ address: 'alice@example.com', mailbox: 'sent' }))

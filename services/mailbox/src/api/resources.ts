@@ -192,10 +192,11 @@ export function resourcesRouter(deps: ResourcesDeps): Router {
       }
       const slice = range.kind === 'range' ? range : undefined;
       const reader = await deps.blobs.openReader(contentId, slice);
+      // The media type as declared at upload: Express's res.set would add a charset to text/*.
+      res.setHeader('Content-Type', resource.mediaType);
       res.set({
         ...cacheable,
         'Accept-Ranges': 'bytes',
-        'Content-Type': resource.mediaType,
         'X-Content-Type-Options': 'nosniff',
         // The Content-ID is the SHA-256 of the bytes: the Repr-Digest (RFC 9530) is known without reading them.
         'Repr-Digest': `sha-256=:${Buffer.from(digest, 'base64url').toString('base64')}:`,

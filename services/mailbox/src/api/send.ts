@@ -8,6 +8,7 @@
 import express, { type NextFunction, type Request, type RequestHandler, type Response, type Router } from 'express';
 import {
   ProtocolError,
+  parseJsonStrict,
   assertionDigest,
   decodeJwt,
   parseExternalBody,
@@ -93,6 +94,12 @@ export interface JsonBodyOptions {
   readonly tooLarge: string;
   /** The error code of a body that is not JSON (400); `invalid_request` by default. */
   readonly notJson?: string;
+  /**
+   * Refuse what `JSON.parse` lets through but the protocol does not (docs/protocol.md §2.7 rule 3): a
+   * member name twice in one object (the last would silently win), nesting deeper than 32 levels. 400 with
+   * the `notJson` code, naming the member.
+   */
+  readonly strict?: boolean;
 }
 
 /**
@@ -102,7 +109,22 @@ export interface JsonBodyOptions {
  * (400). A body of another media type is left unread (`req.body` stays undefined), as `express.json` does.
  */
 export function jsonBody(options: JsonBodyOptions): RequestHandler {
-  const parse = express.json({ limit: options.limit });
+  const parse = express.json({
+    limit: options.limit,
+    ...(options.strict
+      ? {
+          verify: (_req: unknown, _res: unknown, body: Buffer) => {
+            try {
+              parseJsonStrict(body.toString('utf8'));
+            } catch (e) {
+              // A body that is not JSON at all is left to the parser, which says so as for any other.
+              if (!(e instanceof ProtocolError) || e.code === 'invalid_syntax') return;
+              throw Object.assign(new Error(e.message), { status: 400, type: 'entity.strict.failed' });
+            }
+          },
+        }
+      : {}),
+  });
   return (req, res, next) => {
     const coding = (req.get('content-encoding') ?? 'identity').trim().toLowerCase();
     if (coding !== 'identity' && !BODY_CODINGS.includes(coding)) return next(unsupportedCoding(coding));
@@ -127,6 +149,8 @@ function bodyError(err: unknown, coding: string, options: JsonBodyOptions): unkn
   switch (type) {
     case 'entity.parse.failed':
       return new BodyError(400, options.notJson ?? 'invalid_request', `the body is not JSON: ${message}`);
+    case 'entity.strict.failed':
+      return new BodyError(400, options.notJson ?? 'invalid_request', `the body is not strict JSON: ${message}`);
     case 'entity.too.large':
       return new BodyError(413, 'too_large', options.tooLarge);
     case 'charset.unsupported':

@@ -45,6 +45,10 @@ export function parseRange(header: string | undefined, size: number): ParsedRang
   const last = lastText === undefined || lastText === '' ? undefined : BigInt(lastText);
   // last-pos < first-pos makes the range-spec invalid, and an invalid ranges-specifier is ignored (§14.1.1).
   if (last !== undefined && last < first) return { kind: 'none' };
+  // `bytes=0-` of an empty representation is unsatisfiable by §14.1.1, but it is what a client resuming from
+  // the bytes it holds (none) asks: the whole (empty) representation answers it, as §14.2 allows, rather
+  // than a 416 after which such a client would only ask the same again.
+  if (size === 0 && first === 0n) return { kind: 'none' };
   if (first >= total) return { kind: 'unsatisfiable' };
   const end = last === undefined || last >= total ? size - 1 : Number(last);
   return { kind: 'range', start: Number(first), end };

@@ -353,7 +353,8 @@ async function markFetched(deps: FetchEndpointDeps, share: Share, domain: string
 
 export function fetchRouter(deps: FetchEndpointDeps): Router {
   const router = express.Router();
-  const json = jsonBody({ limit: FETCH_BODY_LIMIT, tooLarge: 'a fetch request is at most 4 MiB' });
+  // Strict (docs/protocol.md §2.7 rule 3, §12.1): a repeated member must not silently replace the first.
+  const json = jsonBody({ limit: FETCH_BODY_LIMIT, tooLarge: 'a fetch request is at most 4 MiB', strict: true });
   router.post('/', json, async (req: Request, res: Response) => {
     try {
       const fetch = readRequest(req.body);
@@ -371,8 +372,9 @@ export function fetchRouter(deps: FetchEndpointDeps): Router {
       }
       const slice = range.kind === 'range' ? range : undefined;
       const reader = await deps.blobs.openReader(fetch.contentId, slice);
+      // §6.4: the media type the message declares, as it is: Express's res.set would add a charset to text/*.
+      res.setHeader('Content-Type', mediaType);
       res.status(slice ? 206 : 200).set({
-        'Content-Type': mediaType,
         'Content-Length': String(slice ? slice.end - slice.start + 1 : size),
         'Accept-Ranges': 'bytes',
         'Repr-Digest': `sha-256=:${Buffer.from(digest, 'base64url').toString('base64')}:`,
