@@ -88,6 +88,8 @@ export interface PostOptions {
   readonly url?: string;
   /** The endpoint's public URL the proof names by default. */
   readonly endpoint?: string;
+  /** More request headers (a Content-Encoding). */
+  readonly headers?: Record<string, string>;
 }
 
 export interface TransferApp {
@@ -284,6 +286,7 @@ export async function startTransferHarness(database: TestDatabase): Promise<Tran
             'content-type': 'application/json',
             authorization: `DPoP ${token}`,
             ...(proof === null ? {} : { dpop: proof }),
+            ...options.headers,
           },
           body: options.body ?? JSON.stringify({ message }),
         });

@@ -4,6 +4,7 @@
  * §5.2 has a test that breaks that check alone and expects its answer (docs/protocol.md §5.3, §11).
  */
 import { generateKeyPairSync, sign } from 'node:crypto';
+import { deflateSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   assertionDigest,
@@ -237,6 +238,49 @@ describe.each(testDatabases())('PROTOCOL §5: the transfer endpoint of example.n
     const padded = `{"message":${text.slice(0, -1)}${' '.repeat(MAX_MESSAGE_BYTES - text.length + 1)}}}`;
     const inner = await expectRefusal(await h.post(sent, { body: padded }), 413, 'too_large', 'message_too_large');
     expect(inner.error_description).toContain(`the message is ${MAX_MESSAGE_BYTES + 1} bytes`);
+  });
+
+  it('PROTOCOL §5.1, RFC 9110 §8.4: a gzip or deflate body is decoded and accepted; the limit counts decoded bytes', async () => {
+    for (const [coding, encode] of [
+      ['gzip', gzipSync],
+      ['deflate', deflateSync],
+    ] as const) {
+      const sent = await h.send({
+        messageId: `<coded-${coding}@example.com>`,
+        to: 'Bob <bob@example.net>',
+        resources: [`${coding} text`],
+      });
+      const body = encode(Buffer.from(JSON.stringify({ message: sent.message })));
+      const res = await h.post(sent, { body, headers: { 'content-encoding': coding } });
+      expect(res.status, coding).toBe(202);
+      expect(await res.json()).toEqual({ accepted: ['bob@example.net'], rejected: [] });
+    }
+    // Small on the wire, beyond the limit once inflated: cut as soon as it passes it.
+    const sent = await victim();
+    const bomb = gzipSync(Buffer.from(`{"message":"${' '.repeat(8 * MAX_MESSAGE_BYTES)}"}`));
+    expect(bomb.length).toBeLessThan(MAX_MESSAGE_BYTES);
+    await expectRefusal(
+      await h.post(sent, { body: bomb, headers: { 'content-encoding': 'gzip' } }),
+      413,
+      'too_large',
+      'message_too_large',
+    );
+  });
+
+  it('RFC 9110 §15.5.16: another content coding is 415 naming gzip and deflate; a body that does not decode is 400', async () => {
+    const sent = await victim();
+    for (const coding of ['br', 'compress', 'gzip, br']) {
+      const res = await h.post(sent, {
+        body: JSON.stringify({ message: sent.message }),
+        headers: { 'content-encoding': coding },
+      });
+      const body = await expectRefusal(res, 415, 'unsupported_media_type');
+      expect(body.error_description, coding).toMatch(/Content-Encoding .* is not supported/);
+      expect(res.headers.get('accept-encoding')).toBe('gzip, deflate');
+    }
+    const broken = await h.post(sent, { body: 'not gzip at all', headers: { 'content-encoding': 'gzip' } });
+    const body = await expectRefusal(broken, 400, 'invalid_message', 'invalid_encoding');
+    expect(body.error_description).toMatch(/^the body does not decode as gzip/);
   });
 
   it('PROTOCOL §5.1: a body that is not JSON is refused with 400 invalid_message (invalid_syntax)', async () => {

@@ -8,7 +8,14 @@ import { ALLOWED_ALGS, ProtocolError, type ProtocolErrorCode } from '@federizer/
 
 /** The `error` member of §5.3's answers. */
 export type TransferErrorName =
-  'invalid_message' | 'invalid_token' | 'forbidden' | 'no_recipient' | 'too_large' | 'rate_limited' | 'unavailable';
+  | 'invalid_message'
+  | 'invalid_token'
+  | 'forbidden'
+  | 'no_recipient'
+  | 'too_large'
+  | 'unsupported_media_type'
+  | 'rate_limited'
+  | 'unavailable';
 
 /** The `error` parameter of the `WWW-Authenticate: DPoP` challenge (RFC 9449 §7.1, RFC 6750 §3.1). */
 export type ChallengeError = 'invalid_token' | 'invalid_dpop_proof' | 'insufficient_scope';
@@ -42,6 +49,9 @@ export class TransferError extends Error {
     this.retryAfter = options.retryAfter;
   }
 }
+
+/** The content codings a transfer body may arrive in (RFC 9110 §8.4.1), decoded before it is read. */
+export const TRANSFER_CODINGS = ['gzip', 'deflate'] as const;
 
 /** Seconds a sender waits before retrying after a discovery failure: the negative cache time of §8.4. */
 export const DISCOVERY_RETRY_AFTER_SECONDS = 30;
@@ -146,6 +156,8 @@ export function sendTransferError(res: Response, e: TransferError): void {
   if (e.retryAfter !== undefined) res.set('Retry-After', String(Math.max(1, Math.ceil(e.retryAfter))));
   // A refused oversized body is not read to its end; the connection cannot carry another request.
   if (e.status === 413) res.set('Connection', 'close');
+  // RFC 9110 §12.5.3: a 415 for a content coding names the codings that are decoded.
+  if (e.error === 'unsupported_media_type') res.set('Accept-Encoding', TRANSFER_CODINGS.join(', '));
   res.set('Cache-Control', 'no-store');
   res.json({
     error: e.error,

@@ -12,6 +12,7 @@
  * References follow the protocol's numbering: §5.N is check N of a transfer (docs/protocol.md §5.2 lists them);
  * the answers, idempotency and the receive block are docs/protocol.md §5.3, §5.4 and §5.5.
  */
+import { createGunzip, createInflate } from 'node:zlib';
 import express, { type Request, type Response, type Router } from 'express';
 import type { JWSHeaderParameters, JWTPayload } from 'jose';
 import {
@@ -56,7 +57,15 @@ import type { AccountStore } from '../storage/accounts.js';
 import type { JobQueue } from '../storage/jobs.js';
 import type { MessageStore } from '../storage/messages.js';
 import type { TransferLog } from '../storage/transfers.js';
-import { TransferError, during, duringSync, fromProtocolError, internalFailure, sendTransferError } from './errors.js';
+import {
+  TRANSFER_CODINGS,
+  TransferError,
+  during,
+  duringSync,
+  fromProtocolError,
+  internalFailure,
+  sendTransferError,
+} from './errors.js';
 import { DomainRateLimiter } from './rate-limit.js';
 
 /** Where the endpoint is published (§8.3 `transfer_endpoint`); the DPoP `htu` is checked against it. */
@@ -260,15 +269,36 @@ async function receiveTransfer(req: Request, ctx: Context): Promise<Answer> {
 
 /**
  * §5.1, size: the body is counted while it arrives and refused (413) as soon as it exceeds `limit`,
- * before anything is parsed; a declared Content-Length above it is refused before a byte is read.
+ * before anything is parsed; a declared Content-Length above it is refused before a byte is read. A body
+ * sent with `Content-Encoding: gzip` or `deflate` is decoded as it arrives, the limit counting the decoded
+ * bytes (a small body that inflates without end is cut as soon as it passes the limit); another coding is
+ * 415 with `Accept-Encoding` naming those two, and a body that does not decode is 400.
  */
 function readBody(req: Request, limit: number): Promise<Buffer> {
   const tooLarge = () =>
     new TransferError(413, 'too_large', `the request body is larger than ${limit} bytes`, {
       code: 'message_too_large',
     });
+  const coding = (req.get('content-encoding') ?? 'identity').trim().toLowerCase();
+  if (coding !== 'identity' && !(TRANSFER_CODINGS as readonly string[]).includes(coding)) {
+    req.resume();
+    return Promise.reject(
+      new TransferError(
+        415,
+        'unsupported_media_type',
+        `Content-Encoding ${JSON.stringify(coding)} is not supported: send the body as it is, or with ${TRANSFER_CODINGS.join(' or ')}`,
+      ),
+    );
+  }
   const declared = req.get('content-length');
   if (declared !== undefined && Number(declared) > limit) return Promise.reject(tooLarge());
+  const decoder = coding === 'gzip' ? createGunzip() : coding === 'deflate' ? createInflate() : undefined;
+  const source: NodeJS.ReadableStream = decoder === undefined ? req : req.pipe(decoder);
+  const notDecoded = (err: Error) =>
+    new TransferError(400, 'invalid_message', `the body does not decode as ${coding}: ${err.message}`, {
+      code: 'invalid_encoding',
+      cause: err,
+    });
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -277,6 +307,10 @@ function readBody(req: Request, limit: number): Promise<Buffer> {
       if (size > limit) {
         cleanup();
         // The rest is discarded; the answer closes the connection.
+        if (decoder !== undefined) {
+          req.unpipe(decoder);
+          decoder.destroy();
+        }
         req.resume();
         reject(tooLarge());
         return;
@@ -291,17 +325,24 @@ function readBody(req: Request, limit: number): Promise<Buffer> {
       cleanup();
       reject(err);
     };
+    const onDecodeError = (err: Error) => {
+      cleanup();
+      req.resume();
+      reject(notDecoded(err));
+    };
     const onAborted = () => onError(new Error('the client aborted the request'));
     const cleanup = () => {
-      req.off('data', onData);
-      req.off('end', onEnd);
+      source.off('data', onData);
+      source.off('end', onEnd);
       req.off('error', onError);
       req.off('aborted', onAborted);
+      decoder?.off('error', onDecodeError);
     };
-    req.on('data', onData);
-    req.on('end', onEnd);
+    source.on('data', onData);
+    source.on('end', onEnd);
     req.on('error', onError);
     req.on('aborted', onAborted);
+    decoder?.on('error', onDecodeError);
   });
 }
 
