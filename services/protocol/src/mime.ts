@@ -11,27 +11,50 @@ export interface ParsedMediaValue {
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z{}]+/;
 
 /**
- * Parses `value *( ";" name "=" (token / quoted-string) )`. With `mediaType`, the value must be
- * `type/subtype`. Throws a plain Error with the reason; callers wrap it with their path and code.
+ * Skips white space and RFC 822 comments (RFC 2045 §5.1: structured header fields may hold comments between
+ * their tokens, `text/plain (Plain text); charset=utf-8`): parenthesized, nested, with backslash escapes.
+ * A comment carries no meaning. Throws on one left open.
+ */
+function skipCfws(text: string): string {
+  let rest = text.trimStart();
+  while (rest[0] === '(') {
+    let depth = 0;
+    let i = 0;
+    for (; i < rest.length; i++) {
+      const c = rest[i];
+      if (c === '\\') i++;
+      else if (c === '(') depth++;
+      else if (c === ')' && --depth === 0) break;
+    }
+    if (depth !== 0) throw new Error('a comment "(" is not closed');
+    rest = rest.slice(i + 1).trimStart();
+  }
+  return rest;
+}
+
+/**
+ * Parses `value *( ";" name "=" (token / quoted-string) )`, comments allowed between the tokens. With
+ * `mediaType`, the value must be `type/subtype`. Throws a plain Error with the reason; callers wrap it with
+ * their path and code.
  */
 export function parseParameterized(text: string, mediaType: boolean): ParsedMediaValue {
-  let rest = text.trim();
+  let rest = skipCfws(text);
   const head = rest.match(mediaType ? /^([!#$%&'*+\-.^_`|~0-9A-Za-z{}]+)\/([!#$%&'*+\-.^_`|~0-9A-Za-z{}]+)/ : TOKEN);
   if (!head) throw new Error(mediaType ? 'expected a media type "type/subtype"' : 'expected a disposition type');
   const value = head[0].toLowerCase();
   rest = rest.slice(head[0].length);
   const params = new Map<string, string>();
   for (;;) {
-    rest = rest.trimStart();
+    rest = skipCfws(rest);
     if (rest === '') break;
     if (rest[0] !== ';') throw new Error(`expected ";" before ${JSON.stringify(rest.slice(0, 12))}`);
-    rest = rest.slice(1).trimStart();
+    rest = skipCfws(rest.slice(1));
     if (rest === '') break; // a trailing ";" is common and harmless
     const name = rest.match(TOKEN)?.[0];
     if (name === undefined) throw new Error('expected a parameter name');
-    rest = rest.slice(name.length).trimStart();
+    rest = skipCfws(rest.slice(name.length));
     if (rest[0] !== '=') throw new Error(`parameter ${name} has no "="`);
-    rest = rest.slice(1).trimStart();
+    rest = skipCfws(rest.slice(1));
     let paramValue: string;
     if (rest[0] === '"') {
       const m = rest.match(/^"((?:[^"\\]|\\[\s\S])*)"/);

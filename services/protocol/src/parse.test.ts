@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { ProtocolError } from './errors.js';
 import type { ProtocolErrorCode } from './errors.js';
 import { SINGLETON_HEADERS } from './message.js';
+import { parseParameterized } from './mime.js';
 import { DEFAULT_LIMITS, parseMessage, validateMessage } from './parse.js';
 import type { ParseOptions } from './parse.js';
 
@@ -1022,6 +1023,38 @@ describe('parseMessage: leaf parts (PROTOCOL §2, RFC 2045, RFC 2183)', () => {
       'invalid_content_type',
       'body.parts[0].headers[2]',
       /Content-Type\[1\] must be a string/,
+    );
+  });
+
+  it('RFC 2045 §5.1, RFC 822 §3.4.3: comments between the tokens of the typed values are allowed and mean nothing', () => {
+    const headers = [
+      { 'Content-Disposition': 'attachment (a file); filename="notes (draft).txt" (the name)' },
+      leaf().headers[1]!,
+      {
+        'Content-Type': [
+          'message/external-body; (how) access-type="x-content-addressed-uri"; hash-algorithm=sha256 (SHA-2); size=5',
+          'text/plain (Plain text \\(really\\)); charset = utf-8 (Unicode)',
+        ],
+      },
+    ];
+    expectValid(withLeafHeaders(headers));
+    expect(parseParameterized('attachment (a file); filename="notes (draft).txt" (the name)', false)).toEqual({
+      value: 'attachment',
+      params: new Map([['filename', 'notes (draft).txt']]),
+    });
+    expect(parseParameterized('text/plain (Plain (nested) text); charset=utf-8', true).params.get('charset')).toBe(
+      'utf-8',
+    );
+    // A comment left open is no value at all.
+    expectRule(
+      withLeafHeaders([
+        leaf().headers[0]!,
+        leaf().headers[1]!,
+        { 'Content-Type': [externalBody(5), 'text/plain (oops'] },
+      ]),
+      'invalid_content_type',
+      'body.parts[0].headers[2]',
+      /Content-Type\[1\]: a comment "\(" is not closed/,
     );
   });
 
