@@ -55,6 +55,25 @@ describe('parseSingleMailbox (RFC 5322 §3.4 mailbox)', () => {
     expect(m.domain).toBe('example.com');
   });
 
+  it('RFC 5321 §4.1.2: quotes a local part does not need are dropped, so "bob"@ names the account bob@', () => {
+    for (const [written, address] of [
+      ['"bob"@example.net', 'bob@example.net'],
+      ['Bob <"bob.smith"@example.net>', 'bob.smith@example.net'],
+      ['"bob".smith@example.net', 'bob.smith@example.net'],
+      ['"bob smith"@example.net', '"bob smith"@example.net'],
+      ['"bob."@example.net', '"bob."@example.net'],
+      ['".bob"@example.net', '".bob"@example.net'],
+      ['"bob@home"@example.net', '"bob@home"@example.net'],
+      ['""@example.net', '""@example.net'],
+    ] as const) {
+      expect(parseSingleMailbox(written).address, written).toBe(address);
+    }
+    expect(parseAddressList('"bob"@example.net, "carol"@example.org').map((m) => m.address)).toEqual([
+      'bob@example.net',
+      'carol@example.org',
+    ]);
+  });
+
   it('§3.2.2: comments are skipped, including nested ones and escaped parentheses', () => {
     expect(parseSingleMailbox('alice@example.com (Alice (the (first)) one \\) here)')).toEqual(
       box(undefined, 'alice', 'example.com'),

@@ -98,18 +98,28 @@ class Scanner {
   }
 }
 
+/** A quoted local part that needs no quotes: atext runs joined by single dots (RFC 5322 §3.2.3 dot-atom-text). */
+const DOT_ATOM_TEXT =
+  /^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\u{10FFFF}]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\u{10FFFF}]+)*$/u;
+
 function parseAddrSpecAt(s: Scanner): { local: string; domain: string } {
   // local-part: dot-atom or quoted-string (obsolete CFWS around dots tolerated)
-  let local = '';
+  const words: { text: string; quoted: boolean }[] = [];
   for (;;) {
     const w = s.word();
     if (w === undefined) s.fail('expected a local part');
-    local += w.quoted ? `"${w.text.replace(/(["\\])/g, '\\$1')}"` : w.text;
+    words.push(w);
     s.skipCfws();
     if (s.peek() !== '.') break;
     s.pos++;
-    local += '.';
   }
+  // RFC 5321 §4.1.2: a quoted local part that could be written as a dot-atom is the same mailbox written
+  // without its quotes ("bob"@example.net is bob@example.net); it is kept in that one form, so that it
+  // names the account. Quotes that are needed (a space, "@", a dot at either end) stay.
+  const unquoted = words.map((w) => w.text).join('.');
+  const local = DOT_ATOM_TEXT.test(unquoted)
+    ? unquoted
+    : words.map((w) => (w.quoted ? `"${w.text.replace(/(["\\])/g, '\\$1')}"` : w.text)).join('.');
   if (s.peek() !== '@') s.fail('expected "@"');
   s.pos++;
   s.skipCfws();
