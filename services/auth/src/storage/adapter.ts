@@ -5,7 +5,7 @@
  */
 import type { Knex } from 'knex';
 import { errors, type Adapter, type AdapterPayload } from 'oidc-provider';
-import { dbOptionalNumber } from '@federizer/common';
+import { KnexReplayStore, dbOptionalNumber } from '@federizer/common';
 import { THROTTLE_FORGET_AFTER_MS } from './throttle.js';
 
 /**
@@ -180,9 +180,8 @@ export interface PruneResult {
 export async function pruneExpired(knex: Knex, now: Date): Promise<PruneResult> {
   const ms = now.getTime();
   const oidcPayloads = await knex('oidc_payloads').where('expires_at', '<=', ms).delete();
-  const replay = await knex('replay')
-    .where('expires_at', '<=', Math.floor(ms / 1000))
-    .delete();
+  // In batches, as the mailbox prunes its own replay table: the shared store's one way of doing it.
+  const replay = await new KnexReplayStore(knex, { now: () => Math.floor(ms / 1000) }).prune();
   const loginThrottle = await knex('login_throttle')
     .where('updated_at', '<=', ms - THROTTLE_FORGET_AFTER_MS)
     .delete();
