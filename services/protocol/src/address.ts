@@ -16,7 +16,8 @@ export interface Mailbox {
 
 // atext plus every non-ASCII code point (RFC 6532 §3.2).
 // A run of atext, matched from a position (sticky): one regex call per atom, not one per character.
-const ATEXT_RUN = /[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\u{10FFFF}]+/uy;
+const ATEXT = "[A-Za-z0-9!#$%&'*+\\-/=?^_`{|}~\\u0080-\\u{10FFFF}]+";
+const ATEXT_RUN = new RegExp(ATEXT, 'uy');
 const WSP = /[ \t]/;
 
 class Scanner {
@@ -99,8 +100,7 @@ class Scanner {
 }
 
 /** A quoted local part that needs no quotes: atext runs joined by single dots (RFC 5322 §3.2.3 dot-atom-text). */
-const DOT_ATOM_TEXT =
-  /^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\u{10FFFF}]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\u{10FFFF}]+)*$/u;
+const DOT_ATOM_TEXT = new RegExp(`^${ATEXT}(?:\\.${ATEXT})*$`, 'u');
 
 function parseAddrSpecAt(s: Scanner): { local: string; domain: string } {
   // local-part: dot-atom or quoted-string (obsolete CFWS around dots tolerated)
